@@ -1,0 +1,68 @@
+"""The Celery factory, and the per-process Jobcast context tasks reach through it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery
+
+from tasks.config import Settings
+from tasks.events import JobEvents
+
+
+@dataclass
+class Context:
+    """What a task needs besides its arguments: settings, a Redis client, the event log."""
+
+    settings: Settings
+    redis: redis.Redis
+    events: JobEvents
+
+
+def create_celery(settings: Settings | None = None, **conf: Any) -> Celery:
+    """Build the Celery app; ``conf`` overrides Celery settings (tests shorten timeouts)."""
+    settings = settings or Settings.from_env()
+    app = Celery("jobcast", broker=settings.redis_url, backend=None)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_ignore_result=True,
+        task_track_started=False,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        # Redelivered jobs must not be deduplicated away by Celery's memory of them.
+        worker_deduplicate_successful_tasks=False,
+        task_default_queue="jobcast",
+        imports=["tasks.image"],
+    )
+    app.conf.update(conf)
+    app.jobcast = build_context(settings)  # type: ignore[attr-defined]
+    return app
+
+
+def build_context(settings: Settings) -> Context:
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        health_check_interval=30,
+        socket_keepalive=True,
+        retry_on_timeout=True,
+    )
+    events = JobEvents(
+        client,
+        prefix=settings.prefix,
+        maxlen=settings.stream_maxlen,
+        retention_seconds=settings.retention_seconds,
+    )
+    return Context(settings=settings, redis=client, events=events)
+
+
+def context(app: Celery) -> Context:
+    """The Jobcast context of ``app`` (built by :func:`create_celery`)."""
+    ctx: Context = app.jobcast  # type: ignore[attr-defined]
+    return ctx

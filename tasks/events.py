@@ -1,0 +1,226 @@
+"""The durable event log of a job, and its live notification.
+
+Every event is appended to the job's Redis stream and announced on the job's pub/sub
+channel by one Lua call (one round trip, atomic)::
+
+    XADD job:{id}:events * phase P data D     -> the event id, also the SSE ``id:``
+    HSET job:{id} state/last:<phase>/...       -> the snapshot GET /imagine/<id> shows
+    EXPIRE both                                -> retention
+    PUBLISH job:{id} "id: …\\nevent: P\\ndata: D\\n\\n"
+
+The published payload is the finished SSE frame, so a web process hands the very same
+bytes to every watcher without parsing JSON. Once a job is terminal (``done``,
+``failed``, ``cancelled``) the script refuses further events, so a log never continues
+past its end.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import redis
+
+from tasks.keys import Keys
+
+TERMINAL = frozenset({"done", "failed", "cancelled"})
+PHASES = frozenset({"queued", "started", "progress", "preview", *TERMINAL})
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+EventId = tuple[int, int]
+_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+
+_COMMON_LUA = """
+local function frame(id, phase, data)
+  return 'id: ' .. id .. '\\nevent: ' .. phase .. '\\ndata: ' .. data .. '\\n\\n'
+end
+"""
+
+# KEYS: job hash, events stream, queue zset, running zset, stats hash
+# ARGV: channel, phase, data, maxlen, ttl, queue channel, job id, now (ms), expected state
+PUBLISH_LUA = (
+    _COMMON_LUA
+    + """
+local job, events, queue, running, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local channel, phase, data, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local qchannel, jobid, now, expect = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local state = redis.call('HGET', job, 'state')
+if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return false end
+if expect ~= '' and not string.find(',' .. expect .. ',', ',' .. (state or '') .. ',', 1, true) then
+  return false
+end
+if not state and phase ~= 'queued' and phase ~= 'started' then return false end
+local fields = {'updated', now}
+if phase == 'started' then
+  local attempt = redis.call('HINCRBY', job, 'attempt', 1)
+  if data == '{}' then
+    data = '{"attempt":' .. attempt .. '}'
+  else
+    data = string.sub(data, 1, -2) .. ',"attempt":' .. attempt .. '}'
+  end
+  table.insert(fields, 'state'); table.insert(fields, 'running')
+  table.insert(fields, 'startedAt'); table.insert(fields, now)
+  redis.call('ZADD', running, now, jobid)
+elseif phase == 'queued' then
+  table.insert(fields, 'state'); table.insert(fields, 'queued')
+elseif phase == 'done' or phase == 'failed' or phase == 'cancelled' then
+  local final = phase
+  if phase == 'done' then final = 'succeeded' end
+  table.insert(fields, 'state'); table.insert(fields, final)
+  table.insert(fields, 'finishedAt'); table.insert(fields, now)
+  redis.call('ZREM', running, jobid)
+  local started = redis.call('HGET', job, 'startedAt')
+  if phase == 'done' and started then
+    local took = tonumber(now) - tonumber(started)
+    local avg = tonumber(redis.call('HGET', stats, 'avgMs') or '')
+    if avg then avg = avg * 0.8 + took * 0.2 else avg = took end
+    redis.call('HSET', stats, 'avgMs', tostring(avg))
+    redis.call('HINCRBY', stats, 'done', 1)
+  end
+end
+if phase ~= 'progress' and phase ~= 'preview' and phase ~= 'queued' then
+  if redis.call('ZREM', queue, jobid) == 1 then redis.call('PUBLISH', qchannel, jobid) end
+end
+local id = redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'phase', phase, 'data', data)
+table.insert(fields, 'lastEventId'); table.insert(fields, id)
+table.insert(fields, 'last:' .. phase); table.insert(fields, data)
+redis.call('HSET', job, unpack(fields))
+redis.call('EXPIRE', job, ttl)
+redis.call('EXPIRE', events, ttl)
+redis.call('PUBLISH', channel, frame(id, phase, data))
+return id
+"""
+)
+
+# KEYS: job hash, events stream, queue zset, ticket counter
+# ARGV: channel, max queue (0 = no limit), maxlen, ttl, job id, now (ms), field/value pairs...
+ENQUEUE_LUA = (
+    _COMMON_LUA
+    + """
+local job, events, queue, ticket = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local channel, maxq, maxlen, ttl, jobid, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if redis.call('EXISTS', job) == 1 then return {-2, 0, ''} end
+local waiting = redis.call('ZCARD', queue)
+if maxq > 0 and waiting >= maxq then return {-1, waiting, ''} end
+local t = redis.call('INCR', ticket)
+redis.call('ZADD', queue, t, jobid)
+local pos = redis.call('ZRANK', queue, jobid) + 1
+local data = '{"jobId":"' .. jobid .. '","position":' .. pos .. ',"queueLength":' .. (waiting + 1) .. '}'
+local id = redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'phase', 'queued', 'data', data)
+local fields = {'state', 'queued', 'ticket', t, 'created', now, 'updated', now,
+                'lastEventId', id, 'last:queued', data}
+for i = 7, #ARGV do table.insert(fields, ARGV[i]) end
+redis.call('HSET', job, unpack(fields))
+redis.call('EXPIRE', job, ttl)
+redis.call('EXPIRE', events, ttl)
+redis.call('PUBLISH', channel, frame(id, 'queued', data))
+return {pos, waiting + 1, id}
+"""
+)
+
+
+def parse_id(raw: str | bytes | None) -> EventId | None:
+    """Parse a stream id ``"<ms>-<seq>"`` into a comparable pair; ``None`` if malformed."""
+    if raw is None:
+        return None
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    match = _ID.match(raw)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def format_id(event_id: EventId) -> str:
+    return f"{event_id[0]}-{event_id[1]}"
+
+
+def dumps(data: dict[str, Any]) -> str:
+    """Compact one-line JSON, as every event carries it."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class JobEvents:
+    """Append events to job logs: ``JobEvents(redis_client).publish(job_id, phase, data)``."""
+
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        *,
+        prefix: str = "jobcast:",
+        maxlen: int = 1000,
+        retention_seconds: int = 24 * 3600,
+    ) -> None:
+        self.redis = redis_client
+        self.keys = Keys(prefix)
+        self.maxlen = maxlen
+        self.retention_seconds = retention_seconds
+        self._publish = redis_client.register_script(PUBLISH_LUA)
+        self._enqueue = redis_client.register_script(ENQUEUE_LUA)
+
+    def publish(
+        self, job_id: str, phase: str, data: dict[str, Any] | None = None, *, expect: str = ""
+    ) -> str | None:
+        """Append one event and announce it; return its id, or ``None`` if the job had ended.
+
+        With ``expect`` (states separated by commas), the event is only appended while
+        the job is in one of them. Only ``queued`` and ``started`` may create a job's
+        record; other phases of a job whose record is gone (expired) are dropped.
+        """
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}")
+        k = self.keys
+        result = self._publish(
+            keys=[k.job(job_id), k.events(job_id), k.queue, k.running, k.stats],
+            args=[
+                k.channel(job_id),
+                phase,
+                dumps(data or {}),
+                self.maxlen,
+                self.retention_seconds,
+                k.queue,
+                job_id,
+                now_ms(),
+                expect,
+            ],
+        )
+        return _text(result) if result else None
+
+    def enqueue(
+        self, job_id: str, fields: dict[str, str], *, max_queue: int = 0
+    ) -> tuple[int, int, str | None]:
+        """Record a new job, put it in line and log its ``queued`` event.
+
+        Returns ``(position, queue_length, event_id)``; position -1 means the line is full
+        (nothing was written), -2 that the id exists already.
+        """
+        k = self.keys
+        flat: list[str] = []
+        for name, value in fields.items():
+            flat += [name, value]
+        pos, length, event_id = self._enqueue(
+            keys=[k.job(job_id), k.events(job_id), k.queue, k.ticket],
+            args=[
+                k.channel(job_id),
+                max_queue,
+                self.maxlen,
+                self.retention_seconds,
+                job_id,
+                now_ms(),
+                *flat,
+            ],
+        )
+        return int(pos), int(length), (_text(event_id) or None)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

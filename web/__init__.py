@@ -1,0 +1,34 @@
+"""Jobcast's web side: the API, the SSE streams and the pages.
+
+``gunicorn -k gevent 'web:create_app()'`` serves it; the hub needs gevent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+from tasks.config import Settings
+
+
+def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
+    """Build the app: settings from the environment, then ``config`` on top."""
+    if isinstance(config, Settings):
+        settings = config
+    else:
+        settings = Settings.from_env(**(config or {}))
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["JOBCAST"] = settings
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from web import api, errors, extension, pages
+
+    extension.init_app(app, settings)
+    errors.init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
+    return app

@@ -1,0 +1,178 @@
+"""The job API: enqueue, stream, status, image, cancel."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, send_file
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from tasks.events import parse_id
+from tasks.media import image_path
+from web.errors import ApiError
+from web.extension import Jobcast, jobcast
+from web.line import eta_seconds
+from web.stream import Stream, is_terminal, snapshot
+from web.validate import validate_job
+
+bp = Blueprint("api", __name__)
+
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+MAX_LAST_ID = 41  # two 20-digit numbers and a dash
+
+
+@bp.post("/imagine")
+def create_job() -> tuple[Response, int, dict[str, str]]:
+    ext = jobcast()
+    params = validate_job(_json_body(ext), ext.settings)
+    job_id = secrets.token_urlsafe(16)
+    position, length, _ = ext.events.enqueue(
+        job_id, {k: str(v) for k, v in params.items()}, max_queue=ext.settings.max_queue
+    )
+    if position == -1:
+        raise _queue_full(ext, length)
+    _send_task(ext, job_id, params)
+    place = ext.line.place(job_id)
+    body = {
+        "jobId": job_id,
+        "position": position,
+        "queueLength": length,
+        "etaSeconds": place.eta_seconds if place else None,
+        "stream": f"/imagine/{job_id}/stream",
+        "status": f"/imagine/{job_id}",
+    }
+    return jsonify(body), 202, {"Location": f"/imagine/{job_id}"}
+
+
+@bp.get("/imagine/<job_id>/stream")
+def stream(job_id: str) -> Response:
+    ext = jobcast()
+    _check_id(job_id)
+    last = _last_event_id()
+    state, last_logged = ext.redis.hmget(ext.keys.job(job_id), ["state", "lastEventId"])
+    if state is None:
+        raise _not_found()
+    if is_terminal(state.decode()) and last is not None and last >= _id(last_logged):
+        return Response(status=204)
+    watcher = ext.hub.watch(ext.keys.channel(job_id))
+    try:
+        body = Stream(ext, job_id, last, watcher)
+    except BaseException:
+        ext.hub.unwatch(watcher)
+        raise
+    return Response(
+        iter(body),
+        status=200,
+        content_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        direct_passthrough=True,
+    )
+
+
+@bp.get("/imagine/<job_id>")
+def status(job_id: str) -> Response:
+    _check_id(job_id)
+    snap = snapshot(jobcast(), job_id)
+    if snap is None:
+        raise _not_found()
+    return jsonify(snap)
+
+
+@bp.get("/imagine/<job_id>/image")
+def image(job_id: str) -> Response:
+    ext = jobcast()
+    _check_id(job_id)
+    state = ext.redis.hget(ext.keys.job(job_id), "state")
+    path = image_path(ext.settings.media_dir, job_id)
+    if state != b"succeeded" or not path.is_file():
+        raise ApiError(404, "not_found", "No image for this job (yet).")
+    return send_file(path.resolve(), mimetype="image/png", max_age=3600)
+
+
+@bp.delete("/imagine/<job_id>")
+def cancel(job_id: str) -> tuple[Response, int]:
+    ext = jobcast()
+    _check_id(job_id)
+    key = ext.keys.job(job_id)
+    if ext.events.publish(job_id, "cancelled", {"reason": "cancelled while queued"}, expect="queued"):
+        return jsonify(jobId=job_id, state="cancelled"), 200
+    state = ext.redis.hget(key, "state")
+    if state is None:
+        raise _not_found()
+    if is_terminal(state.decode()):
+        raise ApiError(409, "already_finished", f"The job has already ended ({state.decode()}).")
+    ext.redis.hset(key, "cancel", "1")
+    return jsonify(jobId=job_id, state="cancelling"), 202
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    ext = jobcast()
+    try:
+        ext.redis.ping()
+        redis_ok = True
+    except Exception:  # noqa: BLE001 - any failure means "not reachable" here
+        redis_ok = False
+    body = {"ok": redis_ok, "redis": "ok" if redis_ok else "unreachable", "hub": ext.hub.stats()}
+    return jsonify(body), 200 if redis_ok else 503
+
+
+def _json_body(ext: Jobcast) -> Any:
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "Send the job as application/json.")
+    try:
+        raw = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise ApiError(413, "too_large", "The request body is too large.") from None
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "bad_json", "The body is not valid JSON.") from None
+
+
+def _send_task(ext: Jobcast, job_id: str, params: dict[str, Any]) -> None:
+    try:
+        ext.celery.send_task("jobcast.imagine", kwargs={"job_id": job_id, **params}, task_id=job_id)
+    except Exception:
+        # Never leave a queued job that no worker will ever see.
+        ext.events.publish(job_id, "failed", {"error": "The job could not be queued.", "retryable": True})
+        raise
+
+
+def _queue_full(ext: Jobcast, length: int) -> ApiError:
+    """429 with a Retry-After of about one run time: when a place should free up."""
+    avg = ext.redis.hget(ext.keys.stats, "avgMs")
+    busy = ext.redis.zcard(ext.keys.running)
+    retry_after = max(1, eta_seconds(1, float(avg), busy) or 1) if avg else 10
+    return ApiError(
+        429,
+        "queue_full",
+        f"The queue is full ({length} jobs waiting); try again in about {retry_after} s.",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def _last_event_id() -> Any:
+    raw = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
+    if not raw:
+        return None
+    parsed = parse_id(raw.strip()) if len(raw) <= MAX_LAST_ID else None
+    if parsed is None:
+        raise ApiError(400, "bad_last_event_id", "Last-Event-ID must be an id this stream sent.")
+    return parsed
+
+
+def _id(raw: bytes | None) -> Any:
+    return parse_id(raw) or (0, 0)
+
+
+def _check_id(job_id: str) -> None:
+    if not JOB_ID.match(job_id):
+        raise _not_found()
+
+
+def _not_found() -> ApiError:
+    return ApiError(404, "not_found", "No such job.")

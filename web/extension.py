@@ -1,0 +1,68 @@
+"""The Jobcast extension: the connections a web process owns, kept in ``app.extensions``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from flask import Flask, current_app
+
+from tasks.app import create_celery
+from tasks.config import Settings
+from tasks.events import JobEvents
+from tasks.keys import Keys
+from web.hub import Hub
+from web.line import Line
+
+
+@dataclass
+class Jobcast:
+    settings: Settings
+    redis: redis.Redis
+    events: JobEvents
+    keys: Keys
+    hub: Hub
+    line: Line
+    celery: Celery
+
+
+def init_app(app: Flask, settings: Settings) -> Jobcast:
+    """Build the Redis pool, event log, hub and Celery client for this app."""
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        # A bounded pool that waits for a free connection: under gevent, a pool that
+        # raises when exhausted would turn a burst of requests into HTTP 500s.
+        max_connections=settings.redis_pool_size,
+        timeout=settings.redis_pool_timeout,
+        protocol=2,
+        socket_keepalive=True,
+        socket_connect_timeout=3,
+        socket_timeout=10,
+        health_check_interval=30,
+    )
+    client = redis.Redis(connection_pool=pool)
+    keys = Keys(settings.prefix)
+    hub = Hub(settings.redis_url, queue_size=settings.watcher_queue_size)
+    ext = Jobcast(
+        settings=settings,
+        redis=client,
+        events=JobEvents(
+            client,
+            prefix=settings.prefix,
+            maxlen=settings.stream_maxlen,
+            retention_seconds=settings.retention_seconds,
+        ),
+        keys=keys,
+        hub=hub,
+        line=Line(hub, client, keys),
+        celery=create_celery(settings),
+    )
+    app.extensions["jobcast"] = ext
+    return ext
+
+
+def jobcast() -> Jobcast:
+    """The extension of the current app."""
+    ext: Jobcast = current_app.extensions["jobcast"]
+    return ext

@@ -1,0 +1,352 @@
+"""The hub: one Redis pub/sub connection per web process, shared by every stream.
+
+    stream greenlets ──watch(channel)──▶ Hub ──SUBSCRIBE a b c (batched)──▶ Redis
+          ▲                               │
+          └── Watcher.drain() ◀── bytes ──┘◀── reader greenlet ◀── messages
+
+* Channels are refcounted: the first watcher of a channel subscribes and waits for
+  Redis to confirm, so nothing published after ``watch()`` returns can be missed. A
+  channel whose last watcher left is unsubscribed a little later by the reaper, so a
+  client that reconnects at once finds it still subscribed.
+* Every message is turned into an :class:`Item` once; all watchers get the same object.
+  Job channels carry finished SSE frames; the item only adds the parsed id and whether the
+  phase is terminal.
+* A watcher's mailbox is bounded: when it overflows (a slow client) it is emptied and the
+  stream is told to catch up from the event log instead.
+* When the connection drops, the reader reconnects with backoff, resubscribes every
+  channel, and tells each watcher to resync from the log after its last sent id.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import gevent.event
+import redis
+import redis.connection
+
+from tasks.events import EventId
+
+log = logging.getLogger(__name__)
+
+TERMINAL_PHASES = (b"done", b"failed", b"cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One message as streams see it: its event id (None if derived), and the frame."""
+
+    key: EventId | None
+    terminal: bool
+    frame: bytes
+
+
+RESYNC = Item(None, False, b"")
+"""Marker: the stream lost messages (reconnect or overflow) and must read the log."""
+
+
+def item_from_frame(frame: bytes) -> Item:
+    """Parse just enough of a published SSE frame: its ``id:`` and ``event:`` lines."""
+    if not frame.startswith(b"id: "):
+        return Item(None, False, frame)
+    end = frame.index(b"\n", 4)
+    ms, _, seq = frame[4:end].partition(b"-")
+    phase_at = end + 8  # len("\nevent: ")
+    phase = frame[phase_at : frame.index(b"\n", phase_at)]
+    return Item((int(ms), int(seq)), phase in TERMINAL_PHASES, frame)
+
+
+class Watcher:
+    """A stream's bounded mailbox."""
+
+    __slots__ = ("_wake", "channel", "items", "limit", "overflowed")
+
+    def __init__(self, channel: bytes, limit: int) -> None:
+        self.channel = channel
+        self.limit = limit
+        self.items: deque[Item] = deque()
+        self.overflowed = False
+        self._wake = gevent.event.Event()
+
+    def put(self, item: Item) -> None:
+        if len(self.items) >= self.limit:
+            # A slow reader: forget the backlog here, it will be re-read from Redis.
+            self.items.clear()
+            self.overflowed = True
+            item = RESYNC
+        self.items.append(item)
+        self._wake.set()
+
+    def drain(self, timeout: float) -> list[Item]:
+        """Wait up to ``timeout`` seconds for items; return all of them (maybe none)."""
+        if not self.items:
+            self._wake.clear()
+            self._wake.wait(timeout)
+        batch = list(self.items)
+        self.items.clear()
+        self.overflowed = False
+        return batch
+
+
+@dataclass
+class _Sub:
+    watchers: set[Watcher] = field(default_factory=set)
+    ready: gevent.event.Event = field(default_factory=gevent.event.Event)
+    outstanding: int = 0  # SUBSCRIBEs sent whose confirmation has not come back
+    active: bool = False  # we want to be subscribed
+    idle_since: float = 0.0
+    resync: bool = False
+
+
+class HubUnavailable(Exception):
+    """Redis did not confirm a subscription in time."""
+
+
+class Hub:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        queue_size: int = 256,
+        confirm_timeout: float = 5.0,
+        ping_every: float = 5.0,
+        linger: float = 5.0,
+    ) -> None:
+        self.pool = redis.connection.ConnectionPool.from_url(
+            redis_url,
+            protocol=2,
+            socket_keepalive=True,
+            socket_connect_timeout=5,
+            health_check_interval=0,
+        )
+        self.queue_size = queue_size
+        self.confirm_timeout = confirm_timeout
+        self.ping_every = ping_every
+        self.linger = linger
+        self.subs: dict[bytes, _Sub] = {}
+        self.handlers: dict[bytes, Callable[[bytes], None]] = {}
+        self.streams = 0
+        self.connected = gevent.event.Event()
+        self._ops: list[tuple[str, bytes]] = []
+        self._ops_ready = gevent.event.Event()
+        self._conn: redis.connection.Connection | None = None
+        self._greenlets: list[gevent.Greenlet] = []
+        self.reconnects = 0
+        self.messages = 0
+
+    # -- public API -------------------------------------------------------------------
+
+    def watch(self, channel: str | bytes) -> Watcher:
+        """Register a watcher of ``channel``; return once Redis confirms the subscription."""
+        self.start()
+        name = channel.encode() if isinstance(channel, str) else channel
+        watcher = Watcher(name, self.queue_size)
+        sub = self.subs.get(name)
+        if sub is None:
+            sub = self.subs[name] = _Sub()
+        sub.watchers.add(watcher)
+        self.streams += 1
+        if not sub.active:
+            self._subscribe(name, sub)
+        if not sub.ready.wait(self.confirm_timeout):
+            self.unwatch(watcher)
+            raise HubUnavailable(f"no confirmation for {name!r}")
+        return watcher
+
+    def unwatch(self, watcher: Watcher) -> None:
+        sub = self.subs.get(watcher.channel)
+        if sub is None or watcher not in sub.watchers:
+            return
+        sub.watchers.discard(watcher)
+        self.streams -= 1
+        if not sub.watchers:
+            sub.idle_since = _now()
+
+    def listen(self, channel: str | bytes, handler: Callable[[bytes], None]) -> None:
+        """Call ``handler(payload)`` in the hub for each message on ``channel``."""
+        self.start()
+        name = channel.encode() if isinstance(channel, str) else channel
+        self.handlers[name] = handler
+        sub = self.subs.setdefault(name, _Sub())
+        if not sub.active:
+            self._subscribe(name, sub)
+
+    def watchers_of(self, channel: bytes) -> set[Watcher]:
+        sub = self.subs.get(channel)
+        return sub.watchers if sub else set()
+
+    def start(self) -> None:
+        if not self._greenlets:
+            self._greenlets = [
+                gevent.spawn(self._read_forever),
+                gevent.spawn(self._write_forever),
+                gevent.spawn(self._reap_forever),
+            ]
+
+    def stop(self) -> None:
+        gevent.killall(self._greenlets)
+        self._greenlets = []
+        if self._conn is not None:
+            self._conn.disconnect()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "streams": self.streams,
+            "channels": len(self.subs),
+            "connected": self.connected.is_set(),
+            "reconnects": self.reconnects,
+            "messages": self.messages,
+        }
+
+    # -- subscription bookkeeping -------------------------------------------------------
+
+    def _subscribe(self, name: bytes, sub: _Sub) -> None:
+        sub.active = True
+        if sub.ready.is_set():
+            sub.ready = gevent.event.Event()
+        sub.outstanding += 1
+        self._queue_op("SUBSCRIBE", name)
+
+    def _queue_op(self, command: str, name: bytes) -> None:
+        self._ops.append((command, name))
+        self._ops_ready.set()
+
+    def _confirmed(self, name: bytes) -> None:
+        sub = self.subs.get(name)
+        if sub is None:
+            return
+        sub.outstanding -= 1
+        if sub.outstanding > 0 or not sub.active:
+            return
+        sub.ready.set()
+        if sub.resync:
+            sub.resync = False
+            for watcher in sub.watchers:
+                watcher.put(RESYNC)
+
+    def _unsubscribed(self, name: bytes) -> None:
+        sub = self.subs.get(name)
+        if sub is not None and not sub.active and sub.outstanding == 0:
+            del self.subs[name]
+
+    def _reap_forever(self) -> None:
+        """Unsubscribe channels nobody has watched for ``linger`` seconds."""
+        while True:
+            gevent.sleep(self.linger)
+            cutoff = _now() - self.linger
+            for name, sub in list(self.subs.items()):
+                idle = not sub.watchers and name not in self.handlers
+                if idle and sub.active and sub.idle_since <= cutoff:
+                    sub.active = False
+                    self._queue_op("UNSUBSCRIBE", name)
+
+    # -- the connection ---------------------------------------------------------------
+
+    def _write_forever(self) -> None:
+        """Send queued (UN)SUBSCRIBEs in batches, and a PING when idle."""
+        while True:
+            self._ops_ready.wait(self.ping_every)
+            self._ops_ready.clear()
+            if not self.connected.is_set():
+                self.connected.wait()
+                continue
+            ops, self._ops = self._ops, []
+            try:
+                self._send_ops(ops)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                # The reader notices the broken connection and resubscribes everything.
+                log.info("hub: send failed; the reader will reconnect")
+
+    def _send_ops(self, ops: list[tuple[str, bytes]]) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        if not ops:
+            conn.send_command("PING", check_health=False)
+            return
+        run: list[bytes] = []
+        command = ops[0][0]
+        for op, name in ops:
+            if op != command:
+                conn.send_command(command, *run, check_health=False)
+                run, command = [], op
+            run.append(name)
+        conn.send_command(command, *run, check_health=False)
+
+    def _read_forever(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                self._connect()
+                backoff = 0.05
+                self._read_messages()
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                log.warning("hub: redis connection lost (%s); reconnecting", exc)
+            self._disconnected()
+            gevent.sleep(backoff * (1 + random.random()))
+            backoff = min(backoff * 2, 2.0)
+
+    def _connect(self) -> None:
+        conn = self.pool.make_connection()
+        conn.connect()
+        self._conn = conn
+        self._ops = []
+        names = [name for name, sub in self.subs.items() if sub.active]
+        for name in names:
+            self.subs[name].outstanding = 1
+        if names:
+            conn.send_command("SUBSCRIBE", *names, check_health=False)
+        self.connected.set()
+
+    def _disconnected(self) -> None:
+        self.connected.clear()
+        if self._conn is not None:
+            self._conn.disconnect()
+            self._conn = None
+        self.reconnects += 1
+        for name, sub in list(self.subs.items()):
+            if not sub.active:
+                del self.subs[name]
+                continue
+            sub.resync = True
+            sub.outstanding = 0
+            if sub.ready.is_set():
+                # New watchers must wait for the resubscription to be confirmed.
+                sub.ready = gevent.event.Event()
+
+    def _read_messages(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        timeout = self.ping_every * 3
+        while True:
+            reply = conn.read_response(timeout=timeout, disconnect_on_error=False)
+            kind = reply[0]
+            if kind == b"message":
+                self.messages += 1
+                self._dispatch(reply[1], reply[2])
+            elif kind == b"subscribe":
+                self._confirmed(reply[1])
+            elif kind == b"unsubscribe":
+                self._unsubscribed(reply[1])
+
+    def _dispatch(self, name: bytes, payload: bytes) -> None:
+        handler = self.handlers.get(name)
+        if handler is not None:
+            handler(payload)
+            return
+        sub = self.subs.get(name)
+        if sub is None or not sub.watchers:
+            return
+        item = item_from_frame(payload)
+        for watcher in sub.watchers:
+            watcher.put(item)
+
+
+def _now() -> float:
+    return gevent.get_hub().loop.now()
