@@ -30,7 +30,7 @@ PHASES = frozenset({"queued", "started", "progress", "preview", *TERMINAL})
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 EventId = tuple[int, int]
-_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
 _COMMON_LUA = """
 local function frame(id, phase, data)
@@ -130,7 +130,7 @@ def parse_id(raw: str | bytes | None) -> EventId | None:
             raw = raw.decode("ascii")
         except UnicodeDecodeError:
             return None
-    match = _ID.match(raw)
+    match = _ID.fullmatch(raw)
     if match is None:
         return None
     return int(match.group(1)), int(match.group(2))

@@ -71,7 +71,8 @@ class Reporter:
         """Report step ``step`` of ``steps``; coalesced, so most calls send nothing."""
         percent = min(100, max(0, (100 * step) // max(1, steps)))
         now = self.clock()
-        due = percent >= self._last_percent + self.every_percent or self._last_percent < 0
+        mark = percent // self.every_percent
+        due = self._last_percent < 0 or mark > self._last_percent // self.every_percent
         if percent < 100 and not (due and now - self._last_at >= self.min_interval):
             return None
         if percent == self._last_percent:

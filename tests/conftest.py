@@ -1,0 +1,85 @@
+"""Shared fixtures: one real Redis, worker and web server for the session.
+
+Per test, Jobcast's keys are cleared after every running job has stopped, so tests
+never see each other's jobs. Fault tests start processes of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support import Proc, RedisServer, celery_worker, gunicorn_web, wait_until  # noqa: E402
+
+_workers: list[Proc] = []  # the session worker, while it runs
+ARTIFACTS = Path(os.environ.get("JOBCAST_TEST_ARTIFACTS", "test-artifacts")).resolve()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_env(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for the stack's processes: our Redis, a private media folder."""
+    env = dict(os.environ)
+    env.update(
+        REDIS_URL=redis_server.url,
+        JOBCAST_MEDIA_DIR=str(tmp_path_factory.mktemp("media")),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def worker(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    proc = celery_worker(stack_env, tmp_path_factory.mktemp("logs") / "worker.log", "main")
+    _workers.append(proc)
+    yield proc
+    _workers.remove(proc)
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def web(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of a real gunicorn gevent server running ``web:create_app()``."""
+    proc, base = gunicorn_web(stack_env, tmp_path_factory.mktemp("logs") / "web.log")
+    yield base
+    proc.stop()
+
+
+@pytest.fixture
+def rds(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client of the session's Redis; Jobcast's state is cleared after the test."""
+    client = redis_server.client()
+    yield client
+    _quiesce(client)
+    client.close()
+
+
+def _quiesce(client: redis.Redis) -> None:
+    """Cancel what still runs, wait for it to stop, then drop every Jobcast key."""
+    for job_id in client.zrange("jobcast:running", 0, -1):
+        client.hset(f"jobcast:job:{{{job_id.decode()}}}", "cancel", "1")
+    client.delete("jobcast")  # Celery's list of waiting task messages
+    if any(proc.alive() for proc in _workers):
+        wait_until(lambda: client.zcard("jobcast:running") == 0, 30, "running jobs to stop")
+    keys = list(client.scan_iter("jobcast:*", count=1000))
+    if keys:
+        client.delete(*keys)

@@ -1,0 +1,222 @@
+"""Real processes for the tests: redis-server, celery workers, gunicorn web servers.
+
+Each process runs in its own session, on a free port, logs to a file, and is stopped by
+its PID (and process group) — never by name. Readiness is awaited with deadlines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from httpx_sse import connect_sse
+
+from web.cli import redis_server_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+@dataclass
+class Proc:
+    """A child process in its own session, with its output in ``log``."""
+
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(
+                self.argv, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the process group, then SIGKILL what is left after ``timeout``."""
+        if self.popen is None:
+            return
+        _killpg(self.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        _killpg(self.pid, signal.SIGKILL)
+        self.popen.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once (a crash)."""
+        if self.popen is not None:
+            _killpg(self.pid, signal.SIGKILL)
+            self.popen.wait()
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass  # already gone
+
+
+@dataclass
+class RedisServer:
+    directory: Path
+    port: int = field(default_factory=free_port)
+    appendonly: bool = True
+    proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        return redis.Redis(port=self.port, protocol=2, **kwargs)
+
+    def start(self) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        argv = [
+            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.directory), "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+        ]
+        self.proc = Proc(argv, dict(os.environ), self.directory / "redis.log").start()
+        wait_until(self._pings, 15, "redis-server to answer PING")
+        return self
+
+    def _pings(self) -> bool:
+        try:
+            return bool(self.client(socket_connect_timeout=0.2).ping())
+        except redis.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop (SIGTERM: AOF flushed) and start again on the same port and data."""
+        self.stop()
+        if down_for:
+            time.sleep(down_for)  # the outage itself is what is being tested
+        self.start()
+
+
+def celery_worker(env: dict[str, str], log: Path, name: str, concurrency: int = 1) -> Proc:
+    argv = [
+        sys.executable, "-m", "celery", "-A", "tasks", "worker", "-E", "-P", "prefork",
+        f"--concurrency={concurrency}", "--loglevel=INFO", f"--hostname={name}@%h",
+        "--without-mingle", "--without-gossip",
+    ]
+    proc = Proc(argv, env, log).start()
+    wait_until(lambda: "ready." in proc.output() or not proc.alive(), 60, "celery worker ready")
+    assert proc.alive(), proc.output()[-3000:]
+    return proc
+
+
+def gunicorn_web(env: dict[str, str], log: Path, workers: int = 1, port: int = 0) -> tuple[Proc, str]:
+    port = port or free_port()
+    argv = [
+        sys.executable, "-m", "gunicorn", "-k", "gevent", "--no-control-socket",
+        "-w", str(workers), "--worker-connections", "5000", "-b", f"127.0.0.1:{port}",
+        "--graceful-timeout", "3", "web:create_app()",
+    ]
+    proc = Proc(argv, env, log).start()
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _healthy(base) or not proc.alive(), 30, "gunicorn to serve /healthz")
+    assert proc.alive(), proc.output()[-3000:]
+    return proc, base
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return httpx.get(base + "/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass(frozen=True)
+class Received:
+    event: str
+    data: dict[str, Any]
+    id: str | None
+
+
+def post_job(base: str, **body: Any) -> dict[str, Any]:
+    body.setdefault("prompt", "a lighthouse on a cliff at sunset")
+    response = httpx.post(base + "/imagine", json=body, timeout=10)
+    assert response.status_code == 202, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def iter_events(
+    base: str, job_id: str, last_id: str | None = None, timeout: float = 60.0
+) -> Iterator[Received]:
+    """Events of a job's stream as a third-party SSE client (httpx-sse) sees them."""
+    headers = {"Last-Event-ID": last_id} if last_id else {}
+    with httpx.Client(timeout=httpx.Timeout(timeout, connect=5)) as client, connect_sse(
+        client, "GET", f"{base}/imagine/{job_id}/stream", headers=headers
+    ) as source:
+        source.response.raise_for_status()
+        previous_id = last_id
+        for sse in source.iter_sse():
+            # httpx-sse repeats the last id on events that carry none (as the spec says);
+            # a derived event is one whose id did not change.
+            own_id = sse.id if sse.id and sse.id != previous_id else None
+            previous_id = sse.id or previous_id
+            yield Received(sse.event, json.loads(sse.data) if sse.data else {}, own_id)
+
+
+def collect(base: str, job_id: str, last_id: str | None = None, timeout: float = 60.0) -> list[Received]:
+    """Read a stream to its end (the server closes it after the terminal event)."""
+    return list(iter_events(base, job_id, last_id, timeout))
+
+
+def logged(client: redis.Redis, job_id: str, prefix: str = "jobcast:") -> list[tuple[str, str]]:
+    """The (id, phase) pairs in the job's event log, the ground truth for streams."""
+    entries = client.xrange(f"{prefix}job:{{{job_id}}}:events")
+    return [(raw_id.decode(), fields[b"phase"].decode()) for raw_id, fields in entries]

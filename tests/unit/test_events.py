@@ -1,0 +1,108 @@
+"""The event log on a real Redis: ids, snapshots, terminal refusal, retention, coalescing."""
+
+from __future__ import annotations
+
+import itertools
+
+import redis
+
+from tasks.events import JobEvents, parse_id
+from tasks.reporter import Reporter
+from support import logged
+
+
+def test_publish_appends_in_order_with_increasing_ids(rds: redis.Redis) -> None:
+    """Each publish returns the new stream id; ids increase as (ms, seq) pairs."""
+    events = JobEvents(rds)
+    ids = [events.publish("j1", "started", {})]
+    ids += [events.publish("j1", "progress", {"percent": p}) for p in (5, 10, 15)]
+    ids.append(events.publish("j1", "done", {"url": "/x"}))
+    assert [i for i, _ in logged(rds, "j1")] == ids
+    keys = [parse_id(i) for i in ids]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)  # type: ignore[type-var]
+
+
+def test_nothing_is_appended_after_a_terminal_event(rds: redis.Redis) -> None:
+    """Once done, failed or cancelled, a job's log is closed: publish returns None."""
+    events = JobEvents(rds)
+    events.publish("j2", "started", {})
+    assert events.publish("j2", "cancelled", {})
+    assert events.publish("j2", "progress", {"percent": 50}) is None
+    assert events.publish("j2", "done", {}) is None
+    assert [p for _, p in logged(rds, "j2")] == ["started", "cancelled"]
+    assert rds.hget("jobcast:job:{j2}", "state") == b"cancelled"
+
+
+def test_started_counts_attempts_and_updates_the_record(rds: redis.Redis) -> None:
+    """Every started event carries the attempt number; the hash follows the phases."""
+    events = JobEvents(rds)
+    reporter = Reporter(events, "j3")
+    assert reporter.started(worker="w1") == 1
+    assert reporter.started(worker="w2") == 2
+    reporter.progress(10, 20)
+    record = rds.hgetall("jobcast:job:{j3}")
+    assert record[b"state"] == b"running" and record[b"attempt"] == b"2"
+    assert record[b"last:progress"] == b'{"percent":50,"step":10,"steps":20}'
+    reporter.done(url="/u")
+    assert rds.hget("jobcast:job:{j3}", "state") == b"succeeded"
+    assert rds.zscore("jobcast:running", "j3") is None
+
+
+def test_events_of_a_vanished_job_are_dropped(rds: redis.Redis) -> None:
+    """Only queued/started may create a record; a late progress of an expired job is dropped."""
+    events = JobEvents(rds)
+    assert events.publish("gone", "progress", {"percent": 5}) is None
+    assert not rds.exists("jobcast:job:{gone}", "jobcast:job:{gone}:events")
+    assert Reporter(events, "gone").started(worker="w", expect="queued,running") is None
+
+
+def test_log_and_record_expire_after_retention(rds: redis.Redis) -> None:
+    """Both keys carry the retention TTL, refreshed by every event."""
+    events = JobEvents(rds, retention_seconds=120)
+    events.publish("j4", "started", {})
+    for key in ("jobcast:job:{j4}", "jobcast:job:{j4}:events"):
+        assert 0 < rds.ttl(key) <= 120
+    events.publish("j4", "done", {})
+
+
+def test_log_is_capped(rds: redis.Redis) -> None:
+    """MAXLEN ~ keeps a long-running job's log bounded."""
+    events = JobEvents(rds, maxlen=10)
+    events.publish("j5", "started", {})
+    for n in range(500):
+        events.publish("j5", "progress", {"percent": n % 100})
+    assert rds.xlen("jobcast:job:{j5}:events") < 200
+    events.publish("j5", "done", {})
+
+
+def test_enqueue_positions_and_full_queue(rds: redis.Redis) -> None:
+    """Positions count the jobs ahead; a full line refuses and writes nothing."""
+    events = JobEvents(rds)
+    assert events.enqueue("q1", {"prompt": "a"}, max_queue=2)[:2] == (1, 1)
+    assert events.enqueue("q2", {"prompt": "b"}, max_queue=2)[:2] == (2, 2)
+    before = sorted(rds.keys("*"))
+    assert events.enqueue("q3", {"prompt": "c"}, max_queue=2)[0] == -1
+    assert sorted(rds.keys("*")) == before
+
+
+def test_reporter_coalesces_progress(rds: redis.Redis) -> None:
+    """Progress goes out only past the next 5 % and 250 ms after the last; 100 % always."""
+    ticks = itertools.count()
+    reporter = Reporter(JobEvents(rds), "j6", clock=lambda: next(ticks) * 0.1)
+    reporter.started(worker="w")
+    sent = [p for p in range(1, 101) if reporter.progress(p, 100)]
+    # A call every 0.1 s: at most one per 0.25 s, i.e. every third call, and 100 at the end.
+    assert sent[0] == 1 and sent[-1] == 100
+    assert all(b - a >= 3 for a, b in itertools.pairwise(sent[:-1]))
+    assert len([p for _, p in logged(rds, "j6") if p == "progress"]) == len(sent)
+    reporter.done()
+
+
+def test_reporter_every_five_percent_when_slow(rds: redis.Redis) -> None:
+    """With slow steps, one event per 5 % mark crossed, never more."""
+    ticks = itertools.count()
+    reporter = Reporter(JobEvents(rds), "j7", clock=lambda: next(ticks) * 10.0)
+    reporter.started(worker="w")
+    sent = [p for p in range(1, 101) if reporter.progress(p, 100)]
+    assert sent == [1, *range(5, 101, 5)]
+    reporter.done()
