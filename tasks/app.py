@@ -42,7 +42,7 @@ def create_celery(settings: Settings | None = None, **conf: Any) -> Celery:
         imports=["tasks.image"],
     )
     app.conf.update(conf)
-    app.jobcast = build_context(settings)  # type: ignore[attr-defined]
+    app.jobcast = build_context(settings)
     return app
 
 
@@ -64,5 +64,5 @@ def build_context(settings: Settings) -> Context:
 
 def context(app: Celery) -> Context:
     """The Jobcast context of ``app`` (built by :func:`create_celery`)."""
-    ctx: Context = app.jobcast  # type: ignore[attr-defined]
+    ctx: Context = app.jobcast
     return ctx

@@ -62,6 +62,11 @@ def _render(
     assert final is not None  # generate() yields at least one frame
     save_png(final.to_image(), image_path(media_dir, job_id))
     seconds = round(time.monotonic() - began, 2)
-    result = {"url": f"/imagine/{job_id}/image", "width": width, "height": height, "seconds": seconds}
+    result = {
+        "url": f"/imagine/{job_id}/image",
+        "width": width,
+        "height": height,
+        "seconds": seconds,
+    }
     reporter.done(**result)
     return result

@@ -16,7 +16,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import Proc, RedisServer, celery_worker, gunicorn_web, wait_until  # noqa: E402
+from support import Proc, RedisServer, celery_worker, gunicorn_web, wait_until
 
 _workers: list[Proc] = []  # the session worker, while it runs
 ARTIFACTS = Path(os.environ.get("JOBCAST_TEST_ARTIFACTS", "test-artifacts")).resolve()
@@ -36,7 +36,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="session")
-def stack_env(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def stack_env(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     """Environment for the stack's processes: our Redis, a private media folder."""
     env = dict(os.environ)
     env.update(

@@ -60,7 +60,11 @@ class Proc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             self.popen = subprocess.Popen(
-                self.argv, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                self.argv,
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         return self
@@ -119,9 +123,19 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         argv = [
-            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.directory), "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
         ]
         self.proc = Proc(argv, dict(os.environ), self.directory / "redis.log").start()
         wait_until(self._pings, 15, "redis-server to answer PING")
@@ -147,9 +161,20 @@ class RedisServer:
 
 def celery_worker(env: dict[str, str], log: Path, name: str, concurrency: int = 1) -> Proc:
     argv = [
-        sys.executable, "-m", "celery", "-A", "tasks", "worker", "-E", "-P", "prefork",
-        f"--concurrency={concurrency}", "--loglevel=INFO", f"--hostname={name}@%h",
-        "--without-mingle", "--without-gossip",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks",
+        "worker",
+        "-E",
+        "-P",
+        "prefork",
+        f"--concurrency={concurrency}",
+        "--loglevel=INFO",
+        f"--hostname={name}@%h",
+        "--without-mingle",
+        "--without-gossip",
     ]
     proc = Proc(argv, env, log).start()
     wait_until(lambda: "ready." in proc.output() or not proc.alive(), 60, "celery worker ready")
@@ -157,12 +182,26 @@ def celery_worker(env: dict[str, str], log: Path, name: str, concurrency: int = 
     return proc
 
 
-def gunicorn_web(env: dict[str, str], log: Path, workers: int = 1, port: int = 0) -> tuple[Proc, str]:
+def gunicorn_web(
+    env: dict[str, str], log: Path, workers: int = 1, port: int = 0
+) -> tuple[Proc, str]:
     port = port or free_port()
     argv = [
-        sys.executable, "-m", "gunicorn", "-k", "gevent", "--no-control-socket",
-        "-w", str(workers), "--worker-connections", "5000", "-b", f"127.0.0.1:{port}",
-        "--graceful-timeout", "3", "web:create_app()",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-k",
+        "gevent",
+        "--no-control-socket",
+        "-w",
+        str(workers),
+        "--worker-connections",
+        "5000",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--graceful-timeout",
+        "3",
+        "web:create_app()",
     ]
     proc = Proc(argv, env, log).start()
     base = f"http://127.0.0.1:{port}"
@@ -198,9 +237,10 @@ def iter_events(
 ) -> Iterator[Received]:
     """Events of a job's stream as a third-party SSE client (httpx-sse) sees them."""
     headers = {"Last-Event-ID": last_id} if last_id else {}
-    with httpx.Client(timeout=httpx.Timeout(timeout, connect=5)) as client, connect_sse(
-        client, "GET", f"{base}/imagine/{job_id}/stream", headers=headers
-    ) as source:
+    with (
+        httpx.Client(timeout=httpx.Timeout(timeout, connect=5)) as client,
+        connect_sse(client, "GET", f"{base}/imagine/{job_id}/stream", headers=headers) as source,
+    ):
         source.response.raise_for_status()
         previous_id = last_id
         for sse in source.iter_sse():
@@ -211,7 +251,9 @@ def iter_events(
             yield Received(sse.event, json.loads(sse.data) if sse.data else {}, own_id)
 
 
-def collect(base: str, job_id: str, last_id: str | None = None, timeout: float = 60.0) -> list[Received]:
+def collect(
+    base: str, job_id: str, last_id: str | None = None, timeout: float = 60.0
+) -> list[Received]:
     """Read a stream to its end (the server closes it after the terminal event)."""
     return list(iter_events(base, job_id, last_id, timeout))
 

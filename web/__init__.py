@@ -15,15 +15,14 @@ from tasks.config import Settings
 
 def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     """Build the app: settings from the environment, then ``config`` on top."""
-    if isinstance(config, Settings):
-        settings = config
-    else:
-        settings = Settings.from_env(**(config or {}))
+    settings = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["JOBCAST"] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     from web import api, errors, extension, pages
 

@@ -97,7 +97,9 @@ def cancel(job_id: str) -> tuple[Response, int]:
     ext = jobcast()
     _check_id(job_id)
     key = ext.keys.job(job_id)
-    if ext.events.publish(job_id, "cancelled", {"reason": "cancelled while queued"}, expect="queued"):
+    if ext.events.publish(
+        job_id, "cancelled", {"reason": "cancelled while queued"}, expect="queued"
+    ):
         return jsonify(jobId=job_id, state="cancelled"), 200
     state = ext.redis.hget(key, "state")
     if state is None:
@@ -114,7 +116,7 @@ def healthz() -> tuple[Response, int]:
     try:
         ext.redis.ping()
         redis_ok = True
-    except Exception:  # noqa: BLE001 - any failure means "not reachable" here
+    except Exception:
         redis_ok = False
     body = {"ok": redis_ok, "redis": "ok" if redis_ok else "unreachable", "hub": ext.hub.stats()}
     return jsonify(body), 200 if redis_ok else 503
@@ -138,7 +140,9 @@ def _send_task(ext: Jobcast, job_id: str, params: dict[str, Any]) -> None:
         ext.celery.send_task("jobcast.imagine", kwargs={"job_id": job_id, **params}, task_id=job_id)
     except Exception:
         # Never leave a queued job that no worker will ever see.
-        ext.events.publish(job_id, "failed", {"error": "The job could not be queued.", "retryable": True})
+        ext.events.publish(
+            job_id, "failed", {"error": "The job could not be queued.", "retryable": True}
+        )
         raise
 
 

@@ -1,7 +1,7 @@
 """The ``jobcast`` command: run the whole stack locally, or one part of it.
 
-    jobcast dev [--port 8000]   embedded Redis + worker + monitor + web; Ctrl-C stops all
-    jobcast web | worker | monitor | redis
+jobcast dev [--port 8000]   embedded Redis + worker + monitor + web; Ctrl-C stops all
+jobcast web | worker | monitor | redis
 """
 
 from __future__ import annotations
@@ -85,9 +85,9 @@ def wait_for_redis(port: int, timeout: float = 15.0) -> None:
         try:
             client.ping()
             return
-        except redis.ConnectionError:
+        except redis.ConnectionError as exc:
             if time.monotonic() > deadline:
-                raise SystemExit(f"jobcast: redis on port {port} did not answer in {timeout} s")
+                raise SystemExit(f"jobcast: redis on port {port} did not answer") from exc
             time.sleep(0.1)
 
 
@@ -95,30 +95,48 @@ def redis_argv(port: int, data_dir: Path) -> list[str]:
     data_dir.mkdir(parents=True, exist_ok=True)
     return [
         redis_server_binary(),
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--dir", str(data_dir),
-        "--appendonly", "yes",
-        "--save", "",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
     ]
 
 
 def web_argv(host: str, port: int, workers: int = 1) -> list[str]:
     return [
-        sys.executable, "-m", "gunicorn",
-        "-k", "gevent",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-k",
+        "gevent",
         "--no-control-socket",
-        "-w", str(workers),
-        "--worker-connections", "20000",
-        "-b", f"{host}:{port}",
+        "-w",
+        str(workers),
+        "--worker-connections",
+        "20000",
+        "-b",
+        f"{host}:{port}",
         "web:create_app()",
     ]
 
 
 def worker_argv(concurrency: int) -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", "tasks", "worker",
-        "--loglevel=INFO", f"--concurrency={concurrency}", "-E",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks",
+        "worker",
+        "--loglevel=INFO",
+        f"--concurrency={concurrency}",
+        "-E",
     ]
 
 
@@ -149,7 +167,10 @@ def dev(args: argparse.Namespace) -> int:
         stack.start("worker", worker_argv(args.concurrency), env)
         stack.start("monitor", monitor_argv(), env)
         stack.start("web", web_argv(args.host, args.port), env)
-        print(f"jobcast: open http://{args.host}:{args.port}/  (dashboard: /ops) — Ctrl-C stops all", flush=True)
+        print(
+            f"jobcast: open http://{args.host}:{args.port}/  (dashboard: /ops) — Ctrl-C stops all",
+            flush=True,
+        )
         name, code = stack.wait_any()
         print(f"jobcast: {name} exited with {code}; stopping the stack", flush=True)
         return 1
@@ -188,9 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_single(web_argv(args.host, args.port, args.workers))
     if args.command == "worker":
         return run_single(worker_argv(args.concurrency))
-    from tasks import monitor
+    import importlib
 
-    return monitor.main()
+    monitor = importlib.import_module("tasks.monitor")
+    return int(monitor.main())
 
 
 if __name__ == "__main__":

@@ -64,7 +64,10 @@ def init_app(app: Flask) -> None:
     def redis_down(exc: Exception) -> Response:
         log.warning("redis unavailable: %s", exc)
         return error_response(
-            503, "unavailable", "The job store is unreachable; try again shortly.", None,
+            503,
+            "unavailable",
+            "The job store is unreachable; try again shortly.",
+            None,
             {"Retry-After": "5"},
         )
 

@@ -1,12 +1,12 @@
 """One job's SSE stream: exactly once, in order, resumable.
 
-    open:    404 unknown job · 204 finished and nothing after Last-Event-ID
-             watch the job channel (subscription confirmed) ─┐
-    body:    retry ─ [reset] ─ backlog (XRANGE after L) ─ place in line ─ live ─ end
-    live:    frames from the hub, skipping ids ≤ the last sent; a keep-alive comment
-             after each ``heartbeat`` of silence; RESYNC → read the log after the last
-             sent id (after a Redis reconnect or when this reader fell behind)
-    finally: unwatch (the hub unsubscribes the job once nobody watches it)
+open:    404 unknown job · 204 finished and nothing after Last-Event-ID
+         watch the job channel (subscription confirmed) ─┐
+body:    retry ─ [reset] ─ backlog (XRANGE after L) ─ place in line ─ live ─ end
+live:    frames from the hub, skipping ids ≤ the last sent; a keep-alive comment
+         after each ``heartbeat`` of silence; RESYNC → read the log after the last
+         sent id (after a Redis reconnect or when this reader fell behind)
+finally: unwatch (the hub unsubscribes the job once nobody watches it)
 """
 
 from __future__ import annotations

@@ -16,9 +16,7 @@ def validate_job(body: Any, settings: Settings) -> dict[str, Any]:
     """Return clean job parameters, or raise a 422 naming each invalid field."""
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_fields", "The body must be a JSON object.")
-    problems: dict[str, str] = {
-        name: "unknown field" for name in body if name not in FIELDS
-    }
+    problems: dict[str, str] = {name: "unknown field" for name in body if name not in FIELDS}
     prompt = _prompt(body.get("prompt"), settings, problems)
     side = (settings.min_side, settings.max_side)
     params = {

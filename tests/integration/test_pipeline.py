@@ -10,7 +10,6 @@ import httpx
 import pytest
 import redis
 from PIL import Image
-
 from support import Proc, Received, collect, iter_events, logged, post_job, wait_until
 
 SMALL = {"width": 96, "height": 64, "steps": 8}
@@ -39,7 +38,9 @@ def test_full_job_streams_every_phase_in_order(web: str, worker: Proc, rds: redi
     assert done["url"] == f"/imagine/{job['jobId']}/image" and done["seconds"] > 0
 
 
-def test_post_answers_202_with_location_and_position(web: str, worker: Proc, rds: redis.Redis) -> None:
+def test_post_answers_202_with_location_and_position(
+    web: str, worker: Proc, rds: redis.Redis
+) -> None:
     """The answer names the job, its place in line, and where to watch it."""
     response = httpx.post(web + "/imagine", json={"prompt": "night city", **SMALL})
     assert response.status_code == 202
@@ -65,7 +66,9 @@ def test_image_and_status_after_done(web: str, worker: Proc, rds: redis.Redis) -
     assert status["url"] == f"/imagine/{job['jobId']}/image"
 
 
-def test_reconnect_with_last_id_gets_exactly_the_rest(web: str, worker: Proc, rds: redis.Redis) -> None:
+def test_reconnect_with_last_id_gets_exactly_the_rest(
+    web: str, worker: Proc, rds: redis.Redis
+) -> None:
     """Drop the stream mid-job, resume with Last-Event-ID: the missing events, none twice."""
     job = post_job(web, **LONG)
     first: list[Received] = []
@@ -173,15 +176,50 @@ def _kill_subscribers(client: redis.Redis) -> int:
     [
         (b"{not json", {"Content-Type": "application/json"}, 400, "bad_json"),
         (b"\xff\xfe", {"Content-Type": "application/json"}, 400, "bad_json"),
-        (b"prompt=x", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
-        (b'{"prompt": "' + b"x" * 40000 + b'"}', {"Content-Type": "application/json"}, 413, "too_large"),
+        (
+            b"prompt=x",
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            b'{"prompt": "' + b"x" * 40000 + b'"}',
+            {"Content-Type": "application/json"},
+            413,
+            "too_large",
+        ),
         (b"[]", {"Content-Type": "application/json"}, 422, "invalid_fields"),
         (b'{"prompt": ""}', {"Content-Type": "application/json"}, 422, "invalid_fields"),
-        (b'{"prompt": "x", "width": -5}', {"Content-Type": "application/json"}, 422, "invalid_fields"),
-        (b'{"prompt": "x", "steps": 100000}', {"Content-Type": "application/json"}, 422, "invalid_fields"),
-        (b'{"prompt": "x", "height": true}', {"Content-Type": "application/json"}, 422, "invalid_fields"),
-        (b'{"prompt": "x", "seed": 1.5}', {"Content-Type": "application/json"}, 422, "invalid_fields"),
-        (b'{"prompt": "x", "colour": "red"}', {"Content-Type": "application/json"}, 422, "invalid_fields"),
+        (
+            b'{"prompt": "x", "width": -5}',
+            {"Content-Type": "application/json"},
+            422,
+            "invalid_fields",
+        ),
+        (
+            b'{"prompt": "x", "steps": 100000}',
+            {"Content-Type": "application/json"},
+            422,
+            "invalid_fields",
+        ),
+        (
+            b'{"prompt": "x", "height": true}',
+            {"Content-Type": "application/json"},
+            422,
+            "invalid_fields",
+        ),
+        (
+            b'{"prompt": "x", "seed": 1.5}',
+            {"Content-Type": "application/json"},
+            422,
+            "invalid_fields",
+        ),
+        (
+            b'{"prompt": "x", "colour": "red"}',
+            {"Content-Type": "application/json"},
+            422,
+            "invalid_fields",
+        ),
     ],
 )
 def test_bad_posts_are_refused_and_change_nothing(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 
 import redis
+from support import logged
 
 from tasks.events import JobEvents, parse_id
 from tasks.reporter import Reporter
-from support import logged
 
 
 def test_publish_appends_in_order_with_increasing_ids(rds: redis.Redis) -> None:

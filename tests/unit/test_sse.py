@@ -42,9 +42,10 @@ def test_comment_and_keep_alive() -> None:
 
 def test_frame_of_logged_event_matches_encoder() -> None:
     """Backlog frames built from Redis bytes equal the encoder's output."""
-    assert frame(b"1-2", b"progress", b'{"percent":5}') == Event(
-        id="1-2", event="progress", data='{"percent":5}'
-    ).encode()
+    assert (
+        frame(b"1-2", b"progress", b'{"percent":5}')
+        == Event(id="1-2", event="progress", data='{"percent":5}').encode()
+    )
 
 
 def test_published_frame_is_the_encoder_frame(rds: object) -> None:
