@@ -1,8 +1,8 @@
 """Exceptions raised by Jobcast's task side.
 
-    JobcastError
-    ├── JobCancelled      a cancel was requested; the task stops at its next step
-    └── QueueFull         the waiting line is at ``max_queue``; try again later
+JobcastError
+├── JobCancelled      a cancel was requested; the task stops at its next step
+└── QueueFull         the waiting line is at ``max_queue``; try again later
 """
 
 from __future__ import annotations

@@ -90,6 +90,7 @@ redis.call('HSET', job, unpack(fields))
 redis.call('EXPIRE', job, ttl)
 redis.call('EXPIRE', events, ttl)
 redis.call('PUBLISH', channel, frame(id, phase, data))
+redis.call('HINCRBY', stats, 'published', 1)
 return id
 """
 )

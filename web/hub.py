@@ -138,7 +138,8 @@ class Hub:
         self._conn: redis.connection.Connection | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self.reconnects = 0
-        self.messages = 0
+        self.messages = 0  # pub/sub messages received
+        self.delivered = 0  # frames handed to watchers (messages × watchers)
 
     # -- public API -------------------------------------------------------------------
 
@@ -202,6 +203,7 @@ class Hub:
             "connected": self.connected.is_set(),
             "reconnects": self.reconnects,
             "messages": self.messages,
+            "delivered": self.delivered,
         }
 
     # -- subscription bookkeeping -------------------------------------------------------
@@ -344,6 +346,7 @@ class Hub:
         if sub is None or not sub.watchers:
             return
         item = item_from_frame(payload)
+        self.delivered += len(sub.watchers)
         for watcher in sub.watchers:
             watcher.put(item)
 
