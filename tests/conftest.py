@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tasks.events import JobEvents
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 from support import Proc, RedisServer, celery_worker, gunicorn_web, wait_until
@@ -76,7 +78,10 @@ def rds(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 
 def _quiesce(client: redis.Redis) -> None:
-    """Cancel what still runs, wait for it to stop, then drop every Jobcast key."""
+    """Cancel what waits or runs (open streams end), wait for it to stop, drop every key."""
+    events = JobEvents(client)
+    for job_id in client.zrange("jobcast:queue", 0, -1):
+        events.publish(job_id.decode(), "cancelled", {"reason": "test over"}, expect="queued")
     for job_id in client.zrange("jobcast:running", 0, -1):
         client.hset(f"jobcast:job:{{{job_id.decode()}}}", "cancel", "1")
     client.delete("jobcast")  # Celery's list of waiting task messages
