@@ -58,6 +58,8 @@ def build_context(settings: Settings) -> Context:
         prefix=settings.prefix,
         maxlen=settings.stream_maxlen,
         retention_seconds=settings.retention_seconds,
+        # A worker keeps its job alive through a Redis restart instead of failing it.
+        retry_seconds=settings.publish_retry_seconds,
     )
     return Context(settings=settings, redis=client, events=events)
 

@@ -37,6 +37,7 @@ class Settings:
     watcher_queue_size: int = 256
     max_streams: int = 20000
     max_attempts: int = 3
+    publish_retry_seconds: float = 60.0
     visibility_timeout: int = 3600
     ops_token: str = ""
     signing_key: str = ""

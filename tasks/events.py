@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -39,13 +41,16 @@ end
 """
 
 # KEYS: job hash, events stream, queue zset, running zset, stats hash
-# ARGV: channel, phase, data, maxlen, ttl, queue channel, job id, now (ms), expected state
+# ARGV: channel, phase, data, maxlen, ttl, queue channel, job id, now (ms), expected state,
+#       token (unique per publish, the same across its retries)
 PUBLISH_LUA = (
     _COMMON_LUA
     + """
 local job, events, queue, running, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local channel, phase, data, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local qchannel, jobid, now, expect = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local qchannel, jobid, now, expect, token = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+-- A retried call whose first try did run (its reply was lost): answer with that event.
+if redis.call('HGET', job, 'lastToken') == token then return redis.call('HGET', job, 'lastEventId') end
 local state = redis.call('HGET', job, 'state')
 if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return false end
 if expect ~= '' and not string.find(',' .. expect .. ',', ',' .. (state or '') .. ',', 1, true) then
@@ -85,6 +90,7 @@ if phase ~= 'progress' and phase ~= 'preview' and phase ~= 'queued' then
 end
 local id = redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'phase', phase, 'data', data)
 table.insert(fields, 'lastEventId'); table.insert(fields, id)
+table.insert(fields, 'lastToken'); table.insert(fields, token)
 table.insert(fields, 'last:' .. phase); table.insert(fields, data)
 redis.call('HSET', job, unpack(fields))
 redis.call('EXPIRE', job, ttl)
@@ -160,8 +166,10 @@ class JobEvents:
         prefix: str = "jobcast:",
         maxlen: int = 1000,
         retention_seconds: int = 24 * 3600,
+        retry_seconds: float = 0.0,
     ) -> None:
         self.redis = redis_client
+        self.retry_seconds = retry_seconds
         self.keys = Keys(prefix)
         self.maxlen = maxlen
         self.retention_seconds = retention_seconds
@@ -180,21 +188,26 @@ class JobEvents:
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}")
         k = self.keys
-        result = self._publish(
-            keys=[k.job(job_id), k.events(job_id), k.queue, k.running, k.stats],
-            args=[
-                k.channel(job_id),
-                phase,
-                dumps(data or {}),
-                self.maxlen,
-                self.retention_seconds,
-                k.queue,
-                job_id,
-                now_ms(),
-                expect,
-            ],
-        )
+        keys = [k.job(job_id), k.events(job_id), k.queue, k.running, k.stats]
+        args = [
+            k.channel(job_id), phase, dumps(data or {}), self.maxlen, self.retention_seconds,
+            k.queue, job_id, now_ms(), expect, secrets.token_hex(8),
+        ]  # fmt: skip
+        result = self.retrying(lambda: self._publish(keys=keys, args=args))
         return _text(result) if result else None
+
+    def retrying(self, call: Callable[[], Any]) -> Any:
+        """Ride out a Redis restart: retry for ``retry_seconds``; the token makes it safe."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.05
+        while True:
+            try:
+                return call()
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)  # backing off from a Redis that is down
+                delay = min(delay * 2, 1.0)
 
     def enqueue(
         self, job_id: str, fields: dict[str, str], *, max_queue: int = 0

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from PIL import Image
 
 from tasks import preview as preview_mod
@@ -63,7 +64,8 @@ class Reporter:
         )
         if event_id is None:
             return None
-        raw = self.events.redis.hget(self.events.keys.job(self.job_id), "attempt")
+        key = self.events.keys.job(self.job_id)
+        raw = self.events.retrying(lambda: self.events.redis.hget(key, "attempt"))
         self.attempt = int(raw or 1)
         return self.attempt
 
@@ -100,7 +102,10 @@ class Reporter:
         return self.publish("cancelled", data)
 
     def cancel_requested(self) -> bool:
-        flag = self.events.redis.hget(self.events.keys.job(self.job_id), "cancel")
+        try:
+            flag = self.events.redis.hget(self.events.keys.job(self.job_id), "cancel")
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False  # Redis is restarting: keep working; the next step asks again
         return flag is not None
 
     def check_cancelled(self) -> None:
