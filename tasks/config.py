@@ -36,6 +36,7 @@ class Settings:
     redis_pool_timeout: float = 10.0
     watcher_queue_size: int = 256
     max_streams: int = 20000
+    send_timeout_seconds: float = 30.0
     max_attempts: int = 3
     publish_retry_seconds: float = 60.0
     visibility_timeout: int = 3600

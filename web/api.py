@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import socket
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, send_file
@@ -57,6 +58,12 @@ def stream(job_id: str) -> Response:
         raise _not_found()
     if is_terminal(state.decode()) and last is not None and last >= _id(last_logged):
         return Response(status=204)
+    if ext.hub.streams >= ext.settings.max_streams:
+        raise ApiError(
+            503, "too_many_streams", "This server holds all the streams it can; retry shortly.",
+            headers={"Retry-After": "5"},
+        )  # fmt: skip
+    _guard_socket(ext.settings.send_timeout_seconds)
     watcher = ext.hub.watch(ext.keys.channel(job_id))
     try:
         body = Stream(ext, job_id, last, watcher)
@@ -120,6 +127,20 @@ def healthz() -> tuple[Response, int]:
         redis_ok = False
     body = {"ok": redis_ok, "redis": "ok" if redis_ok else "unreachable", "hub": ext.hub.stats()}
     return jsonify(body), 200 if redis_ok else 503
+
+
+def _guard_socket(seconds: float) -> None:
+    """Drop clients that stop reading: a write blocked this long fails, and so does a
+    connection whose data stays unacknowledged that long (half-open: the heartbeat's
+    keep-alive comment is what finds it)."""
+    sock = request.environ.get("gunicorn.socket")
+    if sock is None:
+        return
+    sock.settimeout(seconds)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
+    except (OSError, AttributeError):
+        pass  # not TCP (a unix socket) or not Linux: the write timeout still applies
 
 
 def _json_body(ext: Jobcast) -> Any:
