@@ -33,7 +33,13 @@ def create_celery(settings: Settings | None = None, **conf: Any) -> Celery:
         task_send_sent_event=True,
         task_ignore_result=True,
         task_track_started=False,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options={
+            # A message whose worker died unacked is handed out again after this.
+            "visibility_timeout": settings.visibility_timeout,
+            # Look for such messages often enough to honour a short visibility timeout.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+            "unacked_restore_throttle": 1 if settings.visibility_timeout < 120 else 10,
+        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         # Redelivered jobs must not be deduplicated away by Celery's memory of them.
