@@ -1,0 +1,176 @@
+"""End-to-end figures for the Jobcast app (needs ``web:create_app()``).
+
+    python -m bench.e2e --posters 50 --seconds 10
+
+1. ``POST /imagine`` latency p50/p99 (and server CPU per request) under ``--posters``
+   concurrent keep-alive clients, each posting as fast as it gets answers.
+2. Enqueue → ``queued`` at the browser: POST, then open the returned stream and wait
+   for its ``queued`` frame; the time from sending the POST to that frame.
+3. Worker cost per published event: ``JobEvents.publish`` wall time and Redis round
+   trips per call (progress events on a running job), and Redis CPU per call.
+
+Same setup as ``bench.load``: fresh Redis, gunicorn ``-k gevent -w 1`` on core 1, this
+process on core 0. No Celery worker runs: jobs stay queued, which is what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import time
+from typing import Any
+
+from bench import procs
+from bench.load import CountingConnection, _pct, publisher_client
+from tasks.events import JobEvents
+
+BODY = json.dumps({"prompt": "a lighthouse at dusk, oil on canvas", "steps": 20}).encode()
+LENGTH = re.compile(rb"(?i)content-length:\s*(\d+)")
+
+
+async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[int, bytes]:
+    """One ``POST /imagine`` on a keep-alive connection: (status, body)."""
+    writer.write(
+        b"POST /imagine HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    match = LENGTH.search(head)
+    body = await reader.readexactly(int(match.group(1))) if match else b""
+    return int(head.split(b" ", 2)[1]), body
+
+
+async def poster(port: int, until: float, latencies: list[float], codes: dict[int, int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.monotonic() < until:
+            t0 = time.perf_counter()
+            code, _ = await post(reader, writer)
+            latencies.append(time.perf_counter() - t0)
+            codes[code] = codes.get(code, 0) + 1
+    finally:
+        writer.close()
+
+
+async def post_load(port: int, posters: int, seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    codes: dict[int, int] = {}
+    until = time.monotonic() + seconds
+    await asyncio.gather(*(poster(port, until, latencies, codes) for _ in range(posters)))
+    latencies.sort()
+    return {
+        "posts": len(latencies),
+        "codes": codes,
+        "p50_ms": _pct(latencies, 50) * 1e3,
+        "p99_ms": _pct(latencies, 99) * 1e3,
+        "per_s": len(latencies) / seconds,
+    }
+
+
+async def enqueue_to_queued(port: int) -> tuple[float, float]:
+    """(POST sent → queued frame, POST answered → queued frame), in seconds."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    t0 = time.perf_counter()
+    _, body = await post(reader, writer)
+    t1 = time.perf_counter()
+    stream = json.loads(body)["stream"]
+    writer.write(f"GET {stream} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+    buf = b""
+    while b"event: queued" not in buf:
+        chunk = await reader.read(4096)
+        if not chunk:
+            raise RuntimeError("stream closed before the queued event")
+        buf += chunk
+    t2 = time.perf_counter()
+    writer.close()
+    return t2 - t0, t2 - t1
+
+
+async def queued_latency(port: int, samples: int) -> dict[str, Any]:
+    pairs = [await enqueue_to_queued(port) for _ in range(samples)]
+    total = sorted(p[0] for p in pairs)
+    stream = sorted(p[1] for p in pairs)
+    return {
+        "p50_ms": _pct(total, 50) * 1e3,
+        "p99_ms": _pct(total, 99) * 1e3,
+        "stream_p50_ms": _pct(stream, 50) * 1e3,
+        "stream_p99_ms": _pct(stream, 99) * 1e3,
+    }
+
+
+def publish_cost(rds: procs.RedisServer, count: int) -> dict[str, Any]:
+    client = publisher_client(rds.url)
+    api = JobEvents(client)
+    jobs = [f"bench-publish-{i}" for i in range(100)]
+    for job in jobs:
+        api.publish(job, "started", {"worker": "bench"})
+    api.publish(jobs[0], "progress", {"percent": 0})  # loads the script
+    cpu0, replies0 = rds.cpu_seconds(), CountingConnection.replies
+    times = []
+    for n in range(count):
+        data = {"percent": n % 100, "step": n, "steps": count, "sentAt": time.time()}
+        t0 = time.perf_counter()
+        api.publish(jobs[n % len(jobs)], "progress", data)
+        times.append(time.perf_counter() - t0)
+    cpu = rds.cpu_seconds() - cpu0
+    trips = CountingConnection.replies - replies0
+    client.close()
+    times.sort()
+    return {
+        "p50_us": _pct(times, 50) * 1e6,
+        "p99_us": _pct(times, 99) * 1e6,
+        "mean_us": statistics.fmean(times) * 1e6,
+        "round_trips": trips / count,
+        "redis_cpu_us": cpu * 1e6 / count,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--posters", type=int, default=50)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--samples", type=int, default=200, help="enqueue → queued samples")
+    p.add_argument("--publishes", type=int, default=5000)
+    args = p.parse_args(argv)
+    procs.raise_fd_limit()
+    os.sched_setaffinity(0, {procs.HARNESS_CORE})
+    rds = procs.RedisServer()
+    server = None
+    try:
+        worker = publish_cost(rds, args.publishes)
+        env = {"JOBCAST_MAX_QUEUE": "10000000"}
+        server = procs.Server("web:create_app()", rds.url, "/healthz", env)
+        cpu0 = procs.cpu_ns(server.worker)
+        posts = asyncio.run(post_load(server.port, args.posters, args.seconds))
+        cpu_per_post = (procs.cpu_ns(server.worker) - cpu0) / 1e3 / max(posts["posts"], 1)
+        queued = asyncio.run(queued_latency(server.port, args.samples))
+    finally:
+        if server is not None:
+            server.close()
+        rds.close()
+    print(
+        f"POST /imagine, {args.posters} concurrent posters, {args.seconds:g} s: "
+        f"{posts['posts']} posts ({posts['per_s']:.0f}/s, codes {posts['codes']}), "
+        f"p50 {posts['p50_ms']:.1f} ms, p99 {posts['p99_ms']:.1f} ms, "
+        f"server CPU {cpu_per_post:.0f} µs/post"
+    )
+    print(
+        f"enqueue → queued at the browser ({args.samples} sequential): "
+        f"p50 {queued['p50_ms']:.1f} ms, p99 {queued['p99_ms']:.1f} ms "
+        f"(of which stream open → queued frame: p50 {queued['stream_p50_ms']:.1f} ms, "
+        f"p99 {queued['stream_p99_ms']:.1f} ms)"
+    )
+    print(
+        f"worker cost per published event ({args.publishes} × JobEvents.publish): "
+        f"p50 {worker['p50_us']:.0f} µs, p99 {worker['p99_us']:.0f} µs, "
+        f"mean {worker['mean_us']:.0f} µs, {worker['round_trips']:.2f} Redis round trips, "
+        f"Redis CPU {worker['redis_cpu_us']:.1f} µs"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""Processes the benchmark starts: Redis, a gunicorn subject, load clients; /proc readings.
+
+Every child runs in its own session, pinned to a core with ``taskset``, with the open
+file limit raised to the hard limit, and is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+SERVER_CORE = 1
+HARNESS_CORE = 0
+
+
+def raise_fd_limit() -> None:
+    """Preexec hook (and for this process): soft NOFILE limit up to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn(
+    argv: list[str], core: int, env: dict[str, str] | None = None, **kw: Any
+) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["taskset", "-c", str(core), *argv],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+        preexec_fn=raise_fd_limit,
+        **kw,
+    )
+
+
+def stop(proc: subprocess.Popen | None, grace: float = 5.0) -> None:
+    """SIGTERM the process (its session leader PID), then SIGKILL after ``grace``."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time (user+system) of every thread of ``pid``, in ns, from schedstat."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class RedisServer:
+    """A throwaway redis-server on a free port, pinned to the harness core."""
+
+    def __init__(self, binary: str = "redis-server") -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        maxclients = resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 64
+        self.proc = spawn(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxclients",
+                str(maxclients),
+                "--loglevel",
+                "warning",
+            ],
+            HARNESS_CORE,
+            stdout=subprocess.DEVNULL,
+        )
+        self.client = redis.Redis.from_url(self.url, protocol=2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def info(self) -> dict[str, Any]:
+        return dict(self.client.info())
+
+    def cpu_seconds(self) -> float:
+        info = self.client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def connected_clients(self) -> int:
+        return int(self.client.info("clients")["connected_clients"])
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+        stop(self.proc)
+
+
+class Server:
+    """``gunicorn -k gevent -w 1`` serving ``app`` on the server core."""
+
+    def __init__(self, app: str, redis_url: str, probe_path: str, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.log = open(ROOT / "bench" / ".server.log", "ab")  # noqa: SIM115
+        argv = [
+            str(VENV_BIN / "gunicorn"),
+            "-k",
+            "gevent",
+            "-w",
+            "1",
+            "--worker-connections",
+            "30000",
+            "--backlog",
+            "4096",
+            "--timeout",
+            "120",
+            "--graceful-timeout",
+            "2",
+            "--keep-alive",
+            "5",
+            "--log-level",
+            "warning",
+            "-b",
+            f"127.0.0.1:{self.port}",
+            app,
+        ]
+        self.proc = spawn(
+            argv, SERVER_CORE, {"REDIS_URL": redis_url, **env}, stdout=self.log, stderr=self.log
+        )
+        self.worker = self._wait_ready(probe_path)
+
+    def _wait_ready(self, probe_path: str) -> int:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"gunicorn exited with {self.proc.returncode}; see bench/.server.log"
+                )
+            workers = children(self.proc.pid)
+            if workers and http_status(self.port, probe_path) is not None:
+                return workers[0]
+            time.sleep(0.1)
+        raise RuntimeError("gunicorn did not become ready in 30 s")
+
+    def close(self) -> None:
+        stop(self.proc)
+        self.log.close()
+
+
+def http_status(port: int, path: str, timeout: float = 1.0) -> int | None:
+    """Status code of ``GET path`` (reading only the status line), or None."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+            line = s.recv(64).split(b"\r\n", 1)[0]
+            return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class ClientPool:
+    """Several ``bench.client`` processes on the harness core, asked in parallel."""
+
+    def __init__(self, count: int) -> None:
+        self.procs = [
+            spawn(
+                [sys.executable, "-m", "bench.client"],
+                HARNESS_CORE,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(count)
+        ]
+
+    def ask(self, commands: list[dict[str, Any]], timeout: float) -> list[dict[str, Any]]:
+        """Send ``commands[i]`` to client i and wait for every reply."""
+        for proc, cmd in zip(self.procs, commands, strict=True):
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(cmd) + "\n")
+            proc.stdin.flush()
+        pool = ThreadPoolExecutor(len(self.procs))
+        try:
+            futures = [pool.submit(_read_reply, proc) for proc in self.procs]
+            deadline = time.monotonic() + timeout
+            return [f.result(timeout=max(0.1, deadline - time.monotonic())) for f in futures]
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def ask_all(self, cmd: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
+        return self.ask([cmd] * len(self.procs), timeout)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(Exception):
+                assert proc.stdin is not None
+                proc.stdin.close()
+        for proc in self.procs:
+            stop(proc, grace=3)
+
+
+def _read_reply(proc: subprocess.Popen) -> dict[str, Any]:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError("load client exited")
+    return dict(json.loads(line))
+
+
+def start_profiler(pid: int, directory: str | None, name: str) -> subprocess.Popen | None:
+    """``py-spy record`` of ``pid`` into ``directory/name.txt`` (collapsed stacks)."""
+    if not directory:
+        return None
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    argv = [str(VENV_BIN / "py-spy"), "record", "-p", str(pid), "-f", "raw", "-r", "250"]
+    argv += ["--nonblocking", "-o", f"{directory}/{name}.txt"]
+    proc = spawn(argv, HARNESS_CORE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return proc
+
+
+def stop_profiler(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+
+
+def hotspots(path: str, top: int = 15) -> str:
+    """Self time by leaf frame from a py-spy raw (collapsed) file, as a Markdown list.
+
+    Samples whose leaf is gevent's hub loop (``gevent/hub.py``: waiting in libev, i.e.
+    mostly idle) are left out of the shares and reported on their own.
+    """
+    leaves: dict[str, int] = {}
+    total = idle = 0
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return f"(no profile at {path})"
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        if "gevent/hub.py" in leaf:
+            idle += int(count)
+            continue
+        leaves[leaf] = leaves.get(leaf, 0) + int(count)
+        total += int(count)
+    ranked = sorted(leaves.items(), key=lambda kv: -kv[1])[:top]
+    head = f"({total} busy samples; {idle} more in the gevent hub loop, not counted)\n"
+    return head + "\n".join(f"- {100 * n / max(total, 1):5.1f}%  {leaf}" for leaf, n in ranked)
