@@ -40,6 +40,8 @@ class Settings:
     max_attempts: int = 3
     publish_retry_seconds: float = 60.0
     visibility_timeout: int = 3600
+    # Flask-Limiter syntax, per client address; empty turns the limit off.
+    post_rate_limit: str = "60/minute;10/second"
     ops_token: str = ""
     signing_key: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -21,7 +24,7 @@ from web.validate import validate_job
 
 bp = Blueprint("api", __name__)
 
-JOB_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 MAX_LAST_ID = 41  # two 20-digit numbers and a dash
 
 
@@ -37,15 +40,19 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         raise _queue_full(ext, length)
     _send_task(ext, job_id, params)
     place = ext.line.place(job_id)
-    body = {
+    token = job_token(ext.settings.signing_key, job_id)
+    query = f"?token={token}" if token else ""
+    body: dict[str, Any] = {
         "jobId": job_id,
         "position": position,
         "queueLength": length,
         "etaSeconds": place.eta_seconds if place else None,
-        "stream": f"/imagine/{job_id}/stream",
-        "status": f"/imagine/{job_id}",
+        "stream": f"/imagine/{job_id}/stream{query}",
+        "status": f"/imagine/{job_id}{query}",
     }
-    return jsonify(body), 202, {"Location": f"/imagine/{job_id}"}
+    if token:
+        body["token"] = token
+    return jsonify(body), 202, {"Location": body["status"]}
 
 
 @bp.get("/imagine/<job_id>/stream")
@@ -195,8 +202,23 @@ def _id(raw: bytes | None) -> Any:
 
 
 def _check_id(job_id: str) -> None:
-    if not JOB_ID.match(job_id):
+    """404 for what cannot be a job id; 403 without the job's token when signing is on."""
+    if not JOB_ID.fullmatch(job_id):
         raise _not_found()
+    key = jobcast().settings.signing_key
+    if not key:
+        return
+    given = request.args.get("token", "")
+    if not hmac.compare_digest(given.encode(), job_token(key, job_id).encode()):
+        raise ApiError(403, "bad_token", "This job needs the token that came with it.")
+
+
+def job_token(key: str, job_id: str) -> str:
+    """The capability to watch a job when ``JOBCAST_SIGNING_KEY`` is set ("" otherwise)."""
+    if not key:
+        return ""
+    digest = hmac.new(key.encode(), job_id.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:18]).decode()
 
 
 def _not_found() -> ApiError:

@@ -54,8 +54,8 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         code = (exc.name or "error").lower().replace(" ", "_")
-        headers = dict(exc.get_headers()) if exc.code == 405 else {}
-        headers.pop("Content-Type", None)
+        # Keep Allow (405), Retry-After (429) and the like; the body is ours.
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
         return error_response(exc.code or 500, code, exc.description or exc.name, None, headers)
 
     @app.errorhandler(redis.ConnectionError)

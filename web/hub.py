@@ -325,9 +325,11 @@ class Hub:
     def _read_messages(self) -> None:
         conn = self._conn
         assert conn is not None
-        timeout = self.ping_every * 3
+        silence = self.ping_every * 3  # we PING every ping_every s: this long quiet is dead
         while True:
-            reply = conn.read_response(timeout=timeout, disconnect_on_error=False)
+            if not conn.can_read(timeout=silence):
+                raise redis.TimeoutError(f"no reply from redis in {silence} s")
+            reply = conn.read_response(disconnect_on_error=False)
             kind = reply[0]
             if kind == b"message":
                 self.messages += 1
