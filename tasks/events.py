@@ -40,13 +40,14 @@ local function frame(id, phase, data)
 end
 """
 
-# KEYS: job hash, events stream, queue zset, running zset, stats hash
+# KEYS: job hash, events stream, queue zset, running zset, stats hash, queue version
 # ARGV: channel, phase, data, maxlen, ttl, queue channel, job id, now (ms), expected state,
 #       token (unique per publish, the same across its retries)
 PUBLISH_LUA = (
     _COMMON_LUA
     + """
 local job, events, queue, running, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local qversion = KEYS[6]
 local channel, phase, data, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local qchannel, jobid, now, expect, token = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 -- A retried call whose first try did run (its reply was lost): answer with that event.
@@ -86,7 +87,16 @@ elseif phase == 'done' or phase == 'failed' or phase == 'cancelled' then
   end
 end
 if phase ~= 'progress' and phase ~= 'preview' and phase ~= 'queued' then
-  if redis.call('ZREM', queue, jobid) == 1 then redis.call('PUBLISH', qchannel, jobid) end
+  -- The job leaves the line: one message tells every web process how it moved.
+  local ticket = redis.call('ZSCORE', queue, jobid)
+  if ticket then
+    redis.call('ZREM', queue, jobid)
+    local version = redis.call('INCR', qversion)
+    local busy = redis.call('ZCARD', running)
+    local avg = redis.call('HGET', stats, 'avgMs') or '-'
+    redis.call('PUBLISH', qchannel,
+      version .. ' ' .. ticket .. ' ' .. redis.call('ZCARD', queue) .. ' ' .. busy .. ' ' .. avg)
+  end
 end
 local id = redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'phase', phase, 'data', data)
 table.insert(fields, 'lastEventId'); table.insert(fields, id)
@@ -188,7 +198,7 @@ class JobEvents:
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}")
         k = self.keys
-        keys = [k.job(job_id), k.events(job_id), k.queue, k.running, k.stats]
+        keys = [k.job(job_id), k.events(job_id), k.queue, k.running, k.stats, k.queue_version]
         args = [
             k.channel(job_id), phase, dumps(data or {}), self.maxlen, self.retention_seconds,
             k.queue, job_id, now_ms(), expect, secrets.token_hex(8),

@@ -32,6 +32,11 @@ class Keys:
         return f"{self.prefix}queue:ticket"
 
     @property
+    def queue_version(self) -> str:
+        """Counts departures from the line; orders "the line moved" messages."""
+        return f"{self.prefix}queue:version"
+
+    @property
     def running(self) -> str:
         """Sorted set of running job ids scored by start time (ms)."""
         return f"{self.prefix}running"

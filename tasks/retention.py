@@ -26,7 +26,11 @@ class Swept:
 
 
 def sweep(
-    client: redis.Redis, keys: Keys, media_dir: str, retention_seconds: int, now: float | None = None
+    client: redis.Redis,
+    keys: Keys,
+    media_dir: str,
+    retention_seconds: int,
+    now: float | None = None,
 ) -> Swept:
     """Delete expired images and forget ghost members of the waiting and running sets."""
     now = time.time() if now is None else now
@@ -63,5 +67,7 @@ def _sweep_ghosts(client: redis.Redis, keys: Keys) -> int:
         if gone:
             removed += client.zrem(zset, *gone)
             if zset == keys.queue:
-                client.publish(keys.queue, "swept")  # the line moved
+                # The line moved in no simple way: web processes recompute positions.
+                version = client.incr(keys.queue_version)
+                client.publish(keys.queue, f"{version} *")
     return removed

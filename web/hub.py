@@ -170,13 +170,17 @@ class Hub:
             sub.idle_since = _now()
 
     def listen(self, channel: str | bytes, handler: Callable[[bytes], None]) -> None:
-        """Call ``handler(payload)`` in the hub for each message on ``channel``."""
+        """Call ``handler(payload)`` in the hub's reader for each message on ``channel``
+        (and ``handler(b"*")`` after a reconnect, as messages may have been missed);
+        return once the subscription is confirmed."""
         self.start()
         name = channel.encode() if isinstance(channel, str) else channel
         self.handlers[name] = handler
         sub = self.subs.setdefault(name, _Sub())
         if not sub.active:
             self._subscribe(name, sub)
+        if not sub.ready.wait(self.confirm_timeout):
+            raise HubUnavailable(f"no confirmation for {name!r}")
 
     def watchers_of(self, channel: bytes) -> set[Watcher]:
         sub = self.subs.get(channel)
@@ -231,6 +235,9 @@ class Hub:
             sub.resync = False
             for watcher in sub.watchers:
                 watcher.put(RESYNC)
+            handler = self.handlers.get(name)
+            if handler is not None:
+                handler(b"*")
 
     def _unsubscribed(self, name: bytes) -> None:
         sub = self.subs.get(name)

@@ -47,9 +47,8 @@ class Stream:
         """The reset notice if history is gone, the backlog, then the place in line."""
         parts = [self._reset_if_trimmed(), self._catch_up()]
         if not self.finished:
-            place = self.ext.line.place(self.job_id)
+            place = self.ext.line.track(self.job_id)
             if place is not None:
-                self.ext.line.track(self.job_id, place)
                 parts.append(place.item().frame)
         return b"".join(parts)
 
