@@ -85,6 +85,8 @@ class Stream:
                 self.sent = sent
                 parts.append(self._catch_up())
                 sent = self.sent
+                if not self.finished and not self.ext.redis.exists(self.ext.keys.job(self.job_id)):
+                    self.finished = True  # Redis lost the job: end; a reconnect gets 404
             elif item.key is None:
                 parts.append(item.frame)  # derived (queue position): never replayed
             elif sent is None or item.key > sent:
