@@ -175,7 +175,11 @@ class Server:
         self.proc = spawn(
             argv, SERVER_CORE, {"REDIS_URL": redis_url, **env}, stdout=self.log, stderr=self.log
         )
-        self.worker = self._wait_ready(probe_path)
+        try:
+            self.worker = self._wait_ready(probe_path)
+        except BaseException:
+            self.close()
+            raise
 
     def _wait_ready(self, probe_path: str) -> int:
         deadline = time.monotonic() + 30
