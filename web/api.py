@@ -159,7 +159,9 @@ def _json_body(ext: Jobcast) -> Any:
         raise ApiError(413, "too_large", "The request body is too large.") from None
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+    # RecursionError: arrays/objects nested deeper than the parser goes ("[" * 8000 fits
+    # in the body limit); to the client that is just JSON we will not read.
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ApiError(400, "bad_json", "The body is not valid JSON.") from None
 
 
