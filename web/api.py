@@ -19,7 +19,7 @@ from tasks.media import image_path
 from web.errors import ApiError
 from web.extension import Jobcast, jobcast
 from web.line import eta_seconds
-from web.stream import Stream, is_terminal, snapshot
+from web.stream import Stream, is_terminal, read_opening, snapshot
 from web.validate import validate_job
 
 bp = Blueprint("api", __name__)
@@ -60,23 +60,24 @@ def stream(job_id: str) -> Response:
     ext = jobcast()
     _check_id(job_id)
     last = _last_event_id()
-    state, last_logged = ext.redis.hmget(ext.keys.job(job_id), ["state", "lastEventId"])
-    if state is None:
-        raise _not_found()
-    if is_terminal(state.decode()) and last is not None and last >= _id(last_logged):
-        return Response(status=204)
     if ext.hub.streams >= ext.settings.max_streams:
         raise ApiError(
             503, "too_many_streams", "This server holds all the streams it can; retry shortly.",
             headers={"Retry-After": "5"},
         )  # fmt: skip
-    _guard_socket(ext.settings.send_timeout_seconds)
     watcher = ext.hub.watch(ext.keys.channel(job_id))
     try:
-        body = Stream(ext, job_id, last, watcher)
+        opening = read_opening(ext, job_id, last)
+        if opening.state is None:
+            raise _not_found()
+        if opening.nothing_after(last):
+            ext.hub.unwatch(watcher)
+            return Response(status=204)
+        body = Stream(ext, job_id, last, watcher, opening)
     except BaseException:
         ext.hub.unwatch(watcher)
         raise
+    _guard_socket(ext.settings.send_timeout_seconds)
     return Response(
         iter(body),
         status=200,

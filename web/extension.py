@@ -43,7 +43,11 @@ def init_app(app: Flask, settings: Settings) -> Jobcast:
     )
     client = redis.Redis(connection_pool=pool)
     keys = Keys(settings.prefix)
-    hub = Hub(settings.redis_url, queue_size=settings.watcher_queue_size)
+    hub = Hub(
+        settings.redis_url,
+        queue_size=settings.watcher_queue_size,
+        heartbeat=settings.heartbeat_seconds,
+    )
     ext = Jobcast(
         settings=settings,
         redis=client,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +49,8 @@ class Item:
 RESYNC = Item(None, False, b"")
 """Marker: the stream lost messages (reconnect or overflow) and must read the log."""
 
+KEEP_ALIVE = Item(None, False, b": keep-alive\n\n")
+
 
 def item_from_frame(frame: bytes) -> Item:
     """Parse just enough of a published SSE frame: its ``id:`` and ``event:`` lines."""
@@ -63,34 +64,34 @@ def item_from_frame(frame: bytes) -> Item:
 
 
 class Watcher:
-    """A stream's bounded mailbox."""
+    """A stream's bounded mailbox. A stream blocks in :meth:`drain` with no timer of its
+    own: the hub's heartbeat puts a keep-alive in any mailbox quiet for too long."""
 
-    __slots__ = ("_wake", "channel", "items", "limit", "overflowed")
+    __slots__ = ("_wake", "active_at", "channel", "items", "limit")
 
     def __init__(self, channel: bytes, limit: int) -> None:
         self.channel = channel
         self.limit = limit
-        self.items: deque[Item] = deque()
-        self.overflowed = False
+        self.items: list[Item] = []
+        self.active_at = _now()
         self._wake = gevent.event.Event()
 
     def put(self, item: Item) -> None:
-        if len(self.items) >= self.limit:
+        items = self.items
+        if len(items) >= self.limit:
             # A slow reader: forget the backlog here, it will be re-read from Redis.
-            self.items.clear()
-            self.overflowed = True
+            items.clear()
             item = RESYNC
-        self.items.append(item)
+        items.append(item)
         self._wake.set()
 
-    def drain(self, timeout: float) -> list[Item]:
-        """Wait up to ``timeout`` seconds for items; return all of them (maybe none)."""
+    def drain(self, timeout: float | None = None) -> list[Item]:
+        """Wait for items (up to ``timeout`` s, if given) and take them all."""
         if not self.items:
             self._wake.clear()
             self._wake.wait(timeout)
-        batch = list(self.items)
-        self.items.clear()
-        self.overflowed = False
+        batch, self.items = self.items, []
+        self.active_at = _now()
         return batch
 
 
@@ -117,6 +118,7 @@ class Hub:
         confirm_timeout: float = 5.0,
         ping_every: float = 5.0,
         linger: float = 5.0,
+        heartbeat: float = 15.0,
     ) -> None:
         self.pool = redis.connection.ConnectionPool.from_url(
             redis_url,
@@ -129,6 +131,7 @@ class Hub:
         self.confirm_timeout = confirm_timeout
         self.ping_every = ping_every
         self.linger = linger
+        self.heartbeat = heartbeat
         self.subs: dict[bytes, _Sub] = {}
         self.handlers: dict[bytes, Callable[[bytes], None]] = {}
         self.streams = 0
@@ -192,6 +195,7 @@ class Hub:
                 gevent.spawn(self._read_forever),
                 gevent.spawn(self._write_forever),
                 gevent.spawn(self._reap_forever),
+                gevent.spawn(self._heartbeat_forever),
             ]
 
     def stop(self) -> None:
@@ -254,6 +258,19 @@ class Hub:
                 if idle and sub.active and sub.idle_since <= cutoff:
                     sub.active = False
                     self._queue_op("UNSUBSCRIBE", name)
+
+    def _heartbeat_forever(self) -> None:
+        """Put a keep-alive comment in every mailbox quiet for ``heartbeat`` seconds.
+
+        One sweep for all streams instead of a timer per stream; a write to a dead peer
+        is how half-open connections are found."""
+        while True:
+            gevent.sleep(self.heartbeat / 5)
+            quiet = _now() - self.heartbeat
+            for sub in list(self.subs.values()):
+                for watcher in list(sub.watchers):
+                    if watcher.active_at <= quiet and not watcher.items:
+                        watcher.put(KEEP_ALIVE)
 
     # -- the connection ---------------------------------------------------------------
 

@@ -1,11 +1,12 @@
 """One job's SSE stream: exactly once, in order, resumable.
 
-open:    404 unknown job · 204 finished and nothing after Last-Event-ID
-         watch the job channel (subscription confirmed) ─┐
-body:    retry ─ [reset] ─ backlog (XRANGE after L) ─ place in line ─ live ─ end
-live:    frames from the hub, skipping ids ≤ the last sent; a keep-alive comment
-         after each ``heartbeat`` of silence; RESYNC → read the log after the last
-         sent id (after a Redis reconnect or when this reader fell behind)
+open:    watch the job channel (subscription confirmed), then ONE pipelined read:
+         the job's state + the log after Last-Event-ID (+ the oldest id, when resuming)
+         404 unknown job · 204 finished and nothing after Last-Event-ID
+body:    retry ─ [reset] ─ backlog ─ place in line (if waiting) ─ live ─ end
+live:    frames from the hub, skipping ids ≤ the last sent; keep-alive comments from
+         the hub's heartbeat; RESYNC → read the log after the last sent id (after a
+         Redis reconnect, or when this reader fell behind)
 finally: unwatch (the hub unsubscribes the job once nobody watches it)
 """
 
@@ -13,50 +14,90 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from tasks.events import TERMINAL_STATES, EventId, dumps, format_id, parse_id
 from web.extension import Jobcast
 from web.hub import RESYNC, Watcher
-from web.sse import KEEP_ALIVE, Event, frame
+from web.sse import Event, frame
 
 PAGE = 500
 TERMINAL_FRAMES = (b"done", b"failed", b"cancelled")
 
 
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """What one round trip tells a new stream."""
+
+    state: str | None
+    last_logged: EventId | None
+    oldest: EventId | None
+    backlog: list[Any]
+
+    def nothing_after(self, last: EventId | None) -> bool:
+        """Whether a client that saw ``last`` of a finished job has nothing to get (→ 204)."""
+        return (
+            self.state in TERMINAL_STATES
+            and last is not None
+            and self.last_logged is not None
+            and last >= self.last_logged
+        )
+
+
+def read_opening(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
+    pipe = ext.redis.pipeline(transaction=False)
+    pipe.hmget(ext.keys.job(job_id), ["state", "lastEventId"])
+    start = "-" if last is None else "(" + format_id(last)
+    pipe.xrange(ext.keys.events(job_id), min=start, count=PAGE)
+    if last is not None:
+        pipe.xrange(ext.keys.events(job_id), count=1)
+    (state, last_logged), backlog, *oldest = pipe.execute()
+    first = oldest[0] if oldest else None
+    return Opening(
+        state=state.decode() if state is not None else None,
+        last_logged=parse_id(last_logged),
+        oldest=parse_id(first[0][0]) if first else None,
+        backlog=backlog,
+    )
+
+
 class Stream:
-    def __init__(self, ext: Jobcast, job_id: str, last: EventId | None, watcher: Watcher) -> None:
+    __slots__ = ("events_key", "ext", "finished", "job_id", "opening", "sent", "watcher")
+
+    def __init__(
+        self, ext: Jobcast, job_id: str, last: EventId | None, watcher: Watcher, opening: Opening
+    ) -> None:
         self.ext = ext
         self.job_id = job_id
         self.sent = last
         self.watcher = watcher
+        self.opening = opening
         self.finished = False
         self.events_key = ext.keys.events(job_id)
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield Event(retry=self.ext.settings.retry_ms).encode() + self._start()
-            heartbeat = self.ext.settings.heartbeat_seconds
             while not self.finished:
-                batch = self.watcher.drain(heartbeat)
-                yield self._live(batch) if batch else KEEP_ALIVE
+                yield self._live(self.watcher.drain())
         finally:
             self.ext.hub.unwatch(self.watcher)
 
     def _start(self) -> bytes:
         """The reset notice if history is gone, the backlog, then the place in line."""
-        parts = [self._reset_if_trimmed(), self._catch_up()]
-        if not self.finished:
+        opening = self.opening
+        parts = [self._reset_if_trimmed(opening.oldest), self._frames(opening.backlog)]
+        if len(opening.backlog) == PAGE and not self.finished:
+            parts.append(self._catch_up())
+        if not self.finished and opening.state == "queued":
             place = self.ext.line.track(self.job_id)
             if place is not None:
                 parts.append(place.item().frame)
         return b"".join(parts)
 
-    def _reset_if_trimmed(self) -> bytes:
-        if self.sent is None:
-            return b""
-        oldest = self.ext.redis.xrange(self.events_key, count=1)
-        if not oldest or parse_id(oldest[0][0]) <= self.sent:  # type: ignore[operator]
+    def _reset_if_trimmed(self, oldest: EventId | None) -> bytes:
+        if self.sent is None or oldest is None or oldest <= self.sent:
             return b""
         # The client's last id is older than anything left: say so, with the snapshot.
         return Event(event="reset", data=dumps(snapshot(self.ext, self.job_id) or {})).encode()
@@ -64,18 +105,25 @@ class Stream:
     def _catch_up(self) -> bytes:
         """Everything in the log after the last sent id, page by page."""
         parts: list[bytes] = []
-        while True:
+        while not self.finished:
             start = "-" if self.sent is None else "(" + format_id(self.sent)
             entries = self.ext.redis.xrange(self.events_key, min=start, count=PAGE)
-            for raw_id, fields in entries:
-                phase = fields[b"phase"]
-                parts.append(frame(raw_id, phase, fields[b"data"]))
-                self.sent = parse_id(raw_id)
-                if phase in TERMINAL_FRAMES:
-                    self.finished = True
-                    return b"".join(parts)
+            parts.append(self._frames(entries))
             if len(entries) < PAGE:
-                return b"".join(parts)
+                break
+        return b"".join(parts)
+
+    def _frames(self, entries: list[Any]) -> bytes:
+        """Frames of log entries, up to and including a terminal one."""
+        parts: list[bytes] = []
+        for raw_id, fields in entries:
+            phase = fields[b"phase"]
+            parts.append(frame(raw_id, phase, fields[b"data"]))
+            self.sent = parse_id(raw_id)
+            if phase in TERMINAL_FRAMES:
+                self.finished = True
+                break
+        return b"".join(parts)
 
     def _live(self, batch: list[Any]) -> bytes:
         parts: list[bytes] = []

@@ -114,3 +114,19 @@ def test_hostile_ids_are_404_json(web: str, raw_path: str) -> None:
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
     assert "Set-Cookie" not in response.headers
+
+
+def test_idle_stream_gets_keep_alive_comments(web_with, rds: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    """A stream with nothing to say still writes a `: keep-alive` comment every heartbeat."""
+    from tasks.events import JobEvents
+
+    base = web_with(JOBCAST_HEARTBEAT_SECONDS="0.5")
+    JobEvents(rds).publish("idle-job-0123456789ab", "started", {"worker": "w"})
+    comments = 0
+    with httpx.stream("GET", f"{base}/imagine/idle-job-0123456789ab/stream", timeout=10) as response:
+        for line in response.iter_lines():
+            comments += line == ": keep-alive"
+            if comments == 3:
+                break
+    assert comments == 3
+    JobEvents(rds).publish("idle-job-0123456789ab", "done", {})
