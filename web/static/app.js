@@ -1,0 +1,346 @@
+// The progressive-reveal page: a form that POSTs /imagine and one card per job, each
+// fed by its own EventSource.
+//
+//   queued  → "#3 in line · about 20 s"      (derived updates carry no id)
+//   started → progress bar                   progress → bar + "step 4 of 20"
+//   preview → blurhash on a canvas, blurred  done → the image fades in over it
+//   failed / cancelled → the message;  the page closes the stream on any of these.
+//
+// Every durable event (one with an id) is applied at most once, in id order, and noted in
+// window.__jobcast.log[jobId] as [id, phase] so tests can compare it with the server's log.
+
+import { paint } from "./blurhash.js";
+
+const TERMINAL = new Set(["done", "failed", "cancelled"]);
+const PHASES = ["queued", "started", "progress", "preview", "done", "failed", "cancelled", "reset"];
+const MAX_IN_URL = 12;
+// Over HTTP/1.1 a browser opens at most 6 connections per origin: keep one free for
+// fetch, and let further cards wait for a stream of their own.
+const MAX_STREAMS = 5;
+const streams = { open: new Set(), waiting: [] };
+const debug = (window.__jobcast = { log: {}, positions: {}, timings: {}, skipped: 0, cards: {} });
+
+const form = document.getElementById("imagine");
+const list = document.getElementById("jobs");
+const template = document.getElementById("card");
+
+/** Is event id `a` ("ms-seq") later than `b`? Compared as numbers, never as text. */
+function later(a, b) {
+  if (!b) return true;
+  const [am, as] = a.split("-").map(Number);
+  const [bm, bs] = b.split("-").map(Number);
+  return am > bm || (am === bm && as > bs);
+}
+
+function queuedText({ position, etaSeconds }) {
+  if (position == null) return "Waiting in line";
+  const eta = etaSeconds == null ? "" : ` · about ${duration(etaSeconds)}`;
+  return `#${position} in line${eta}`;
+}
+
+function duration(seconds) {
+  return seconds < 90 ? `${Math.max(1, Math.round(seconds))} s` : `${Math.round(seconds / 60)} min`;
+}
+
+class Card {
+  constructor(job) {
+    this.id = job.jobId;
+    this.stream = job.stream || `/imagine/${job.jobId}/stream`;
+    this.lastId = "";
+    this.finished = false;
+    this.retries = 0;
+    this.el = template.content.firstElementChild.cloneNode(true);
+    this.part = (name) => this.el.querySelector(name);
+    this.describe(job);
+    debug.log[this.id] = [];
+    debug.positions[this.id] = [];
+    debug.cards[this.id] = this;
+    list.prepend(this.el);
+  }
+
+  describe({ jobId, prompt, width, height }) {
+    this.el.dataset.job = jobId;
+    this.part(".title").textContent = prompt || "Untitled";
+    this.part(".share").href = `/?job=${encodeURIComponent(jobId)}`;
+    this.part(".share").addEventListener("click", (e) => this.copyLink(e));
+    this.part(".cancel").addEventListener("click", () => this.cancel());
+    if (width && height) this.size(width, height);
+  }
+
+  /** Reserve the final aspect ratio now, so nothing moves when the picture arrives. */
+  size(width, height) {
+    this.part(".frame").style.aspectRatio = `${width} / ${height}`;
+    const canvas = this.part(".blur");
+    const scale = 32 / Math.max(width, height);
+    const w = Math.max(1, Math.round(width * scale));
+    const h = Math.max(1, Math.round(height * scale));
+    if (canvas.width !== w || canvas.height !== h) [canvas.width, canvas.height] = [w, h]; // clears it
+    const img = this.part("img");
+    img.width = width;
+    img.height = height;
+  }
+
+  /** Open the stream when a connection is free; until then the card waits its turn. */
+  start() {
+    if (streams.open.size >= MAX_STREAMS) {
+      streams.waiting.push(this);
+      return this.connection("waiting for a free connection");
+    }
+    streams.open.add(this);
+    this.open();
+  }
+
+  open() {
+    const url = this.lastId ? `${this.stream}?lastEventId=${this.lastId}` : this.stream;
+    const source = (this.source = new EventSource(url));
+    for (const phase of PHASES) source.addEventListener(phase, (e) => this.receive(e));
+    source.onopen = () => this.connection("");
+    source.onerror = () => this.lost(source);
+  }
+
+  close() {
+    this.finished = true;
+    this.source?.close();
+    this.connection("");
+    if (streams.open.delete(this)) streams.waiting.shift()?.start();
+  }
+
+  receive(event) {
+    this.connection("");
+    const data = event.data ? JSON.parse(event.data) : {};
+    const id = event.lastEventId;
+    const own = id !== "" && id !== this.lastId;
+    if (event.type === "reset") return this.reset(data);
+    if (!own && event.type === "queued") return this.queued(data); // derived: no id of its own
+    if (!own || !later(id, this.lastId)) return void debug.skipped++;
+    this.lastId = id;
+    debug.log[this.id].push([id, event.type]);
+    this[event.type](data);
+    if (TERMINAL.has(event.type)) this.close();
+  }
+
+  /** EventSource retries by itself while CONNECTING; CLOSED means the server refused. */
+  lost(source) {
+    if (this.finished || source !== this.source) return;
+    this.connection("reconnecting…");
+    if (source.readyState === EventSource.CLOSED) this.recover();
+  }
+
+  async recover() {
+    const delay = Math.min(15000, 1000 * 2 ** this.retries++);
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    let response;
+    try {
+      response = await fetch(`/imagine/${this.id}`, { headers: { Accept: "application/json" } });
+    } catch {
+      return this.recover(); // the server is still away
+    }
+    if (response.status === 404) return this.gone();
+    if (!response.ok) return this.recover();
+    const snap = await response.json();
+    if (TERMINAL.has(phaseOf(snap.state))) return this.reset(snap), this.close();
+    this.open();
+  }
+
+  connection(text) {
+    this.part(".conn").textContent = text;
+    this.el.classList.toggle("reconnecting", text !== "");
+  }
+
+  state(name, text) {
+    this.el.dataset.state = name;
+    this.part(".status").textContent = text;
+  }
+
+  bar(percent) {
+    const bar = this.part(".bar");
+    bar.setAttribute("aria-valuenow", String(percent));
+    bar.style.setProperty("--percent", `${percent}%`);
+  }
+
+  queued(data) {
+    if (this.el.dataset.state !== "queued") return;
+    this.state("queued", queuedText(data));
+    if (data.position != null) {
+      this.part(".badge").textContent = `#${data.position}`;
+      debug.positions[this.id].push(data.position);
+    }
+  }
+
+  started({ attempt }) {
+    this.state("running", attempt > 1 ? `Rendering (attempt ${attempt})…` : "Rendering…");
+    this.bar(0);
+  }
+
+  progress({ percent, step, steps }) {
+    this.state("running", `Step ${step} of ${steps} · ${percent}%`);
+    this.bar(percent);
+  }
+
+  preview({ blurhash, width, height }) {
+    if (width && height) this.size(width, height);
+    try {
+      paint(this.part(".blur"), blurhash);
+    } catch {
+      return; // a hash we cannot read: keep the placeholder
+    }
+    this.el.classList.add("previewed");
+    requestAnimationFrame(() => this.timing("preview"));
+  }
+
+  done({ url, width, height, seconds }) {
+    this.state("done", seconds ? `Done in ${seconds.toFixed(1)} s` : "Done");
+    this.bar(100);
+    if (width && height) this.size(width, height);
+    const img = this.part("img");
+    img.alt = this.part(".title").textContent;
+    img.onload = () => {
+      this.el.classList.add("loaded");
+      this.timing("image");
+    };
+    img.src = url;
+    this.part(".open").href = url;
+  }
+
+  failed({ error, retryable }) {
+    this.state("failed", error + (retryable ? " Please try again." : ""));
+  }
+
+  cancelled({ reason }) {
+    this.state("cancelled", reason ? `Cancelled (${reason})` : "Cancelled");
+  }
+
+  /** The server could not fill our gap: show its snapshot instead. */
+  reset(snap) {
+    const phase = phaseOf(snap.state);
+    if (snap.width && snap.height) this.size(snap.width, snap.height);
+    if (snap.preview) this.preview(snap.preview);
+    if (phase === "queued") return this.queued(snap);
+    if (phase === "done") return this.done({ url: snap.url });
+    if (phase === "failed") return this.failed({ error: snap.error || "Failed." });
+    if (phase === "cancelled") return this.cancelled({});
+    this.state("running", `Rendering · ${snap.percent}%`);
+    this.bar(snap.percent);
+  }
+
+  gone() {
+    this.close();
+    this.state("failed", "This job is gone: it expired or never existed.");
+  }
+
+  async cancel() {
+    const button = this.part(".cancel");
+    button.disabled = true;
+    button.textContent = "Cancelling…";
+    const response = await fetch(`/imagine/${this.id}`, { method: "DELETE" }).catch(() => null);
+    if (response && response.status !== 409 && response.ok) return;
+    button.disabled = false;
+    button.textContent = "Cancel";
+  }
+
+  async copyLink(event) {
+    if (!navigator.clipboard) return; // the link opens the job in a new tab instead
+    event.preventDefault();
+    const link = this.part(".share");
+    try {
+      await navigator.clipboard.writeText(link.href);
+      link.textContent = "Link copied";
+    } catch {
+      link.textContent = "Copy failed";
+    }
+    setTimeout(() => (link.textContent = "Copy link"), 2000);
+  }
+
+  timing(name) {
+    const t = (debug.timings[this.id] ??= {});
+    t[name] ??= performance.now();
+  }
+}
+
+function phaseOf(state) {
+  return { succeeded: "done", running: "running" }[state] ?? state;
+}
+
+// ---- the form ----------------------------------------------------------------------
+
+function formBody() {
+  const body = { prompt: form.prompt.value };
+  for (const name of ["width", "height", "steps", "seed"]) {
+    const raw = form[name].value.trim();
+    if (raw !== "") body[name] = Number(raw);
+  }
+  return body;
+}
+
+function showErrors(error) {
+  const fields = error?.fields ?? {};
+  for (const [name, reason] of Object.entries(fields)) {
+    const input = form.elements[name];
+    const note = document.getElementById(`${name}-error`);
+    if (!input || !note) continue;
+    input.setAttribute("aria-invalid", "true");
+    note.textContent = reason[0].toUpperCase() + reason.slice(1);
+  }
+  const known = Object.keys(fields).some((name) => document.getElementById(`${name}-error`));
+  if (!known) document.getElementById("form-error").textContent = error?.message ?? "Something went wrong.";
+  form.querySelector("[aria-invalid=true]")?.focus();
+}
+
+function clearErrors() {
+  for (const note of form.querySelectorAll(".error")) note.textContent = "";
+  for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+}
+
+async function submit(event) {
+  event.preventDefault();
+  clearErrors();
+  const body = formBody();
+  const button = form.querySelector("button");
+  button.disabled = true;
+  const posted = performance.now();
+  try {
+    const response = await fetch("/imagine", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(body),
+    });
+    const json = await response.json().catch(() => ({}));
+    if (response.status !== 202) return showErrors(json.error);
+    const width = body.width ?? 512;
+    const height = body.height ?? 512;
+    const card = new Card({ ...json, prompt: body.prompt.trim().replace(/\s+/g, " "), width, height });
+    debug.timings[card.id] = { posted };
+    card.queued(json);
+    card.start();
+    remember();
+  } catch {
+    showErrors({ message: "Could not reach the server. Check your connection and try again." });
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- shareable links: /?job=<id>[&job=<id>…] ---------------------------------------
+
+/** Keep the address bar pointing at the jobs on the page, so it can be shared or reloaded. */
+function remember() {
+  const ids = [...list.children].map((el) => el.dataset.job).slice(0, MAX_IN_URL).reverse();
+  const query = ids.map((id) => `job=${encodeURIComponent(id)}`).join("&");
+  history.replaceState(null, "", query ? `/?${query}` : "/");
+}
+
+async function watch(jobId) {
+  const response = await fetch(`/imagine/${encodeURIComponent(jobId)}`).catch(() => null);
+  const snap = response?.ok ? await response.json() : null;
+  const card = new Card({ jobId, ...(snap ?? {}) });
+  if (!snap) return card.gone();
+  card.start();
+}
+
+async function restore() {
+  const ids = new URLSearchParams(location.search).getAll("job");
+  for (const id of [...new Set(ids)]) await watch(id);
+}
+
+form.addEventListener("submit", submit);
+restore();
