@@ -138,6 +138,19 @@ return {pos, waiting + 1, id}
 )
 
 
+# KEYS: job hash, events stream; ARGV: range start, page size, "1" to also get the oldest id
+READ_LUA = """
+local head = redis.call('HMGET', KEYS[1], 'state', 'lastEventId')
+local entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
+local oldest = false
+if ARGV[3] == '1' then
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  if first[1] then oldest = first[1][1] end
+end
+return {head[1], head[2], oldest, entries}
+"""
+
+
 def parse_id(raw: str | bytes | None) -> EventId | None:
     """Parse a stream id ``"<ms>-<seq>"`` into a comparable pair; ``None`` if malformed."""
     if raw is None:
@@ -185,6 +198,7 @@ class JobEvents:
         self.retention_seconds = retention_seconds
         self._publish = redis_client.register_script(PUBLISH_LUA)
         self._enqueue = redis_client.register_script(ENQUEUE_LUA)
+        self._read = redis_client.register_script(READ_LUA)
 
     def publish(
         self, job_id: str, phase: str, data: dict[str, Any] | None = None, *, expect: str = ""
@@ -218,6 +232,18 @@ class JobEvents:
                     raise
                 time.sleep(delay)  # backing off from a Redis that is down
                 delay = min(delay * 2, 1.0)
+
+    def read(self, job_id: str, start: str, count: int, *, oldest: bool = False) -> list[Any]:
+        """One round trip: ``[state, lastEventId, oldest id, entries]`` of a job.
+
+        ``start`` is an XRANGE bound (``-`` or ``(<id>``); entries are raw
+        ``[id, [b"phase", phase, b"data", data]]`` pairs, in log order.
+        """
+        k = self.keys
+        result: list[Any] = self._read(
+            keys=[k.job(job_id), k.events(job_id)], args=[start, count, "1" if oldest else "0"]
+        )
+        return result
 
     def enqueue(
         self, job_id: str, fields: dict[str, str], *, max_queue: int = 0

@@ -46,24 +46,20 @@ class Opening:
 
 
 def read_opening(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
-    pipe = ext.redis.pipeline(transaction=False)
-    pipe.hmget(ext.keys.job(job_id), ["state", "lastEventId"])
-    start = "-" if last is None else "(" + format_id(last)
-    pipe.xrange(ext.keys.events(job_id), min=start, count=PAGE)
-    if last is not None:
-        pipe.xrange(ext.keys.events(job_id), count=1)
-    (state, last_logged), backlog, *oldest = pipe.execute()
-    first = oldest[0] if oldest else None
+    """State, last logged id, oldest id and first backlog page: one round trip."""
+    state, last_logged, oldest, backlog = ext.events.read(
+        job_id, "-" if last is None else "(" + format_id(last), PAGE, oldest=last is not None
+    )
     return Opening(
         state=state.decode() if state is not None else None,
         last_logged=parse_id(last_logged),
-        oldest=parse_id(first[0][0]) if first else None,
+        oldest=parse_id(oldest),
         backlog=backlog,
     )
 
 
 class Stream:
-    __slots__ = ("events_key", "ext", "finished", "job_id", "opening", "sent", "watcher")
+    __slots__ = ("ext", "finished", "job_id", "opening", "sent", "watcher")
 
     def __init__(
         self, ext: Jobcast, job_id: str, last: EventId | None, watcher: Watcher, opening: Opening
@@ -74,7 +70,6 @@ class Stream:
         self.watcher = watcher
         self.opening = opening
         self.finished = False
-        self.events_key = ext.keys.events(job_id)
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -106,8 +101,7 @@ class Stream:
         """Everything in the log after the last sent id, page by page."""
         parts: list[bytes] = []
         while not self.finished:
-            start = "-" if self.sent is None else "(" + format_id(self.sent)
-            entries = self.ext.redis.xrange(self.events_key, min=start, count=PAGE)
+            entries = read_opening(self.ext, self.job_id, self.sent).backlog
             parts.append(self._frames(entries))
             if len(entries) < PAGE:
                 break
@@ -116,9 +110,8 @@ class Stream:
     def _frames(self, entries: list[Any]) -> bytes:
         """Frames of log entries, up to and including a terminal one."""
         parts: list[bytes] = []
-        for raw_id, fields in entries:
-            phase = fields[b"phase"]
-            parts.append(frame(raw_id, phase, fields[b"data"]))
+        for raw_id, (_, phase, _, data) in entries:  # fields as logged: phase, data
+            parts.append(frame(raw_id, phase, data))
             self.sent = parse_id(raw_id)
             if phase in TERMINAL_FRAMES:
                 self.finished = True
