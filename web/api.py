@@ -26,6 +26,7 @@ bp = Blueprint("api", __name__)
 
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 MAX_LAST_ID = 41  # two 20-digit numbers and a dash
+MAX_ID_PART = 2**64 - 1  # Redis stream ids are two unsigned 64-bit numbers
 
 
 @bp.post("/imagine")
@@ -195,7 +196,7 @@ def _last_event_id() -> Any:
     if not raw:
         return None
     parsed = parse_id(raw.strip()) if len(raw) <= MAX_LAST_ID else None
-    if parsed is None:
+    if parsed is None or max(parsed) > MAX_ID_PART:
         raise ApiError(400, "bad_last_event_id", "Last-Event-ID must be an id this stream sent.")
     return parsed
 
