@@ -60,7 +60,10 @@ class Card {
 
   describe({ jobId, prompt, width, height }) {
     this.el.dataset.job = jobId;
-    this.part(".title").textContent = prompt || "Untitled";
+    const title = prompt || "Untitled";
+    this.part(".title").textContent = title;
+    this.part(".bar").setAttribute("aria-label", `Progress of “${title}”`);
+    this.part(".cancel").setAttribute("aria-label", `Cancel “${title}”`);
     this.part(".share").href = `/?job=${encodeURIComponent(jobId)}`;
     this.part(".share").addEventListener("click", (e) => this.copyLink(e));
     this.part(".cancel").addEventListener("click", () => this.cancel());
@@ -198,6 +201,7 @@ class Card {
       this.el.classList.add("loaded");
       this.timing("image");
     };
+    img.onerror = () => this.state("failed", "The picture could not be loaded.");
     img.src = url;
     this.part(".open").href = url;
   }
