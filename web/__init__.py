@@ -24,11 +24,12 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-    from web import api, errors, extension, limits, pages
+    from web import api, errors, extension, limits, openapi, pages
 
     extension.init_app(app, settings)
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(openapi.bp)
     limits.init_app(app, settings)
     return app
