@@ -134,7 +134,12 @@ def healthz() -> tuple[Response, int]:
         redis_ok = True
     except Exception:
         redis_ok = False
-    body = {"ok": redis_ok, "redis": "ok" if redis_ok else "unreachable", "hub": ext.hub.stats()}
+    body = {
+        "ok": redis_ok,
+        "redis": "ok" if redis_ok else "unreachable",
+        "hub": ext.hub.stats(),
+        "line": ext.line.stats(),
+    }
     return jsonify(body), 200 if redis_ok else 503
 
 

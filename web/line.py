@@ -73,11 +73,22 @@ class _Line:
 
 
 class Line:
-    def __init__(self, hub: Hub, client: redis.Redis, keys: Keys, interval: float = 0.25) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        client: redis.Redis,
+        keys: Keys,
+        interval: float = 0.25,
+        max_updates_per_second: int = 2000,
+    ) -> None:
         self.hub = hub
         self.redis = client
         self.keys = keys
         self.interval = interval
+        # A departure moves every job behind it, so one flush writes to every waiting
+        # stream: past a few hundred of them, stretch the interval to bound the CPU.
+        self.max_updates_per_second = max_updates_per_second
+        self.sent = 0  # derived frames handed to watchers
         self.tracked: dict[str, _Tracked] = {}
         self.line = _Line()
         self.departures = 0  # messages applied (for the benchmark)
@@ -168,9 +179,22 @@ class Line:
             while self._dirty:
                 self._dirty = False
                 self._flush()
-                gevent.sleep(self.interval)  # the throttle: at most one update per interval
+                gevent.sleep(self.current_interval())  # the throttle
         finally:
             self._flusher = None
+
+    def current_interval(self) -> float:
+        """Seconds between updates: ``interval``, longer when many jobs are tracked."""
+        return max(self.interval, len(self.tracked) / self.max_updates_per_second)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "tracked": len(self.tracked),
+            "departures": self.departures,
+            "rereads": self.rereads,
+            "sent": self.sent,
+            "interval": round(self.current_interval(), 3),
+        }
 
     def _flush(self) -> None:
         for job_id in list(self.tracked):
@@ -181,6 +205,7 @@ class Line:
             elif job.position < job.sent:
                 job.sent = job.position
                 item = self._place(job.position).item()
+                self.sent += len(watchers)
                 for watcher in watchers:
                     watcher.put(item)
 
