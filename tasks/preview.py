@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import blurhash
 from PIL import Image
 
@@ -21,4 +23,8 @@ def blurhash_of(image: Image.Image) -> str:
     thumb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
     x, y = components_for(*image.size)
     # blurhash.encode closes the image it is given; hand it our throwaway thumbnail.
-    return str(blurhash.encode(thumb, x, y))
+    with warnings.catch_warnings():
+        # blurhash-python reads pixels with Image.getdata, deprecated since Pillow 12 (and
+        # pinned below 14 in pyproject.toml until it moves on).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return str(blurhash.encode(thumb, x, y))
