@@ -7,6 +7,7 @@ Each test runs its own stack (Redis, worker, web) so it can break it freely.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import random
@@ -238,7 +239,9 @@ def test_reconnect_storm(stack: Stack) -> None:
     jobs = [f"storm-job-{n:03d}-abcdefgh" for n in range(50)]
     for job_id in jobs:
         events.publish(job_id, "started", {"worker": "storm"})
-    result = asyncio.run(_storm(base, jobs, events, clients=500, drops=5))
+    # In a thread of its own: Playwright's sync API (browser tests) may own this thread's loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        result = pool.submit(asyncio.run, _storm(base, jobs, events, clients=500, drops=5)).result()
     print(f"\nreconnect storm: {result}")
     assert result["lost"] == 0 and result["duplicated"] == 0 and result["out_of_order"] == 0
     assert result["reconnects"] == 500 * 5
