@@ -43,6 +43,11 @@ class Settings:
     # Flask-Limiter syntax, per client address; empty turns the limit off.
     post_rate_limit: str = "60/minute;10/second"
     ops_token: str = ""
+    # The monitor publishes the ops snapshot this often (seconds).
+    ops_interval: float = 1.0
+    # A worker is offline after this long without a heartbeat; 0 means 2.5 heartbeat
+    # intervals as the worker announces them (Celery's default 2 s gives 5 s).
+    worker_timeout: float = 0.0
     signing_key: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -24,12 +24,14 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-    from web import api, errors, extension, limits, openapi, pages
+    from web import api, errors, extension, limits, metrics, openapi, ops, pages
 
     extension.init_app(app, settings)
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(ops.bp)
+    metrics.init_app(app)
     limits.init_app(app, settings)
     return app

@@ -1,0 +1,239 @@
+"""The monitor end to end: real Celery workers and their events → snapshots in Redis → /ops/stream.
+
+The monitor runs as ``python -m web.cli monitor`` (what ``jobcast monitor`` runs).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from httpx_sse import connect_sse
+from support import Proc, celery_worker, collect, post_job, wait_until
+
+from tasks.app import create_celery
+from tasks.config import Settings
+
+SMALL = {"prompt": "x", "width": 64, "height": 64, "steps": 2}
+LONG = {"prompt": "a slow one", "width": 384, "height": 384, "steps": 20}
+HEARTBEAT = 2.0  # Celery's default worker heartbeat interval
+TIMEOUT = 2.5 * HEARTBEAT  # the monitor's default offline timeout
+
+
+def start_monitor(env: dict[str, str], log: Path) -> Proc:
+    proc = Proc([sys.executable, "-m", "web.cli", "monitor"], env, log).start()
+    wait_until(lambda: "leading" in proc.output() or "standing by" in proc.output() or not proc.alive(), 30, "monitor up")  # fmt: skip
+    assert proc.alive(), proc.output()[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def monitors(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Proc]]:  # fmt: skip
+    procs: list[Proc] = []
+    yield procs
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture
+def monitor(
+    monitors: list[Proc], stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Proc:
+    """The module's monitor; started again if a test killed it."""
+    if not monitors or not monitors[0].alive():
+        log = tmp_path_factory.mktemp("logs") / "monitor.log"
+        monitors[:1] = [start_monitor(stack_env, log)]
+    return monitors[0]
+
+
+def snapshot(rds: redis.Redis) -> dict[str, Any]:
+    raw = rds.get("jobcast:ops:snapshot")
+    return json.loads(raw) if raw else {}
+
+
+def worker_row(snap: dict[str, Any], prefix: str) -> dict[str, Any] | None:
+    return next((w for w in snap.get("workers", []) if w["name"].startswith(prefix)), None)
+
+
+def newer_snapshot(rds: redis.Redis, after_ms: int) -> dict[str, Any]:
+    """The first snapshot written after ``after_ms`` (wall clock, ms)."""
+    return wait_until(lambda: (s := snapshot(rds)) and s["at"] > after_ms and s, 10, "a new snapshot")  # type: ignore[no-any-return]  # fmt: skip
+
+
+def test_snapshot_is_a_ready_sse_frame_published_every_second(
+    worker: Proc, monitor: Proc, rds: redis.Redis
+) -> None:
+    """The channel carries finished id-less SSE frames, about once a second; the key keeps the latest."""
+    pubsub = rds.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("jobcast:ops")
+    try:
+        frames: list[bytes] = []
+        began = time.monotonic()
+        while len(frames) < 4:
+            message = pubsub.get_message(timeout=5)
+            assert message is not None or time.monotonic() - began < 15, "no snapshots"
+            if message:
+                frames.append(message["data"])
+        elapsed = time.monotonic() - began
+    finally:
+        pubsub.close()
+    assert 1.5 <= elapsed <= 10  # ~1 s apart: neither a flood nor silence
+    for frame in frames:
+        assert frame.startswith(b"event: snapshot\ndata: {") and frame.endswith(b"}\n\n")
+        assert b"\nid:" not in frame and frame.count(b"\n") == 3
+    snap = json.loads(frames[-1][len(b"event: snapshot\ndata: ") :])
+    assert {"workers", "queue", "rate", "runtime", "failRate", "failures", "hist"} <= set(snap)
+    assert worker_row(snap, "main@")["up"] is True  # type: ignore[index]
+
+
+def test_worker_online_then_offline_after_sigkill(
+    stack_env: dict[str, str], monitor: Proc, rds: redis.Redis, tmp_path: Path
+) -> None:
+    """A new worker shows online within two heartbeats; SIGKILLed, offline within the timeout."""
+    victim = celery_worker(stack_env, tmp_path / "victim.log", "victim")
+    try:
+        ready = time.monotonic()
+        wait_until(lambda: (w := worker_row(snapshot(rds), "victim@")) and w["up"], 2 * HEARTBEAT, "victim online")  # fmt: skip
+        row = worker_row(snapshot(rds), "victim@")
+        assert row is not None and row["load"] and row["freq"] == HEARTBEAT
+        assert time.monotonic() - ready <= 2 * HEARTBEAT
+    finally:
+        victim.kill()  # SIGKILL: no worker-offline event, only silence
+    killed = time.monotonic()
+    wait_until(lambda: (w := worker_row(snapshot(rds), "victim@")) and not w["up"], TIMEOUT + 3, "victim offline")  # fmt: skip
+    waited = time.monotonic() - killed
+    # Not before the timeout has run out since its last heartbeat, not long after it.
+    assert HEARTBEAT * 1.0 <= waited <= TIMEOUT + 3
+    assert worker_row(snapshot(rds), "main@")["up"] is True  # type: ignore[index]
+
+
+def test_jobs_move_counters_throughput_and_run_times(
+    web: str, worker: Proc, monitor: Proc, rds: redis.Redis
+) -> None:
+    """Finished jobs raise the worker's processed count, throughput, history and the histogram."""
+    before = newer_snapshot(rds, 0)
+    processed = worker_row(before, "main@")["processed"]  # type: ignore[index]
+    jobs = [post_job(web, **SMALL) for _ in range(3)]
+    for job in jobs:
+        assert collect(web, job["jobId"])[-1].event == "done"
+    snap = wait_until(
+        lambda: (s := snapshot(rds)) and worker_row(s, "main@")["processed"] >= processed + 3 and s,  # type: ignore[index]
+        10, "processed to grow",
+    )  # fmt: skip
+    assert snap["rate"]["m1"] >= 3 and snap["rate"]["m15"] > 0
+    assert snap["runtime"]["p50"] > 0 and snap["runtime"]["p95"] >= snap["runtime"]["p50"]
+    assert sum(snap["hist"]["done"]) >= 3 and len(snap["hist"]["done"]) <= 60
+    assert int(rds.hget("jobcast:ops:tasks", "succeeded")) >= 3
+    assert int(rds.hget("jobcast:ops:runtime", "count")) >= 3
+
+
+def test_running_job_shows_on_its_worker_with_percent(
+    web: str, worker: Proc, monitor: Proc, rds: redis.Redis
+) -> None:
+    """While a job runs, its worker's row names it with the percent the job reported."""
+    job = post_job(web, **LONG)
+
+    def running_with_percent() -> dict[str, Any] | None:
+        row = worker_row(snapshot(rds), "main@")
+        ours = [j for j in (row or {}).get("jobs", []) if j["id"] == job["jobId"]]
+        return ours[0] if ours and ours[0]["pct"] else None
+
+    seen = wait_until(running_with_percent, 30, "the job with a percent on main@")
+    assert seen["task"] == "jobcast.imagine" and 0 < seen["pct"] <= 100
+    assert collect(web, job["jobId"])[-1].event == "done"
+    wait_until(lambda: not worker_row(snapshot(rds), "main@")["jobs"], 10, "the row to empty")  # type: ignore[index]
+
+
+def test_failing_task_appears_among_failures(
+    stack_env: dict[str, str], worker: Proc, monitor: Proc, rds: redis.Redis
+) -> None:
+    """A task that raises shows among the latest failures with its error, and counts."""
+    before = newer_snapshot(rds, 0)
+    failed = worker_row(before, "main@")["failed"]  # type: ignore[index]
+    app = create_celery(Settings.from_env(stack_env))
+    try:
+        # Missing arguments: the worker raises TypeError before the task body runs.
+        app.send_task("jobcast.imagine", kwargs={"job_id": "nope"}, task_id="doomed-task-1")
+    finally:
+        app.close()
+        app.jobcast.redis.close()
+    snap = wait_until(
+        lambda: (s := snapshot(rds)) and any(f["id"] == "doomed-task-1" for f in s["failures"]) and s,
+        20, "the failure in the snapshot",
+    )  # fmt: skip
+    failure = next(f for f in snap["failures"] if f["id"] == "doomed-task-1")
+    assert failure["task"] == "jobcast.imagine" and failure["worker"].startswith("main@")
+    assert "TypeError" in failure["error"] and "missing" in failure["error"]
+    assert worker_row(snap, "main@")["failed"] == failed + 1  # type: ignore[index]
+    assert snap["failRate"] > 0
+    assert int(rds.hget("jobcast:ops:tasks", "failed")) >= 1
+
+
+def test_two_monitors_one_writer_and_takeover(
+    web: str,
+    worker: Proc,
+    monitor: Proc,
+    stack_env: dict[str, str],
+    rds: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """A second monitor stands by: one writer, counts not doubled; it takes over when the leader dies."""
+    second = start_monitor(stack_env, tmp_path / "second.log")
+    try:
+        procs = {monitor.pid: monitor, second.pid: second}
+        leader = newer_snapshot(rds, int(time.time() * 1000))["by"]
+        assert rds.get("jobcast:ops:leader").decode() == leader
+        assert int(leader.split(":")[1]) in procs
+        counted = int(rds.hget("jobcast:ops:tasks", "succeeded") or 0)
+        jobs = [post_job(web, **SMALL) for _ in range(2)]
+        for job in jobs:
+            collect(web, job["jobId"])
+        done = wait_until(lambda: int(rds.hget("jobcast:ops:tasks", "succeeded") or 0) >= counted + 2, 10, "counts")  # fmt: skip
+        newer_snapshot(rds, int(time.time() * 1000) + 1500)  # a couple more publishes
+        assert int(rds.hget("jobcast:ops:tasks", "succeeded")) == counted + 2, "double counted"
+        assert done and snapshot(rds)["by"] == leader
+        procs[int(leader.split(":")[1])].kill()  # the leader dies without giving up its lease
+        killed = time.monotonic()
+        taken = wait_until(lambda: (s := snapshot(rds)) and s["by"] != leader and s, 15, "takeover")  # fmt: skip
+        assert time.monotonic() - killed <= 5 + 3  # the lease (5 s) ran out, then the next tick
+        assert rds.get("jobcast:ops:leader").decode() == taken["by"]
+        assert worker_row(taken, "main@")["up"] is True  # type: ignore[index]
+    finally:
+        second.stop()
+
+
+def test_ops_stream_sends_latest_then_live_over_one_subscription(
+    web: str, worker: Proc, monitor: Proc, rds: redis.Redis
+) -> None:
+    """Every viewer gets the latest snapshot at once, then live ones; one Redis subscription for all."""
+    newer_snapshot(rds, 0)
+    with ExitStack() as stack:
+        client = stack.enter_context(httpx.Client(timeout=httpx.Timeout(20, connect=5)))
+        sources = [
+            stack.enter_context(connect_sse(client, "GET", f"{web}/ops/stream")) for _ in range(3)
+        ]
+        for source in sources:
+            assert source.response.headers["content-type"].startswith("text/event-stream")
+            assert source.response.headers["cache-control"] == "no-cache"
+        numsub = rds.execute_command("PUBSUB", "NUMSUB", "jobcast:ops")
+        assert numsub[1] == 1  # one web process: one subscription, three viewers
+        events = sources[0].iter_sse()
+        opening = next(events)  # the retry field in a block of its own
+        assert opening.retry == 3000 and not opening.data
+        first = next(events)
+        assert first.event == "snapshot"
+        stamps = [json.loads(first.data)["at"]]
+        while len(stamps) < 3:
+            sse = next(events)
+            assert sse.event == "snapshot" and not sse.id
+            stamps.append(json.loads(sse.data)["at"])
+        # The first live one may repeat the latest (published while we connected).
+        assert stamps == sorted(stamps) and stamps[2] > stamps[0]

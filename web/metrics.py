@@ -1,0 +1,213 @@
+"""``GET /metrics``: Prometheus text format, the same answer from every web process.
+
+Gunicorn runs several processes and any one answers a scrape, so nothing is counted in
+a per-process registry. Every number is read from Redis at scrape time:
+
+* queue depth, jobs queued/running and finished, events published: Jobcast's own keys;
+* workers, task outcomes and the task run time histogram: what the monitor keeps
+  (its snapshot, and the counters it writes while it holds the lease);
+* open SSE streams and delivered frames live in each process's hub, so each process
+  reports them to Redis every ``FLUSH_SECONDS`` (and on scrape): streams as a field of
+  ``web:streams`` with a timestamp (stale fields are dropped), delivered frames as
+  increments of one counter, which stays monotonic when a process dies.
+
+This also holds across nodes, which prometheus-client's multiprocess mode (files in a
+directory shared by the processes of one host) would not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import redis
+from flask import Flask, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from tasks.keys import Keys
+from tasks.monitor import RUNTIME_BUCKETS, OpsKeys
+from web.extension import Jobcast
+from web.ops import require_token
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 2.0
+STALE_MS = 10_000  # a process that has not reported for this long is gone
+TASK_OUTCOMES = ("succeeded", "failed", "retried", "revoked", "rejected")
+
+
+class WebStats:
+    """This process's hub numbers, reported to Redis for every process's /metrics."""
+
+    def __init__(self, ext: Jobcast) -> None:
+        self.ext = ext
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.reported = 0  # delivered frames already added to the shared counter
+        self.greenlet: gevent.Greenlet | None = None
+
+    @property
+    def streams_key(self) -> str:
+        return f"{self.ext.settings.prefix}web:streams"
+
+    @property
+    def counters_key(self) -> str:
+        return f"{self.ext.settings.prefix}web:stats"
+
+    def start(self) -> None:
+        if self.greenlet is None:
+            self.greenlet = gevent.spawn(self._flush_forever)
+
+    def flush(self) -> None:
+        hub = self.ext.hub
+        delta = hub.delivered - self.reported
+        pipe = self.ext.redis.pipeline(transaction=False)
+        pipe.hset(self.streams_key, self.name, f"{hub.streams} {int(time.time() * 1000)}")
+        if delta:
+            pipe.hincrby(self.counters_key, "delivered", delta)
+        pipe.execute()
+        self.reported += delta
+
+    def _flush_forever(self) -> None:
+        while True:
+            gevent.sleep(FLUSH_SECONDS)
+            try:
+                self.flush()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.info("metrics: could not report this process's numbers (%s)", exc)
+
+
+class JobcastCollector:
+    """Reads everything from Redis in one pipeline per scrape."""
+
+    def __init__(self, ext: Jobcast, stats: WebStats) -> None:
+        self.ext = ext
+        self.stats = stats
+        self.keys = Keys(ext.settings.prefix)
+        self.ops_keys = OpsKeys(ext.settings.prefix)
+
+    def collect(self) -> Iterator[Metric]:
+        k, o, stats = self.keys, self.ops_keys, self.stats
+        pipe = self.ext.redis.pipeline(transaction=False)
+        pipe.zcard(k.queue)
+        pipe.zcard(k.running)
+        pipe.llen(self.ext.celery.conf.task_default_queue)
+        pipe.hgetall(k.stats)
+        pipe.get(k.ops_snapshot)
+        pipe.hgetall(o.tasks)
+        pipe.hgetall(o.runtime)
+        pipe.hgetall(stats.counters_key)
+        pipe.hgetall(stats.streams_key)
+        queued, running, broker, job_stats, snap, tasks, runtime, web, streams = pipe.execute()
+        yield from self._jobs(queued, running, broker, _text(job_stats))
+        yield from self._workers(json.loads(snap) if snap else None)
+        yield from self._tasks(_text(tasks), _text(runtime))
+        yield from self._web(_text(web), _text(streams))
+
+    def _jobs(self, queued: int, running: int, broker: int, st: dict[str, str]) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily(
+            "jobcast_jobs", "Jobs waiting in line or running.", labels=["state"]
+        )
+        jobs.add_metric(["queued"], queued)
+        jobs.add_metric(["running"], running)
+        yield jobs
+        finished = CounterMetricFamily(
+            "jobcast_jobs_finished", "Jobs that reached a final state.", labels=["state"]
+        )
+        finished.add_metric(["succeeded"], float(st.get("done", 0)))
+        for state in ("failed", "cancelled"):
+            if state in st:  # counted only where the event log counts them
+                finished.add_metric([state], float(st[state]))
+        yield finished
+        depth = GaugeMetricFamily("jobcast_queue_depth", "Waiting work.", labels=["queue"])
+        depth.add_metric(["broker"], broker)  # Celery messages not yet taken by a worker
+        depth.add_metric(["waiting"], queued)  # jobs in line (the sorted set)
+        yield depth
+        yield CounterMetricFamily(
+            "jobcast_events_published", "Job events appended and published.",
+            value=float(st.get("published", 0)),
+        )  # fmt: skip
+
+    def _workers(self, snap: dict[str, Any] | None) -> Iterator[Metric]:
+        workers = (snap or {}).get("workers", [])
+        online = sum(1 for w in workers if w.get("up"))
+        yield GaugeMetricFamily("jobcast_workers_online", "Celery workers online.", value=online)
+        yield GaugeMetricFamily(
+            "jobcast_workers_offline", "Workers recently seen, now offline.",
+            value=len(workers) - online,
+        )  # fmt: skip
+        age = time.time() - snap["at"] / 1000 if snap else float("nan")
+        yield GaugeMetricFamily(
+            "jobcast_monitor_snapshot_age_seconds", "Age of the monitor's latest snapshot.",
+            value=age,
+        )  # fmt: skip
+
+    def _tasks(self, tasks: dict[str, str], runtime: dict[str, str]) -> Iterator[Metric]:
+        outcomes = CounterMetricFamily(
+            "jobcast_tasks", "Celery task outcomes seen by the monitor.", labels=["outcome"]
+        )
+        for outcome in TASK_OUTCOMES:
+            outcomes.add_metric([outcome], float(tasks.get(outcome, 0)))
+        yield outcomes
+        buckets: list[tuple[str, float]] = []
+        total = 0
+        for bound in RUNTIME_BUCKETS:
+            total += int(runtime.get(f"le:{bound}", 0))
+            buckets.append((floatToGoString(bound), total))
+        buckets.append(("+Inf", int(runtime.get("count", 0))))
+        yield HistogramMetricFamily(
+            "jobcast_task_runtime_seconds", "Run time of succeeded tasks.",
+            buckets=buckets, sum_value=float(runtime.get("sum", 0)),
+        )  # fmt: skip
+
+    def _web(self, web: dict[str, str], streams: dict[str, str]) -> Iterator[Metric]:
+        now = int(time.time() * 1000)
+        live = {name: value.split() for name, value in streams.items()}
+        live = {name: v for name, v in live.items() if now - int(v[1]) < STALE_MS}
+        if len(live) < len(streams):
+            self.ext.redis.hdel(self.stats.streams_key, *(set(streams) - set(live)))
+        yield GaugeMetricFamily(
+            "jobcast_sse_streams", "Open SSE streams, all web processes.",
+            value=sum(int(v[0]) for v in live.values()),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "jobcast_web_processes", "Web processes reporting.", value=len(live)
+        )
+        yield CounterMetricFamily(
+            "jobcast_events_delivered", "SSE frames handed to streams, all web processes.",
+            value=float(web.get("delivered", 0)),
+        )  # fmt: skip
+
+
+def _text(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def init_app(app: Flask) -> None:
+    """Add ``/metrics``; each process starts reporting its numbers on its first request."""
+    ext: Jobcast = app.extensions["jobcast"]
+    stats = WebStats(ext)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(JobcastCollector(ext, stats))
+
+    @app.before_request
+    def start_reporting() -> None:
+        stats.start()
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        require_token()
+        stats.flush()
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
