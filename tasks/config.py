@@ -48,6 +48,8 @@ class Settings:
     # A worker is offline after this long without a heartbeat; 0 means 2.5 heartbeat
     # intervals as the worker announces them (Celery's default 2 s gives 5 s).
     worker_timeout: float = 0.0
+    # The monitor's retention sweep (old images, ghosts in the line) runs this often.
+    sweep_seconds: float = 60.0
     signing_key: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -13,6 +13,8 @@
 * The snapshot goes out every ``ops_interval`` seconds, and at once when a worker
   appears or disappears. The published payload is a finished SSE frame without ``id:``,
   so web processes forward it untouched.
+* The leader also runs the retention sweep (:mod:`tasks.retention`) every
+  ``sweep_seconds``: old images, and ghosts in the line.
 * Two monitors by mistake: both follow the events, but only the holder of a lease
   (``ops:leader``, renewed by every publish, expiring after 5 s) writes. The lease check
   and all writes are one Lua call, so a monitor that lost the lease cannot write a stale
@@ -42,6 +44,7 @@ from kombu.exceptions import OperationalError
 from tasks.app import create_celery
 from tasks.config import Settings
 from tasks.keys import Keys
+from tasks.retention import sweep
 
 log = logging.getLogger("jobcast.monitor")
 
@@ -231,6 +234,7 @@ class Monitor:
         self.leading = False
         self.urgent = True
         self.last_publish = float("-inf")
+        self.last_sweep = float("-inf")
         self.last_sample = clock()
         self.percents: dict[str, int | None] = {}  # running task id -> its job's percent
         self._publish = client.register_script(PUBLISH_LUA)
@@ -346,6 +350,19 @@ class Monitor:
                 del self.workers[state.hostname]
         if self.urgent or now - self.last_publish >= self.settings.ops_interval:
             self.publish(now)
+        if self.leading and now - self.last_sweep >= self.settings.sweep_seconds:
+            self.last_sweep = now
+            self.sweep()
+
+    def sweep(self) -> None:
+        s = self.settings
+        try:
+            swept = sweep(self.redis, self.keys, s.media_dir, s.retention_seconds)
+        except OSError as exc:  # the media folder is unreadable: keep monitoring
+            log.warning("monitor: retention sweep failed (%s)", exc)
+            return
+        if swept.images or swept.ghosts:
+            log.info("monitor: swept %d old images, %d ghosts", swept.images, swept.ghosts)
 
     def publish(self, now: float) -> int:
         """Build the snapshot and publish it if we hold the lease; return its size."""

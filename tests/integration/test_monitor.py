@@ -6,6 +6,7 @@ The monitor runs as ``python -m web.cli monitor`` (what ``jobcast monitor`` runs
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -50,7 +51,7 @@ def monitor(
     """The module's monitor; started again if a test killed it."""
     if not monitors or not monitors[0].alive():
         log = tmp_path_factory.mktemp("logs") / "monitor.log"
-        monitors[:1] = [start_monitor(stack_env, log)]
+        monitors[:1] = [start_monitor({**stack_env, "JOBCAST_SWEEP_SECONDS": "1"}, log)]
     return monitors[0]
 
 
@@ -237,3 +238,19 @@ def test_ops_stream_sends_latest_then_live_over_one_subscription(
             stamps.append(json.loads(sse.data)["at"])
         # The first live one may repeat the latest (published while we connected).
         assert stamps == sorted(stamps) and stamps[2] > stamps[0]
+
+
+def test_leader_sweeps_old_images_and_ghosts(
+    stack_env: dict[str, str], monitor: Proc, rds: redis.Redis
+) -> None:
+    """The leading monitor runs the retention sweep: expired images and ghosts in the line go."""
+    media = Path(stack_env["JOBCAST_MEDIA_DIR"])
+    old, fresh = media / "old-job.png", media / "fresh-job.png"
+    for path in (old, fresh):
+        path.write_bytes(b"png")
+    past = time.time() - 2 * 24 * 3600
+    os.utime(old, (past, past))
+    rds.zadd("jobcast:queue", {"ghost-job-without-record": 1})
+    wait_until(lambda: not old.exists() and rds.zcard("jobcast:queue") == 0, 15, "the sweep")
+    assert fresh.exists()
+    fresh.unlink()
