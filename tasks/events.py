@@ -77,6 +77,7 @@ elseif phase == 'done' or phase == 'failed' or phase == 'cancelled' then
   table.insert(fields, 'state'); table.insert(fields, final)
   table.insert(fields, 'finishedAt'); table.insert(fields, now)
   redis.call('ZREM', running, jobid)
+  if phase ~= 'done' then redis.call('HINCRBY', stats, final, 1) end
   local started = redis.call('HGET', job, 'startedAt')
   if phase == 'done' and started then
     local took = tonumber(now) - tonumber(started)

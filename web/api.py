@@ -78,7 +78,7 @@ def stream(job_id: str) -> Response:
     except BaseException:
         ext.hub.unwatch(watcher)
         raise
-    _guard_socket(ext.settings.send_timeout_seconds)
+    guard_socket(ext.settings.send_timeout_seconds)
     return Response(
         iter(body),
         status=200,
@@ -143,7 +143,7 @@ def healthz() -> tuple[Response, int]:
     return jsonify(body), 200 if redis_ok else 503
 
 
-def _guard_socket(seconds: float) -> None:
+def guard_socket(seconds: float) -> None:
     """Drop clients that stop reading: a write blocked this long fails, and so does a
     connection whose data stays unacknowledged that long (half-open: the heartbeat's
     keep-alive comment is what finds it)."""

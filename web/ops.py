@@ -20,7 +20,7 @@ from flask import Blueprint, Response, redirect, render_template, request, url_f
 from werkzeug.wrappers import Response as BaseResponse
 
 from tasks.monitor import snapshot_frame
-from web.api import _guard_socket
+from web.api import guard_socket
 from web.errors import ApiError
 from web.extension import Jobcast, jobcast
 from web.hub import RESYNC, Watcher
@@ -99,7 +99,7 @@ def stream() -> Response:
             503, "too_many_streams", "This server holds all the streams it can; retry shortly.",
             headers={"Retry-After": "5"},
         )  # fmt: skip
-    _guard_socket(ext.settings.send_timeout_seconds)
+    guard_socket(ext.settings.send_timeout_seconds)
     watcher = ext.hub.watch(ext.keys.ops)
     return Response(
         _snapshots(ext, watcher),

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import httpx
-
 from support import collect, free_port, post_job, wait_until
 
 

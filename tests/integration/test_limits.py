@@ -123,7 +123,9 @@ def test_idle_stream_gets_keep_alive_comments(web_with, rds: redis.Redis) -> Non
     base = web_with(JOBCAST_HEARTBEAT_SECONDS="0.5")
     JobEvents(rds).publish("idle-job-0123456789ab", "started", {"worker": "w"})
     comments = 0
-    with httpx.stream("GET", f"{base}/imagine/idle-job-0123456789ab/stream", timeout=10) as response:
+    with httpx.stream(
+        "GET", f"{base}/imagine/idle-job-0123456789ab/stream", timeout=10
+    ) as response:
         for line in response.iter_lines():
             comments += line == ": keep-alive"
             if comments == 3:
