@@ -59,14 +59,8 @@ def build_context(settings: Settings) -> Context:
         socket_keepalive=True,
         retry_on_timeout=True,
     )
-    events = JobEvents(
-        client,
-        prefix=settings.prefix,
-        maxlen=settings.stream_maxlen,
-        retention_seconds=settings.retention_seconds,
-        # A worker keeps its job alive through a Redis restart instead of failing it.
-        retry_seconds=settings.publish_retry_seconds,
-    )
+    # A worker keeps its job alive through a Redis restart instead of failing it.
+    events = JobEvents.for_settings(client, settings, retry_seconds=settings.publish_retry_seconds)
     return Context(settings=settings, redis=client, events=events)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 
+from tasks.config import Settings
 from tasks.keys import Keys
 
 TERMINAL = frozenset({"done", "failed", "cancelled"})
@@ -200,6 +201,17 @@ class JobEvents:
         self._publish = redis_client.register_script(PUBLISH_LUA)
         self._enqueue = redis_client.register_script(ENQUEUE_LUA)
         self._read = redis_client.register_script(READ_LUA)
+
+    @classmethod
+    def for_settings(cls, client: redis.Redis, settings: Settings, **options: Any) -> JobEvents:
+        """The event log as ``settings`` configure it (prefix, cap, retention)."""
+        return cls(
+            client,
+            prefix=settings.prefix,
+            maxlen=settings.stream_maxlen,
+            retention_seconds=settings.retention_seconds,
+            **options,
+        )
 
     def publish(
         self, job_id: str, phase: str, data: dict[str, Any] | None = None, *, expect: str = ""

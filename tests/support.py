@@ -22,7 +22,7 @@ import httpx
 import redis
 from httpx_sse import connect_sse
 
-from web.cli import redis_server_binary
+from web.cli import redis_server_binary, web_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -186,23 +186,7 @@ def gunicorn_web(
     env: dict[str, str], log: Path, workers: int = 1, port: int = 0
 ) -> tuple[Proc, str]:
     port = port or free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-k",
-        "gevent",
-        "--no-control-socket",
-        "-w",
-        str(workers),
-        "--worker-connections",
-        "5000",
-        "-b",
-        f"127.0.0.1:{port}",
-        "--graceful-timeout",
-        "3",
-        "web:create_app()",
-    ]
+    argv = web_argv("127.0.0.1", port, workers, "--graceful-timeout", "3")
     proc = Proc(argv, env, log).start()
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: _healthy(base) or not proc.alive(), 30, "gunicorn to serve /healthz")

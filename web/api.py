@@ -61,11 +61,7 @@ def stream(job_id: str) -> Response:
     ext = jobcast()
     _check_id(job_id)
     last = _last_event_id()
-    if ext.hub.streams >= ext.settings.max_streams:
-        raise ApiError(
-            503, "too_many_streams", "This server holds all the streams it can; retry shortly.",
-            headers={"Retry-After": "5"},
-        )  # fmt: skip
+    admit_stream(ext)
     watcher = ext.hub.watch(ext.keys.channel(job_id))
     try:
         opening = read_opening(ext, job_id, last)
@@ -78,7 +74,6 @@ def stream(job_id: str) -> Response:
     except BaseException:
         ext.hub.unwatch(watcher)
         raise
-    guard_socket(ext.settings.send_timeout_seconds)
     return Response(
         iter(body),
         status=200,
@@ -141,6 +136,16 @@ def healthz() -> tuple[Response, int]:
         "line": ext.line.stats(),
     }
     return jsonify(body), 200 if redis_ok else 503
+
+
+def admit_stream(ext: Jobcast) -> None:
+    """503 past ``max_streams`` open streams in this process; else guard its socket."""
+    if ext.hub.streams >= ext.settings.max_streams:
+        raise ApiError(
+            503, "too_many_streams", "This server holds all the streams it can; retry shortly.",
+            headers={"Retry-After": "5"},
+        )  # fmt: skip
+    guard_socket(ext.settings.send_timeout_seconds)
 
 
 def guard_socket(seconds: float) -> None:

@@ -108,7 +108,8 @@ def redis_argv(port: int, data_dir: Path) -> list[str]:
     ]
 
 
-def web_argv(host: str, port: int, workers: int = 1) -> list[str]:
+def web_argv(host: str, port: int, workers: int = 1, *extra: str) -> list[str]:
+    """gunicorn's gevent worker serving ``web:create_app()``; ``extra`` options go before it."""
     return [
         sys.executable,
         "-m",
@@ -122,6 +123,7 @@ def web_argv(host: str, port: int, workers: int = 1) -> list[str]:
         "20000",
         "-b",
         f"{host}:{port}",
+        *extra,
         "web:create_app()",
     ]
 

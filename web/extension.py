@@ -51,12 +51,7 @@ def init_app(app: Flask, settings: Settings) -> Jobcast:
     ext = Jobcast(
         settings=settings,
         redis=client,
-        events=JobEvents(
-            client,
-            prefix=settings.prefix,
-            maxlen=settings.stream_maxlen,
-            retention_seconds=settings.retention_seconds,
-        ),
+        events=JobEvents.for_settings(client, settings),
         keys=keys,
         hub=hub,
         line=Line(hub, client, keys),

@@ -20,7 +20,7 @@ from flask import Blueprint, Response, redirect, render_template, request, url_f
 from werkzeug.wrappers import Response as BaseResponse
 
 from tasks.monitor import snapshot_frame
-from web.api import guard_socket
+from web.api import admit_stream
 from web.errors import ApiError
 from web.extension import Jobcast, jobcast
 from web.hub import RESYNC, Watcher
@@ -94,12 +94,7 @@ def logout() -> BaseResponse:
 def stream() -> Response:
     require_token()
     ext = jobcast()
-    if ext.hub.streams >= ext.settings.max_streams:
-        raise ApiError(
-            503, "too_many_streams", "This server holds all the streams it can; retry shortly.",
-            headers={"Retry-After": "5"},
-        )  # fmt: skip
-    guard_socket(ext.settings.send_timeout_seconds)
+    admit_stream(ext)
     watcher = ext.hub.watch(ext.keys.ops)
     return Response(
         _snapshots(ext, watcher),
