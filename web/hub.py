@@ -125,6 +125,8 @@ class Hub:
             protocol=2,
             socket_keepalive=True,
             socket_connect_timeout=5,
+            # We PING every ping_every seconds; three pings' worth of silence means dead.
+            socket_timeout=ping_every * 3,
             health_check_interval=0,
         )
         self.queue_size = queue_size
@@ -349,10 +351,8 @@ class Hub:
     def _read_messages(self) -> None:
         conn = self._conn
         assert conn is not None
-        silence = self.ping_every * 3  # we PING every ping_every s: this long quiet is dead
         while True:
-            if not conn.can_read(timeout=silence):
-                raise redis.TimeoutError(f"no reply from redis in {silence} s")
+            # The socket timeout (3 pings' worth of silence) raises TimeoutError: dead.
             reply = conn.read_response(disconnect_on_error=False)
             kind = reply[0]
             if kind == b"message":
