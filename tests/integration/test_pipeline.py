@@ -295,3 +295,20 @@ def test_one_pubsub_connection_for_many_streams(web: str, worker: Proc, rds: red
             c.close()
         for job in jobs:
             httpx.delete(f"{web}/imagine/{job}")
+
+
+def test_reset_when_the_clients_last_id_was_trimmed_away(web: str, rds: redis.Redis) -> None:
+    """A client whose Last-Event-ID is older than the capped log gets `reset` + snapshot first."""
+    from tasks.events import JobEvents
+
+    events = JobEvents(rds, maxlen=50)
+    job_id = "trimmed-job-0123456789"
+    first = events.publish(job_id, "started", {"worker": "w"})
+    for n in range(400):
+        events.publish(job_id, "progress", {"percent": n % 100})
+    events.publish(job_id, "done", {"url": "/x"})
+    assert rds.xlen(f"jobcast:job:{{{job_id}}}:events") < 400  # the start was trimmed
+    received = collect(web, job_id, last_id=first)
+    assert received[0].event == "reset"
+    assert received[0].data["state"] == "succeeded" and received[0].data["jobId"] == job_id
+    assert ids_and_phases(received[1:]) == logged(rds, job_id)
