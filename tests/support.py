@@ -228,6 +228,8 @@ def iter_events(
         source.response.raise_for_status()
         previous_id = last_id
         for sse in source.iter_sse():
+            if sse.event == "message" and not sse.data:
+                continue  # a frame with only `retry:`, which EventSource does not dispatch
             # httpx-sse repeats the last id on events that carry none (as the spec says);
             # a derived event is one whose id did not change.
             own_id = sse.id if sse.id and sse.id != previous_id else None
