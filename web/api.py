@@ -19,7 +19,7 @@ from tasks.media import image_path
 from web.errors import ApiError
 from web.extension import Jobcast, jobcast
 from web.line import eta_seconds
-from web.stream import Stream, is_terminal, read_opening, snapshot
+from web.stream import Stream, is_terminal, open_stream, snapshot
 from web.validate import validate_job
 
 bp = Blueprint("api", __name__)
@@ -64,7 +64,7 @@ def stream(job_id: str) -> Response:
     admit_stream(ext)
     watcher = ext.hub.watch(ext.keys.channel(job_id))
     try:
-        opening = read_opening(ext, job_id, last)
+        opening = open_stream(ext, job_id, last)
         if opening.state is None:
             raise _not_found()
         if opening.nothing_after(last):

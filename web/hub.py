@@ -44,6 +44,7 @@ class Item:
     key: EventId | None
     terminal: bool
     frame: bytes
+    phase: bytes = b""
 
 
 RESYNC = Item(None, False, b"")
@@ -60,7 +61,7 @@ def item_from_frame(frame: bytes) -> Item:
     ms, _, seq = frame[4:end].partition(b"-")
     phase_at = end + 8  # len("\nevent: ")
     phase = frame[phase_at : frame.index(b"\n", phase_at)]
-    return Item((int(ms), int(seq)), phase in TERMINAL_PHASES, frame)
+    return Item((int(ms), int(seq)), phase in TERMINAL_PHASES, frame, phase)
 
 
 class Watcher:
@@ -103,6 +104,13 @@ class _Sub:
     active: bool = False  # we want to be subscribed
     idle_since: float = 0.0
     resync: bool = False
+    # The job's whole log as this process has seen it (see Hub.cached_log), and the
+    # messages that arrive while a stream reads the log to start it.
+    log: list[Item] | None = None
+    filling: list[Item] | None = None
+
+    def forget_log(self) -> None:
+        self.log = self.filling = None
 
 
 class HubUnavailable(Exception):
@@ -187,6 +195,38 @@ class Hub:
         if not sub.ready.wait(self.confirm_timeout):
             raise HubUnavailable(f"no confirmation for {name!r}")
 
+    # -- the per-process log cache ----------------------------------------------------
+    #
+    # A stream must send the log after its Last-Event-ID. The first stream of a job in
+    # this process reads the whole log from Redis (begin_fill … finish_fill); from then on
+    # the hub keeps it complete by appending every message of the channel, in order, so
+    # later streams of the same job start without a Redis round trip. The cache is
+    # dropped whenever messages could have been missed: a reconnect, or an unsubscribe.
+
+    def cached_log(self, channel: bytes) -> list[Item] | None:
+        sub = self.subs.get(channel)
+        return sub.log if sub is not None and sub.log else None
+
+    def begin_fill(self, channel: bytes) -> bool:
+        """Start collecting the channel's messages; True if the caller should fill the log."""
+        sub = self.subs.get(channel)
+        if sub is None or not sub.active or sub.log is not None or sub.filling is not None:
+            return False
+        sub.filling = []
+        return True
+
+    def finish_fill(self, channel: bytes, items: list[Item] | None) -> None:
+        """Keep ``items`` (the log read after begin_fill) plus what arrived meanwhile."""
+        sub = self.subs.get(channel)
+        if sub is None or sub.filling is None:
+            return  # a reconnect in between: the reading may have a gap
+        arrived, sub.filling = sub.filling, None
+        if items is None or not items:
+            return
+        sub.log = list(items)
+        for item in arrived:
+            _extend(sub, item)
+
     def watchers_of(self, channel: bytes) -> set[Watcher]:
         sub = self.subs.get(channel)
         return sub.watchers if sub else set()
@@ -259,6 +299,7 @@ class Hub:
                 idle = not sub.watchers and name not in self.handlers
                 if idle and sub.active and sub.idle_since <= cutoff:
                     sub.active = False
+                    sub.forget_log()  # messages will be missed from now on
                     self._queue_op("UNSUBSCRIBE", name)
 
     def _heartbeat_forever(self) -> None:
@@ -344,6 +385,7 @@ class Hub:
                 continue
             sub.resync = True
             sub.outstanding = 0
+            sub.forget_log()  # messages may have been missed
             if sub.ready.is_set():
                 # New watchers must wait for the resubscription to be confirmed.
                 sub.ready = gevent.event.Event()
@@ -369,12 +411,33 @@ class Hub:
             handler(payload)
             return
         sub = self.subs.get(name)
-        if sub is None or not sub.watchers:
+        if sub is None:
             return
         item = item_from_frame(payload)
+        if sub.log is not None:
+            _extend(sub, item)
+        if sub.filling is not None:
+            sub.filling.append(item)
+        if not sub.watchers:
+            return
         self.delivered += len(sub.watchers)
         for watcher in sub.watchers:
             watcher.put(item)
+
+
+LOG_CACHE_MAX = 1000
+
+
+def _extend(sub: _Sub, item: Item) -> None:
+    """Append a logged item to the cache, skipping ones already in it (ids only grow)."""
+    log = sub.log
+    assert log is not None
+    if item.key is None or item.key <= log[-1].key:  # type: ignore[operator]
+        return
+    if len(log) >= LOG_CACHE_MAX:
+        sub.log = None  # a very long log: read it from Redis instead
+        return
+    log.append(item)
 
 
 def _now() -> float:

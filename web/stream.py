@@ -19,21 +19,29 @@ from typing import Any
 
 from tasks.events import TERMINAL_STATES, EventId, dumps, format_id, parse_id
 from web.extension import Jobcast
-from web.hub import RESYNC, Watcher
+from web.hub import RESYNC, Item, Watcher
 from web.sse import Event, frame
 
 PAGE = 500
 TERMINAL_FRAMES = (b"done", b"failed", b"cancelled")
 
 
+STATE_AFTER = {
+    b"queued": "queued",
+    b"done": "succeeded",
+    b"failed": "failed",
+    b"cancelled": "cancelled",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Opening:
-    """What one round trip tells a new stream."""
+    """What a new stream needs to know: from one Redis round trip, or from the hub's cache."""
 
     state: str | None
     last_logged: EventId | None
     oldest: EventId | None
-    backlog: list[Any]
+    backlog: list[Item]  # the log after the client's last id (a first page of it)
 
     def nothing_after(self, last: EventId | None) -> bool:
         """Whether a client that saw ``last`` of a finished job has nothing to get (→ 204)."""
@@ -43,6 +51,42 @@ class Opening:
             and self.last_logged is not None
             and last >= self.last_logged
         )
+
+    @classmethod
+    def from_log(cls, log: list[Item], last: EventId | None) -> Opening:
+        """From a complete log (the hub's cache): no Redis at all."""
+        newest = log[-1]
+        return cls(
+            state=STATE_AFTER.get(newest.phase, "running"),
+            last_logged=newest.key,
+            oldest=log[0].key,
+            backlog=log if last is None else [i for i in log if i.key > last],  # type: ignore[operator]
+        )
+
+
+def open_stream(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
+    """The opening of a stream whose channel is subscribed (and confirmed) already."""
+    channel = ext.keys.channel(job_id).encode()
+    log = ext.hub.cached_log(channel)
+    if log is not None:
+        return Opening.from_log(log, last)
+    if not ext.hub.begin_fill(channel):
+        return read_opening(ext, job_id, last)
+    try:
+        whole = read_opening(ext, job_id, None)
+    except BaseException:
+        ext.hub.finish_fill(channel, None)
+        raise
+    complete = whole.state is not None and len(whole.backlog) < PAGE
+    ext.hub.finish_fill(channel, whole.backlog if complete else None)
+    if last is None:
+        return whole
+    return Opening(
+        whole.state,
+        whole.last_logged,
+        whole.backlog[0].key if whole.backlog else None,
+        [i for i in whole.backlog if i.key > last],  # type: ignore[operator]
+    )
 
 
 def read_opening(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
@@ -54,8 +98,13 @@ def read_opening(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
         state=state.decode() if state is not None else None,
         last_logged=parse_id(last_logged),
         oldest=parse_id(oldest),
-        backlog=backlog,
+        backlog=[_item(entry) for entry in backlog],
     )
+
+
+def _item(entry: list[Any]) -> Item:
+    raw_id, (_, phase, _, data) = entry  # fields as logged: phase, data
+    return Item(parse_id(raw_id), phase in TERMINAL_FRAMES, frame(raw_id, phase, data), phase)
 
 
 class Stream:
@@ -107,13 +156,13 @@ class Stream:
                 break
         return b"".join(parts)
 
-    def _frames(self, entries: list[Any]) -> bytes:
-        """Frames of log entries, up to and including a terminal one."""
+    def _frames(self, items: list[Item]) -> bytes:
+        """Frames of logged items, up to and including a terminal one."""
         parts: list[bytes] = []
-        for raw_id, (_, phase, _, data) in entries:  # fields as logged: phase, data
-            parts.append(frame(raw_id, phase, data))
-            self.sent = parse_id(raw_id)
-            if phase in TERMINAL_FRAMES:
+        for item in items:
+            parts.append(item.frame)
+            self.sent = item.key
+            if item.terminal:
                 self.finished = True
                 break
         return b"".join(parts)
