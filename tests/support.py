@@ -22,7 +22,7 @@ import httpx
 import redis
 from httpx_sse import connect_sse
 
-from web.cli import redis_server_binary, web_argv
+from web.cli import redis_server_binary, web_argv, worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,25 +160,24 @@ class RedisServer:
 
 
 def celery_worker(env: dict[str, str], log: Path, name: str, concurrency: int = 1) -> Proc:
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "tasks",
-        "worker",
-        "-E",
+    argv = worker_argv(
+        concurrency,
         "-P",
         "prefork",
-        f"--concurrency={concurrency}",
-        "--loglevel=INFO",
         f"--hostname={name}@%h",
         "--without-mingle",
         "--without-gossip",
-    ]
+    )
     proc = Proc(argv, env, log).start()
     wait_until(lambda: "ready." in proc.output() or not proc.alive(), 60, "celery worker ready")
     assert proc.alive(), proc.output()[-3000:]
+    return proc
+
+
+def jobcast_monitor(env: dict[str, str], log: Path) -> Proc:
+    """``jobcast monitor``, once it leads (publishes snapshots)."""
+    proc = Proc([sys.executable, "-m", "web.cli", "monitor"], env, log).start()
+    wait_until(lambda: "leading" in proc.output() or not proc.alive(), 30, "monitor leading")
     return proc
 
 

@@ -128,7 +128,8 @@ def web_argv(host: str, port: int, workers: int = 1, *extra: str) -> list[str]:
     ]
 
 
-def worker_argv(concurrency: int) -> list[str]:
+def worker_argv(concurrency: int, *extra: str) -> list[str]:
+    """``celery -A tasks worker`` with task events on (the monitor needs them)."""
     return [
         sys.executable,
         "-m",
@@ -139,6 +140,7 @@ def worker_argv(concurrency: int) -> list[str]:
         "--loglevel=INFO",
         f"--concurrency={concurrency}",
         "-E",
+        *extra,
     ]
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from playwright.sync_api import Page, expect
-from support import Proc, collect, free_port, gunicorn_web, post_job, wait_until
+from support import Proc, collect, free_port, gunicorn_web, jobcast_monitor, post_job
 
 pytestmark = pytest.mark.browser
 
@@ -18,9 +17,7 @@ SMALL = {"prompt": "x", "width": 64, "height": 64, "steps": 2}
 
 @pytest.fixture(scope="module")
 def monitor(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    log = tmp_path_factory.mktemp("logs") / "monitor.log"
-    proc = Proc([sys.executable, "-m", "web.cli", "monitor"], stack_env, log).start()
-    wait_until(lambda: "leading" in proc.output() or not proc.alive(), 30, "monitor leading")
+    proc = jobcast_monitor(stack_env, tmp_path_factory.mktemp("logs") / "monitor.log")
     yield proc
     proc.stop()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 
@@ -11,7 +10,7 @@ import httpx
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
-from support import Proc, collect, gunicorn_web, post_job, wait_until
+from support import Proc, collect, gunicorn_web, jobcast_monitor, post_job, wait_until
 
 SMALL = {"prompt": "x", "width": 64, "height": 64, "steps": 2}
 TOKEN = "s3cret-ops-token"
@@ -21,9 +20,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 @pytest.fixture(scope="module")
 def monitor(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    log = tmp_path_factory.mktemp("logs") / "monitor.log"
-    proc = Proc([sys.executable, "-m", "web.cli", "monitor"], stack_env, log).start()
-    wait_until(lambda: "leading" in proc.output() or not proc.alive(), 30, "monitor leading")
+    proc = jobcast_monitor(stack_env, tmp_path_factory.mktemp("logs") / "monitor.log")
     yield proc
     proc.stop()
 
