@@ -47,6 +47,7 @@ class Subject:
     publisher: str = "jobevents"  # or "flasksse"
     per_stream_subscription: bool = False
     wait_headers: bool = True
+    worker: str = "gevent"  # gunicorn's -k
 
     def channel(self, job: str) -> str:
         if self.publisher == "flasksse":
@@ -59,6 +60,19 @@ SUBJECTS = {
     for s in [
         Subject("floor", "bench.floor_app:app", "/imagine/{job}/stream"),
         Subject("jobcast", "web:create_app()", "/imagine/{job}/stream"),
+        # The same app under our worker class (one send() per frame, no getsockopt).
+        Subject(
+            "jobcast-fastsend",
+            "web:create_app()",
+            "/imagine/{job}/stream",
+            worker="web.gworker.GeventWorker",
+        ),
+        Subject(
+            "floor-fastsend",
+            "bench.floor_app:app",
+            "/imagine/{job}/stream",
+            worker="web.gworker.GeventWorker",
+        ),
         Subject(
             "flasksse",
             "bench.flasksse_app:app",
@@ -198,7 +212,7 @@ def run_case(
     server = clients = None
     redis_base = rds.connected_clients()
     try:
-        server = procs.Server(subject.app, rds.url, "/imagine/none", env)
+        server = procs.Server(subject.app, rds.url, "/imagine/none", env, subject.worker)
         clients = procs.ClientPool(len(split))
         warm_up(subject, server, client)
         time.sleep(0.5)

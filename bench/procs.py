@@ -147,13 +147,15 @@ class RedisServer:
 class Server:
     """``gunicorn -k gevent -w 1`` serving ``app`` on the server core."""
 
-    def __init__(self, app: str, redis_url: str, probe_path: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, app: str, redis_url: str, probe_path: str, env: dict[str, str], worker: str = "gevent"
+    ) -> None:
         self.port = free_port()
         self.log = open(ROOT / "bench" / ".server.log", "ab")  # noqa: SIM115
         argv = [
             str(VENV_BIN / "gunicorn"),
             "-k",
-            "gevent",
+            worker,
             "-w",
             "1",
             "--worker-connections",

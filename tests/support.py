@@ -182,10 +182,10 @@ def jobcast_monitor(env: dict[str, str], log: Path) -> Proc:
 
 
 def gunicorn_web(
-    env: dict[str, str], log: Path, workers: int = 1, port: int = 0
+    env: dict[str, str], log: Path, workers: int = 1, port: int = 0, worker_class: str = "gevent"
 ) -> tuple[Proc, str]:
     port = port or free_port()
-    argv = web_argv("127.0.0.1", port, workers, "--graceful-timeout", "3")
+    argv = web_argv("127.0.0.1", port, workers, "--graceful-timeout", "3", "-k", worker_class)
     proc = Proc(argv, env, log).start()
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: _healthy(base) or not proc.alive(), 30, "gunicorn to serve /healthz")
