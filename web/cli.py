@@ -109,13 +109,14 @@ def redis_argv(port: int, data_dir: Path) -> list[str]:
 
 
 def web_argv(host: str, port: int, workers: int = 1, *extra: str) -> list[str]:
-    """gunicorn's gevent worker serving ``web:create_app()``; ``extra`` options go before it."""
+    """gunicorn serving ``web:create_app()`` with our gevent worker class; ``extra`` options
+    (a later ``-k`` wins) go before the app."""
     return [
         sys.executable,
         "-m",
         "gunicorn",
         "-k",
-        "gevent",
+        "web.gworker.GeventWorker",  # gevent's worker with a cheaper sendall (web/gworker.py)
         "--no-control-socket",
         "-w",
         str(workers),
