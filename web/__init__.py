@@ -25,8 +25,9 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     )
 
     from web import api, errors, extension, limits, metrics, openapi, ops, pages
+    from web.fastroute import StreamRoute
 
-    extension.init_app(app, settings)
+    ext = extension.init_app(app, settings)
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
@@ -34,4 +35,5 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     metrics.init_app(app)
     limits.init_app(app, settings)
+    app.wsgi_app = StreamRoute(app.wsgi_app, ext)  # type: ignore[method-assign]
     return app

@@ -9,12 +9,13 @@ import json
 import re
 import secrets
 import socket
+import urllib.parse
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, send_file
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from tasks.events import parse_id
+from tasks.events import EventId, parse_id
 from tasks.media import image_path
 from web.errors import ApiError
 from web.extension import Jobcast, jobcast
@@ -58,10 +59,33 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
 
 @bp.get("/imagine/<job_id>/stream")
 def stream(job_id: str) -> Response:
+    """The stream through Flask: used when job tokens are on (web/fastroute.py otherwise)."""
     ext = jobcast()
     _check_id(job_id)
-    last = _last_event_id()
-    admit_stream(ext)
+    body = start_stream(ext, job_id, last_event_id(request.environ), request.environ)
+    if body is None:
+        return Response(status=204)
+    return Response(
+        iter(body),
+        status=200,
+        headers=STREAM_HEADERS,
+        direct_passthrough=True,
+    )
+
+
+STREAM_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+def start_stream(
+    ext: Jobcast, job_id: str, last: EventId | None, environ: dict[str, Any]
+) -> Stream | None:
+    """Open a job's stream: the body to send, or None for 204 (finished, nothing after
+    ``last``); ApiError for an unknown job or a full server."""
+    admit_stream(ext, environ)
     watcher = ext.hub.watch(ext.keys.channel(job_id))
     try:
         opening = open_stream(ext, job_id, last)
@@ -69,18 +93,11 @@ def stream(job_id: str) -> Response:
             raise _not_found()
         if opening.nothing_after(last):
             ext.hub.unwatch(watcher)
-            return Response(status=204)
-        body = Stream(ext, job_id, last, watcher, opening)
+            return None
+        return Stream(ext, job_id, last, watcher, opening)
     except BaseException:
         ext.hub.unwatch(watcher)
         raise
-    return Response(
-        iter(body),
-        status=200,
-        content_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        direct_passthrough=True,
-    )
 
 
 @bp.get("/imagine/<job_id>")
@@ -138,21 +155,21 @@ def healthz() -> tuple[Response, int]:
     return jsonify(body), 200 if redis_ok else 503
 
 
-def admit_stream(ext: Jobcast) -> None:
+def admit_stream(ext: Jobcast, environ: dict[str, Any]) -> None:
     """503 past ``max_streams`` open streams in this process; else guard its socket."""
     if ext.hub.streams >= ext.settings.max_streams:
         raise ApiError(
             503, "too_many_streams", "This server holds all the streams it can; retry shortly.",
             headers={"Retry-After": "5"},
         )  # fmt: skip
-    guard_socket(ext.settings.send_timeout_seconds)
+    guard_socket(environ, ext.settings.send_timeout_seconds)
 
 
-def guard_socket(seconds: float) -> None:
+def guard_socket(environ: dict[str, Any], seconds: float) -> None:
     """Drop clients that stop reading: a write blocked this long fails, and so does a
     connection whose data stays unacknowledged that long (half-open: the heartbeat's
     keep-alive comment is what finds it)."""
-    sock = request.environ.get("gunicorn.socket")
+    sock = environ.get("gunicorn.socket")
     if sock is None:
         return
     sock.settimeout(seconds)
@@ -201,8 +218,9 @@ def _queue_full(ext: Jobcast, length: int) -> ApiError:
     )
 
 
-def _last_event_id() -> Any:
-    raw = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
+def last_event_id(environ: dict[str, Any]) -> EventId | None:
+    """The client's last id, from the header or ``?lastEventId=``; 400 if it is not one."""
+    raw = environ.get("HTTP_LAST_EVENT_ID") or _query_value(environ, "lastEventId")
     if not raw:
         return None
     parsed = parse_id(raw.strip()) if len(raw) <= MAX_LAST_ID else None
@@ -211,8 +229,12 @@ def _last_event_id() -> Any:
     return parsed
 
 
-def _id(raw: bytes | None) -> Any:
-    return parse_id(raw) or (0, 0)
+def _query_value(environ: dict[str, Any], name: str) -> str | None:
+    query = environ.get("QUERY_STRING", "")
+    if name not in query:
+        return None
+    values = urllib.parse.parse_qs(query).get(name)
+    return values[-1] if values else None
 
 
 def _check_id(job_id: str) -> None:

@@ -94,7 +94,7 @@ def logout() -> BaseResponse:
 def stream() -> Response:
     require_token()
     ext = jobcast()
-    admit_stream(ext)
+    admit_stream(ext, request.environ)
     watcher = ext.hub.watch(ext.keys.ops)
     return Response(
         _snapshots(ext, watcher),
