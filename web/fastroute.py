@@ -18,14 +18,14 @@ from typing import Any
 
 import redis
 
-from web.api import STREAM_HEADERS, last_event_id, start_stream
+from web.api import JOB_ID, STREAM_HEADERS, last_event_id, start_stream
 from web.errors import ApiError
 from web.extension import Jobcast
 from web.hub import HubUnavailable
 
 log = logging.getLogger(__name__)
 
-STREAM_PATH = re.compile(r"/imagine/([A-Za-z0-9_-]{16,64})/stream")
+STREAM_PATH = re.compile(rf"/imagine/({JOB_ID.pattern})/stream")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 

@@ -30,11 +30,11 @@ import gevent.event
 import redis
 import redis.connection
 
-from tasks.events import EventId
+from tasks.events import TERMINAL, EventId
 
 log = logging.getLogger(__name__)
 
-TERMINAL_PHASES = (b"done", b"failed", b"cancelled")
+TERMINAL_PHASES = frozenset(phase.encode() for phase in TERMINAL)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
 """One job's SSE stream: exactly once, in order, resumable.
 
-open:    watch the job channel (subscription confirmed), then ONE pipelined read:
-         the job's state + the log after Last-Event-ID (+ the oldest id, when resuming)
-         404 unknown job · 204 finished and nothing after Last-Event-ID
+open:    watch the job channel (subscription confirmed), then the job's state and the
+         log after Last-Event-ID: from the hub's cache of this job's log, else ONE Lua
+         read (which also fills the cache) · 404 unknown job · 204 finished, nothing new
 body:    retry ─ [reset] ─ backlog ─ place in line (if waiting) ─ live ─ end
 live:    frames from the hub, skipping ids ≤ the last sent; keep-alive comments from
          the hub's heartbeat; RESYNC → read the log after the last sent id (after a
@@ -19,11 +19,10 @@ from typing import Any
 
 from tasks.events import TERMINAL_STATES, EventId, dumps, format_id, parse_id
 from web.extension import Jobcast
-from web.hub import RESYNC, Item, Watcher
+from web.hub import RESYNC, TERMINAL_PHASES, Item, Watcher
 from web.sse import Event, frame
 
 PAGE = 500
-TERMINAL_FRAMES = (b"done", b"failed", b"cancelled")
 
 
 STATE_AFTER = {
@@ -60,7 +59,7 @@ class Opening:
             state=STATE_AFTER.get(newest.phase, "running"),
             last_logged=newest.key,
             oldest=log[0].key,
-            backlog=log if last is None else [i for i in log if i.key > last],  # type: ignore[operator]
+            backlog=after(log, last),
         )
 
 
@@ -81,12 +80,15 @@ def open_stream(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
     ext.hub.finish_fill(channel, whole.backlog if complete else None)
     if last is None:
         return whole
-    return Opening(
-        whole.state,
-        whole.last_logged,
-        whole.backlog[0].key if whole.backlog else None,
-        [i for i in whole.backlog if i.key > last],  # type: ignore[operator]
-    )
+    oldest = whole.backlog[0].key if whole.backlog else None
+    return Opening(whole.state, whole.last_logged, oldest, after(whole.backlog, last))
+
+
+def after(items: list[Item], last: EventId | None) -> list[Item]:
+    """The logged items newer than ``last`` (all of them without one)."""
+    if last is None:
+        return items
+    return [item for item in items if item.key > last]  # type: ignore[operator]
 
 
 def read_opening(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
@@ -104,7 +106,7 @@ def read_opening(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
 
 def _item(entry: list[Any]) -> Item:
     raw_id, (_, phase, _, data) = entry  # fields as logged: phase, data
-    return Item(parse_id(raw_id), phase in TERMINAL_FRAMES, frame(raw_id, phase, data), phase)
+    return Item(parse_id(raw_id), phase in TERMINAL_PHASES, frame(raw_id, phase, data), phase)
 
 
 class Stream:
