@@ -21,7 +21,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -113,16 +113,19 @@ return id
 """
 )
 
-# KEYS: job hash, events stream, queue zset, ticket counter
+# KEYS: job hash, events stream, queue zset, ticket counter, stats hash, running zset
 # ARGV: channel, max queue (0 = no limit), maxlen, ttl, job id, now (ms), field/value pairs...
 ENQUEUE_LUA = (
     _COMMON_LUA
     + """
 local job, events, queue, ticket = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- What an ETA needs, read here so the caller needs no second round trip.
+local avg = redis.call('HGET', KEYS[5], 'avgMs') or ''
+local busy = redis.call('ZCARD', KEYS[6])
 local channel, maxq, maxlen, ttl, jobid, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-if redis.call('EXISTS', job) == 1 then return {-2, 0, ''} end
+if redis.call('EXISTS', job) == 1 then return {-2, 0, '', avg, busy} end
 local waiting = redis.call('ZCARD', queue)
-if maxq > 0 and waiting >= maxq then return {-1, waiting, ''} end
+if maxq > 0 and waiting >= maxq then return {-1, waiting, '', avg, busy} end
 local t = redis.call('INCR', ticket)
 redis.call('ZADD', queue, t, jobid)
 local pos = redis.call('ZRANK', queue, jobid) + 1
@@ -135,7 +138,7 @@ redis.call('HSET', job, unpack(fields))
 redis.call('EXPIRE', job, ttl)
 redis.call('EXPIRE', events, ttl)
 redis.call('PUBLISH', channel, frame(id, 'queued', data))
-return {pos, waiting + 1, id}
+return {pos, waiting + 1, id, avg, busy}
 """
 )
 
@@ -258,20 +261,18 @@ class JobEvents:
         )
         return result
 
-    def enqueue(
-        self, job_id: str, fields: dict[str, str], *, max_queue: int = 0
-    ) -> tuple[int, int, str | None]:
-        """Record a new job, put it in line and log its ``queued`` event.
+    def enqueue(self, job_id: str, fields: dict[str, str], *, max_queue: int = 0) -> Enqueued:
+        """Record a new job, put it in line and log its ``queued`` event (one round trip).
 
-        Returns ``(position, queue_length, event_id)``; position -1 means the line is full
-        (nothing was written), -2 that the id exists already.
+        ``position`` -1 means the line is full (nothing was written), -2 that the id
+        exists already; ``avg_ms`` and ``busy`` come along for an ETA either way.
         """
         k = self.keys
         flat: list[str] = []
         for name, value in fields.items():
             flat += [name, value]
-        pos, length, event_id = self._enqueue(
-            keys=[k.job(job_id), k.events(job_id), k.queue, k.ticket],
+        pos, length, event_id, avg, busy = self._enqueue(
+            keys=[k.job(job_id), k.events(job_id), k.queue, k.ticket, k.stats, k.running],
             args=[
                 k.channel(job_id),
                 max_queue,
@@ -282,7 +283,17 @@ class JobEvents:
                 *flat,
             ],
         )
-        return int(pos), int(length), (_text(event_id) or None)
+        return Enqueued(
+            int(pos), int(length), _text(event_id) or None, float(avg) if avg else None, int(busy)
+        )
+
+
+class Enqueued(NamedTuple):
+    position: int
+    queue_length: int
+    event_id: str | None
+    avg_ms: float | None  # moving average run time, None before the first job finished
+    busy: int  # jobs running now
 
 
 def _text(value: Any) -> str:

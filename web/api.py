@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, send_file
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from tasks.events import EventId, parse_id
+from tasks.events import Enqueued, EventId, parse_id
 from tasks.media import image_path
 from web.errors import ApiError
 from web.extension import Jobcast, jobcast
@@ -35,20 +35,19 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     ext = jobcast()
     params = validate_job(_json_body(ext), ext.settings)
     job_id = secrets.token_urlsafe(16)
-    position, length, _ = ext.events.enqueue(
+    line = ext.events.enqueue(
         job_id, {k: str(v) for k, v in params.items()}, max_queue=ext.settings.max_queue
     )
-    if position == -1:
-        raise _queue_full(ext, length)
+    if line.position == -1:
+        raise _queue_full(line)
     _send_task(ext, job_id, params)
-    place = ext.line.place(job_id)
     token = job_token(ext.settings.signing_key, job_id)
     query = f"?token={token}" if token else ""
     body: dict[str, Any] = {
         "jobId": job_id,
-        "position": position,
-        "queueLength": length,
-        "etaSeconds": place.eta_seconds if place else None,
+        "position": line.position,
+        "queueLength": line.queue_length,
+        "etaSeconds": eta_seconds(line.position, line.avg_ms, line.busy),
         "stream": f"/imagine/{job_id}/stream{query}",
         "status": f"/imagine/{job_id}{query}",
     }
@@ -205,15 +204,14 @@ def _send_task(ext: Jobcast, job_id: str, params: dict[str, Any]) -> None:
         raise
 
 
-def _queue_full(ext: Jobcast, length: int) -> ApiError:
+def _queue_full(line: Enqueued) -> ApiError:
     """429 with a Retry-After of about one run time: when a place should free up."""
-    avg = ext.redis.hget(ext.keys.stats, "avgMs")
-    busy = ext.redis.zcard(ext.keys.running)
-    retry_after = max(1, eta_seconds(1, float(avg), busy) or 1) if avg else 10
+    eta = eta_seconds(1, line.avg_ms, line.busy)
+    retry_after = 10 if eta is None else max(1, eta)
     return ApiError(
         429,
         "queue_full",
-        f"The queue is full ({length} jobs waiting); try again in about {retry_after} s.",
+        f"The queue is full ({line.queue_length} jobs waiting); try again in about {retry_after} s.",
         headers={"Retry-After": str(retry_after)},
     )
 
