@@ -53,6 +53,8 @@ class Settings:
     worker_timeout: float = 0.0
     # The monitor's retention sweep (old images, ghosts in the line) runs this often.
     sweep_seconds: float = 60.0
+    # A job in line this long with no Celery message is sent again by the sweep.
+    ghost_grace_seconds: float = 30.0
     signing_key: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -126,6 +128,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "visibility_timeout": (5, 30 * 24 * 3600),
     "ops_interval": (0.1, 60),
     "sweep_seconds": (1, 24 * 3600),
+    "ghost_grace_seconds": (1, 24 * 3600),
 }
 
 
