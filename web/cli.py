@@ -27,7 +27,7 @@ class Stack:
     """Child processes, each in its own session, stopped in order by PID."""
 
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
-    stopping: bool = False
+    stopping: int = 0  # the signal that asked for a stop
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(list(argv), env=env, start_new_session=True)
@@ -36,10 +36,8 @@ class Stack:
         return proc
 
     def request_stop(self, signum: int, _frame: object) -> None:
-        """Signal handler: ask the main loop to stop (never raises into ``stop``)."""
-        if not self.stopping:
-            print(f"\njobcast: {signal.Signals(signum).name}: stopping", flush=True)
-        self.stopping = True
+        """Signal handler: ask the main loop to stop (it never raises into ``stop``)."""
+        self.stopping = self.stopping or signum
 
     def wait_any(self) -> tuple[str, int] | None:
         """Block until a child exits (its name and exit code) or a stop is requested."""
@@ -181,6 +179,7 @@ def dev(args: argparse.Namespace) -> int:
         _start_all(stack, args, base, env)
         exited = stack.wait_any()
         if exited is None:
+            print(f"\njobcast: {signal.Signals(stack.stopping).name}: stopping", flush=True)
             return 0
         print(f"jobcast: {exited[0]} exited with {exited[1]}; stopping the stack", flush=True)
         return 1
@@ -194,7 +193,7 @@ def _start_all(stack: Stack, args: argparse.Namespace, base: Path, env: dict[str
     if "REDIS_URL" not in env:
         port = args.redis_port or free_port()
         stack.start("redis", redis_argv(port, base / "redis"), env)
-        wait_for_redis(port, stopped=lambda: stack.stopping)
+        wait_for_redis(port, stopped=lambda: bool(stack.stopping))
         env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
     print(f"jobcast: redis at {env['REDIS_URL']}", flush=True)
     for name, argv in (
