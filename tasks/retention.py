@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ TEMP_MAX_AGE_SECONDS = 600  # a PNG takes well under a second to write
 MAX_RESENDS = 3
 PAGE = 500
 PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: "<queue><sep><priority>" lists
-PRIORITY_STEPS = (3, 6, 9)
+PRIORITY_STEPS = (0, 3, 6, 9)
 UNACKED = "unacked"  # kombu's hash of delivered, unacknowledged messages
 
 # KEYS: job hash, queue zset, broker list; ARGV: job id, payload ('' = caller sends), max
@@ -121,6 +122,7 @@ class Sweeper:
         self.keys = Keys(settings.prefix)
         self.events = JobEvents.for_settings(client, settings)
         self._app = app
+        self._broker_client: redis.Redis | None = None
         self._resend = client.register_script(RESEND_LUA)
         self.suspects: set[str] = set()  # ghosts seen on the previous sweep
 
@@ -150,7 +152,10 @@ class Sweeper:
         waiting = self._waiting_longer_than(self.settings.ghost_grace_seconds)
         if not waiting:
             return set()  # the usual case: no broker scan at all
-        return waiting - set(self._message_ids())
+        broker = self._broker()
+        if broker is None:
+            return set()  # not a Redis broker: no way to tell a ghost from a waiting job
+        return waiting - set(self._message_ids(broker))
 
     def _waiting_longer_than(self, seconds: float) -> set[str]:
         members = [m.decode() for m in self.redis.zrange(self.keys.queue, 0, -1)]
@@ -164,35 +169,43 @@ class Sweeper:
             if state == b"queued" and created and int(created) < cutoff
         }
 
-    def _broker(self) -> redis.Redis:
-        from tasks.submit import shares_broker
+    def _broker(self) -> redis.Redis | None:
+        """A client of the broker's Redis; None for a broker whose messages we cannot read."""
+        from tasks.submit import REDIS_SCHEMES, shares_broker
 
         if shares_broker(self.app, self.settings):
             return self.redis
-        return redis.Redis.from_url(str(self.app.conf.broker_url))
+        url = str(self.app.conf.broker_url or "")
+        if urllib.parse.urlsplit(url).scheme not in REDIS_SCHEMES:
+            return None
+        if self._broker_client is None:
+            self._broker_client = redis.Redis.from_url(url)
+        return self._broker_client
 
-    def _message_ids(self) -> Iterator[str]:
+    def _message_ids(self, broker: redis.Redis) -> Iterator[str]:
         """Task ids of every message waiting in the queue's lists or delivered unacked."""
-        broker = self._broker()
-        queue = self.app.conf.task_default_queue
-        for key in [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)]:
+        options = self.app.conf.broker_transport_options or {}
+        prefix = options.get("global_keyprefix", "")
+        queue = prefix + self.app.conf.task_default_queue
+        steps = [p for p in options.get("priority_steps", PRIORITY_STEPS) if p]
+        for key in [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in steps)]:
             for start in range(0, broker.llen(key), PAGE):
                 for raw in broker.lrange(key, start, start + PAGE - 1):
                     yield _task_id(raw)
-        for _, raw in broker.hscan_iter(UNACKED, count=PAGE):
+        unacked = prefix + options.get("unacked_key", UNACKED)
+        for _, raw in broker.hscan_iter(unacked, count=PAGE):
             yield _task_id(raw, unacked=True)
 
     def _heal(self, job_id: str) -> str:
         from tasks.submit import broker_message, shares_broker
 
-        task, kwargs_json = self.redis.hmget(self.keys.job(job_id), "task", "kwargs")
-        if not task or not kwargs_json:
+        task, kwargs = _task_of(self.redis.hmget(self.keys.job(job_id), "task", "kwargs"))
+        if task is None:
             return self._fail(job_id, "The job's task message was lost and cannot be sent again.")
-        name, kwargs = task.decode(), json.loads(kwargs_json)
         queue, payload = self.app.conf.task_default_queue, ""
         if shares_broker(self.app, self.settings):
             try:
-                queue, payload = broker_message(self.app, name, job_id, kwargs)
+                queue, payload = broker_message(self.app, task, job_id, kwargs)
             except ValueError:
                 pass  # a routing we do not rebuild: Celery sends it below
         k = self.keys
@@ -204,7 +217,7 @@ class Sweeper:
         if count == 0:
             return "gone"  # it started, ended or expired meanwhile
         if not payload:
-            self.app.send_task(name, kwargs=kwargs, task_id=job_id)
+            self.app.send_task(task, kwargs=kwargs, task_id=job_id)
         log.warning("sweep: job %s was in line with no task message; sent it again", job_id)
         return "resent"
 
@@ -214,6 +227,18 @@ class Sweeper:
         )
         log.warning("sweep: job %s was in line with no task message; failed it", job_id)
         return "failed" if failed else "gone"
+
+
+def _task_of(fields: list[bytes | None]) -> tuple[str | None, dict[str, Any]]:
+    """The task name and keyword arguments a job record keeps; (None, {}) if unusable."""
+    task, kwargs_json = fields
+    try:
+        kwargs = json.loads(kwargs_json or b"")
+    except ValueError:
+        return None, {}  # a record written before tasks kept them, or damaged
+    if not task or not isinstance(kwargs, dict):
+        return None, {}
+    return task.decode(errors="replace"), kwargs
 
 
 def _task_id(raw: bytes, *, unacked: bool = False) -> str:

@@ -23,6 +23,7 @@ from support import Proc, RedisServer, collect, gunicorn_web, logged, post_job, 
 from tasks.app import create_celery
 from tasks.config import Settings
 from tasks.events import JobEvents
+from tasks.retention import Sweeper
 from tasks.submit import broker_message, task_fields
 
 SMALL = {"prompt": "a small one", "width": 64, "height": 64, "steps": 2, "seed": 7}
@@ -171,3 +172,31 @@ def test_a_stopped_web_process_leaves_metrics_within_the_bound(
     stopped = time.monotonic()
     wait_until(lambda: len(fields()) == len(before) - 1, 30, "the stopped process's field to go")
     assert time.monotonic() - stopped < 20
+
+
+def test_the_sweep_never_sends_again_a_job_whose_message_a_worker_holds(
+    redis_server: RedisServer, rds: redis.Redis
+) -> None:
+    """A job in line whose message sits in kombu's `unacked` hash (a worker reserved it)
+    is not a ghost, however many sweeps run; a real ghost beside it is sent exactly once."""
+    settings = Settings.from_env(
+        {"REDIS_URL": redis_server.url, "JOBCAST_GHOST_GRACE_SECONDS": "1"}
+    )
+    app = create_celery(settings)
+    sweeper = Sweeper(settings, rds, app)
+    held, ghost = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    events = JobEvents(rds)
+    for job_id in (held, ghost):
+        kwargs = {"job_id": job_id, **SMALL}
+        events.enqueue(job_id, task_fields("jobcast.imagine", kwargs))
+    _, payload = broker_message(app, "jobcast.imagine", held, {"job_id": held, **SMALL})
+    tag = json.loads(payload)["properties"]["delivery_tag"]
+    rds.hset("unacked", tag, json.dumps([json.loads(payload), "", "jobcast"]))
+    try:
+        wait_until(lambda: len(sweeper._waiting_longer_than(1)) == 2, 30, "the grace time")
+        for _ in range(3):
+            sweeper.heal_line()
+    finally:
+        rds.hdel("unacked", tag)
+    assert rds.hget(f"jobcast:job:{{{held}}}", "resent") is None
+    assert rds.hget(f"jobcast:job:{{{ghost}}}", "resent") == b"1"
