@@ -24,6 +24,7 @@ class Context:
 def create_celery(settings: Settings | None = None, **conf: Any) -> Celery:
     """Build the Celery app; ``conf`` overrides Celery settings (tests shorten timeouts)."""
     settings = settings or Settings.from_env()
+    settings.validate()
     app = Celery("jobcast", broker=settings.redis_url, backend=None)
     app.conf.update(
         task_acks_late=True,

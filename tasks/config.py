@@ -2,6 +2,9 @@
 
 Both the web factory and the Celery factory call :func:`Settings.from_env` when they
 build their app, never at import time, so tests can build apps with other settings.
+Settings are validated when built from the environment and again by the Celery factory
+(which the web app and the monitor also go through): a setting out of its bounds stops
+the process with a :class:`SettingsError` naming the variable.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class Settings:
     worker_timeout: float = 0.0
     # The monitor's retention sweep (old images, ghosts in the line) runs this often.
     sweep_seconds: float = 60.0
+    # A job in line this long with no Celery message is sent again by the sweep.
+    ghost_grace_seconds: float = 30.0
     signing_key: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -63,19 +68,86 @@ class Settings:
         for f in dataclasses.fields(cls):
             name = "JOBCAST_" + f.name.upper()
             if name in env and f.name != "extra":
-                values[f.name] = _coerce(f.default, env[name])
+                values[f.name] = _coerce(name, f.default, env[name])
         values.update(overrides)
-        return cls(**values)
+        settings = cls(**values)
+        # Lowering a cap lowers the default with it, unless the default was set too.
+        settings = settings.replace(
+            default_side=values.get("default_side", min(settings.default_side, settings.max_side)),
+            default_steps=values.get(
+                "default_steps", min(settings.default_steps, settings.max_steps)
+            ),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise :class:`SettingsError` naming the first variable out of its bounds."""
+        for name, (low, high) in BOUNDS.items():
+            _check_range(name, getattr(self, name), low, high)
+        if self.worker_timeout:
+            _check_range("worker_timeout", self.worker_timeout, 1, 3600)
+        _check_range("max_side", self.max_side, self.min_side, BOUNDS["max_side"][1])
+        _check_range("default_side", self.default_side, self.min_side, self.max_side)
+        _check_range("default_steps", self.default_steps, 1, self.max_steps)
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(
+                f"REDIS_URL must start with redis://, rediss:// or unix://, got {self.redis_url!r}"
+            )
+        if not self.prefix:
+            raise SettingsError("JOBCAST_PREFIX must not be empty")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 
-def _coerce(default: Any, raw: str) -> Any:
+class SettingsError(ValueError):
+    """A setting is out of its bounds; the message names the variable."""
+
+
+# Inclusive bounds of every numeric setting: past them a setting breaks the service
+# (a retention of 0 expires every job at once) or wastes it (a heartbeat of a minute).
+BOUNDS: dict[str, tuple[float, float]] = {
+    "retention_seconds": (60, 366 * 24 * 3600),
+    "max_queue": (0, 10_000_000),  # 0: no limit
+    "heartbeat_seconds": (0.1, 300),
+    "retry_ms": (100, 3_600_000),
+    "max_prompt_chars": (1, 10_000),
+    "min_side": (8, 4096),
+    "max_side": (8, 4096),
+    "max_steps": (1, 1000),
+    "max_body_bytes": (1024, 16 * 1024 * 1024),
+    "stream_maxlen": (10, 1_000_000),
+    "redis_pool_size": (2, 10_000),
+    "redis_pool_timeout": (0.1, 300),
+    "watcher_queue_size": (8, 1_000_000),
+    "max_streams": (1, 1_000_000),
+    "send_timeout_seconds": (1, 3600),
+    "max_attempts": (1, 100),
+    "publish_retry_seconds": (0, 3600),
+    "visibility_timeout": (5, 30 * 24 * 3600),
+    "ops_interval": (0.1, 60),
+    "sweep_seconds": (1, 24 * 3600),
+    "ghost_grace_seconds": (1, 24 * 3600),
+}
+
+
+def _variable(name: str) -> str:
+    return "JOBCAST_" + name.upper()
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise SettingsError(f"{_variable(name)} must be from {low:g} to {high:g}, got {value!r}")
+
+
+def _coerce(variable: str, default: Any, raw: str) -> Any:
     if isinstance(default, bool):
         return raw.strip().lower() in {"1", "true", "yes", "on"}
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
-    return raw
+    kind = int if isinstance(default, int) else float if isinstance(default, float) else None
+    if kind is None:
+        return raw
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"{variable} must be a number ({kind.__name__}), got {raw!r}") from None

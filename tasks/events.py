@@ -113,8 +113,10 @@ return id
 """
 )
 
-# KEYS: job hash, events stream, queue zset, ticket counter, stats hash, running zset
-# ARGV: channel, max queue (0 = no limit), maxlen, ttl, job id, now (ms), field/value pairs...
+# KEYS: job hash, events stream, queue zset, ticket counter, stats hash, running zset,
+#       broker list (Celery's queue)
+# ARGV: channel, max queue (0 = no limit), maxlen, ttl, job id, now (ms),
+#       broker message ('' = the caller sends it), field/value pairs...
 ENQUEUE_LUA = (
     _COMMON_LUA
     + """
@@ -133,10 +135,12 @@ local data = '{"jobId":"' .. jobid .. '","position":' .. pos .. ',"queueLength":
 local id = redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'phase', 'queued', 'data', data)
 local fields = {'state', 'queued', 'ticket', t, 'created', now, 'updated', now,
                 'lastEventId', id, 'last:queued', data}
-for i = 7, #ARGV do table.insert(fields, ARGV[i]) end
+for i = 8, #ARGV do table.insert(fields, ARGV[i]) end
 redis.call('HSET', job, unpack(fields))
 redis.call('EXPIRE', job, ttl)
 redis.call('EXPIRE', events, ttl)
+-- The task message with the record: a job in line always has one (tasks/submit.py).
+if ARGV[7] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[7]) end
 redis.call('PUBLISH', channel, frame(id, 'queued', data))
 return {pos, waiting + 1, id, avg, busy}
 """
@@ -261,18 +265,27 @@ class JobEvents:
         )
         return result
 
-    def enqueue(self, job_id: str, fields: dict[str, str], *, max_queue: int = 0) -> Enqueued:
+    def enqueue(
+        self,
+        job_id: str,
+        fields: dict[str, str],
+        *,
+        max_queue: int = 0,
+        message: tuple[str, str] | None = None,
+    ) -> Enqueued:
         """Record a new job, put it in line and log its ``queued`` event (one round trip).
 
-        ``position`` -1 means the line is full (nothing was written), -2 that the id
-        exists already; ``avg_ms`` and ``busy`` come along for an ETA either way.
+        ``message`` (broker list key, payload) is pushed in the same call. ``position``
+        -1 means the line is full (nothing was written), -2 that the id exists already;
+        ``avg_ms`` and ``busy`` come along for an ETA either way.
         """
         k = self.keys
         flat: list[str] = []
         for name, value in fields.items():
             flat += [name, value]
+        broker, payload = message or (k.queue, "")
         pos, length, event_id, avg, busy = self._enqueue(
-            keys=[k.job(job_id), k.events(job_id), k.queue, k.ticket, k.stats, k.running],
+            keys=[k.job(job_id), k.events(job_id), k.queue, k.ticket, k.stats, k.running, broker],
             args=[
                 k.channel(job_id),
                 max_queue,
@@ -280,6 +293,7 @@ class JobEvents:
                 self.retention_seconds,
                 job_id,
                 now_ms(),
+                payload,
                 *flat,
             ],
         )

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import logging
 import math
@@ -44,7 +45,7 @@ from kombu.exceptions import OperationalError
 from tasks.app import create_celery
 from tasks.config import Settings
 from tasks.keys import Keys
-from tasks.retention import sweep
+from tasks.retention import Sweeper
 
 log = logging.getLogger("jobcast.monitor")
 
@@ -238,6 +239,7 @@ class Monitor:
         self.last_sample = clock()
         self.percents: dict[str, int | None] = {}  # running task id -> its job's percent
         self._publish = client.register_script(PUBLISH_LUA)
+        self.sweeper = Sweeper(settings, client)
 
     # -- events ------------------------------------------------------------------------
 
@@ -355,14 +357,13 @@ class Monitor:
             self.sweep()
 
     def sweep(self) -> None:
-        s = self.settings
         try:
-            swept = sweep(self.redis, self.keys, s.media_dir, s.retention_seconds)
+            swept = self.sweeper.sweep()
         except OSError as exc:  # the media folder is unreadable: keep monitoring
             log.warning("monitor: retention sweep failed (%s)", exc)
             return
-        if swept.images or swept.ghosts:
-            log.info("monitor: swept %d old images, %d ghosts", swept.images, swept.ghosts)
+        if any(dataclasses.astuple(swept)):
+            log.info("monitor: swept %s", swept)
 
     def publish(self, now: float) -> int:
         """Build the snapshot and publish it if we hold the lease; return its size."""

@@ -1,28 +1,67 @@
 """Retention: what stays bounded over time.
 
 Job records and event logs carry a TTL (set by every publish), so Redis forgets them by
-itself. Two things need a sweep, which the monitor runs every minute:
+itself. What needs a sweep, which the monitor's leader runs every ``sweep_seconds``:
 
-* image files older than the retention in ``media_dir``;
+* image files older than the retention in ``media_dir``, and temporary files (``*.tmp``)
+  older than ten minutes that a killed worker left half-written;
 * waiting/running set members whose job record has expired (a job that waited longer
-  than the retention), so positions never count ghosts.
+  than the retention), so positions never count ghosts;
+* jobs in line with no Celery message (:class:`Sweeper`): the web process sent the task
+  after the enqueue script and died in between (only possible when the broker is not the
+  job records' Redis, see :mod:`tasks.submit`). A job waiting longer than
+  ``ghost_grace_seconds`` whose id is in no broker list and not in kombu's ``unacked``
+  hash, on two sweeps in a row (a worker's BRPOP and its HSET to ``unacked`` are two
+  commands), is sent again from its record, at most ``MAX_RESENDS`` times; a record that
+  cannot be sent again ends ``failed`` with a clear error.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import time
+import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
+from celery import Celery
 
+from tasks.config import Settings
+from tasks.events import JobEvents, now_ms
 from tasks.keys import Keys
+
+log = logging.getLogger(__name__)
+
+TEMP_MAX_AGE_SECONDS = 600  # a PNG takes well under a second to write
+MAX_RESENDS = 3
+PAGE = 500
+PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: "<queue><sep><priority>" lists
+PRIORITY_STEPS = (0, 3, 6, 9)
+UNACKED = "unacked"  # kombu's hash of delivered, unacknowledged messages
+
+# KEYS: job hash, queue zset, broker list; ARGV: job id, payload ('' = caller sends), max
+RESEND_LUA = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return 0 end
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+local n = redis.call('HINCRBY', KEYS[1], 'resent', 1)
+if n > tonumber(ARGV[3]) then return -1 end
+if ARGV[2] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[2]) end
+return n
+"""
 
 
 @dataclass(frozen=True)
 class Swept:
     images: int
     ghosts: int
+    temps: int = 0
+    resent: int = 0
+    failed: int = 0
 
 
 def sweep(
@@ -35,16 +74,17 @@ def sweep(
     """Delete expired images and forget ghost members of the waiting and running sets."""
     now = time.time() if now is None else now
     return Swept(
-        images=_sweep_images(Path(media_dir), now - retention_seconds),
+        images=_sweep_files(Path(media_dir), "*.png", now - retention_seconds),
         ghosts=_sweep_ghosts(client, keys),
+        temps=_sweep_files(Path(media_dir), "*.tmp", now - TEMP_MAX_AGE_SECONDS),
     )
 
 
-def _sweep_images(media: Path, cutoff: float) -> int:
+def _sweep_files(media: Path, pattern: str, cutoff: float) -> int:
     removed = 0
     if not media.is_dir():
         return 0
-    for path in media.glob("*.png"):
+    for path in media.glob(pattern):
         try:
             if path.stat().st_mtime < cutoff:
                 path.unlink()
@@ -71,3 +111,142 @@ def _sweep_ghosts(client: redis.Redis, keys: Keys) -> int:
                 version = client.incr(keys.queue_version)
                 client.publish(keys.queue, f"{version} *")
     return removed
+
+
+class Sweeper:
+    """The monitor leader's sweep: :func:`sweep`, then healing jobs in line with no message."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, app: Celery | None = None):
+        self.settings = settings
+        self.redis = client
+        self.keys = Keys(settings.prefix)
+        self.events = JobEvents.for_settings(client, settings)
+        self._app = app
+        self._broker_client: redis.Redis | None = None
+        self._resend = client.register_script(RESEND_LUA)
+        self.suspects: set[str] = set()  # ghosts seen on the previous sweep
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            from tasks.app import create_celery  # the Celery client, only once a ghost needs it
+
+            self._app = create_celery(self.settings)
+        return self._app
+
+    def sweep(self) -> Swept:
+        s = self.settings
+        swept = sweep(self.redis, self.keys, s.media_dir, s.retention_seconds)
+        resent, failed = self.heal_line()
+        return dataclasses.replace(swept, resent=resent, failed=failed)
+
+    def heal_line(self) -> tuple[int, int]:
+        """Send again (or fail) ghosts seen twice in a row; return (re-sent, failed)."""
+        ghosts = self.find_ghosts()
+        confirmed, self.suspects = ghosts & self.suspects, ghosts - self.suspects
+        outcomes = [self._heal(job_id) for job_id in sorted(confirmed)]
+        return outcomes.count("resent"), outcomes.count("failed")
+
+    def find_ghosts(self) -> set[str]:
+        """Jobs in line longer than the grace time whose id is in no broker message."""
+        waiting = self._waiting_longer_than(self.settings.ghost_grace_seconds)
+        if not waiting:
+            return set()  # the usual case: no broker scan at all
+        broker = self._broker()
+        if broker is None:
+            return set()  # not a Redis broker: no way to tell a ghost from a waiting job
+        return waiting - set(self._message_ids(broker))
+
+    def _waiting_longer_than(self, seconds: float) -> set[str]:
+        members = [m.decode() for m in self.redis.zrange(self.keys.queue, 0, -1)]
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in members:
+            pipe.hmget(self.keys.job(job_id), "state", "created")
+        cutoff = now_ms() - seconds * 1000
+        return {
+            job_id
+            for job_id, (state, created) in zip(members, pipe.execute(), strict=True)
+            if state == b"queued" and created and int(created) < cutoff
+        }
+
+    def _broker(self) -> redis.Redis | None:
+        """A client of the broker's Redis; None for a broker whose messages we cannot read."""
+        from tasks.submit import REDIS_SCHEMES, shares_broker
+
+        if shares_broker(self.app, self.settings):
+            return self.redis
+        url = str(self.app.conf.broker_url or "")
+        if urllib.parse.urlsplit(url).scheme not in REDIS_SCHEMES:
+            return None
+        if self._broker_client is None:
+            self._broker_client = redis.Redis.from_url(url)
+        return self._broker_client
+
+    def _message_ids(self, broker: redis.Redis) -> Iterator[str]:
+        """Task ids of every message waiting in the queue's lists or delivered unacked."""
+        options = self.app.conf.broker_transport_options or {}
+        prefix = options.get("global_keyprefix", "")
+        queue = prefix + self.app.conf.task_default_queue
+        steps = [p for p in options.get("priority_steps", PRIORITY_STEPS) if p]
+        for key in [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in steps)]:
+            for start in range(0, broker.llen(key), PAGE):
+                for raw in broker.lrange(key, start, start + PAGE - 1):
+                    yield _task_id(raw)
+        unacked = prefix + options.get("unacked_key", UNACKED)
+        for _, raw in broker.hscan_iter(unacked, count=PAGE):
+            yield _task_id(raw, unacked=True)
+
+    def _heal(self, job_id: str) -> str:
+        from tasks.submit import broker_message, shares_broker
+
+        task, kwargs = _task_of(self.redis.hmget(self.keys.job(job_id), "task", "kwargs"))
+        if task is None:
+            return self._fail(job_id, "The job's task message was lost and cannot be sent again.")
+        queue, payload = self.app.conf.task_default_queue, ""
+        if shares_broker(self.app, self.settings):
+            try:
+                queue, payload = broker_message(self.app, task, job_id, kwargs)
+            except ValueError:
+                pass  # a routing we do not rebuild: Celery sends it below
+        k = self.keys
+        count = int(
+            self._resend(keys=[k.job(job_id), k.queue, queue], args=[job_id, payload, MAX_RESENDS])
+        )
+        if count == -1:
+            return self._fail(job_id, f"The job's task message was lost {MAX_RESENDS} times.")
+        if count == 0:
+            return "gone"  # it started, ended or expired meanwhile
+        if not payload:
+            self.app.send_task(task, kwargs=kwargs, task_id=job_id)
+        log.warning("sweep: job %s was in line with no task message; sent it again", job_id)
+        return "resent"
+
+    def _fail(self, job_id: str, message: str) -> str:
+        failed = self.events.publish(
+            job_id, "failed", {"error": message, "retryable": True}, expect="queued"
+        )
+        log.warning("sweep: job %s was in line with no task message; failed it", job_id)
+        return "failed" if failed else "gone"
+
+
+def _task_of(fields: list[bytes | None]) -> tuple[str | None, dict[str, Any]]:
+    """The task name and keyword arguments a job record keeps; (None, {}) if unusable."""
+    task, kwargs_json = fields
+    try:
+        kwargs = json.loads(kwargs_json or b"")
+    except ValueError:
+        return None, {}  # a record written before tasks kept them, or damaged
+    if not task or not isinstance(kwargs, dict):
+        return None, {}
+    return task.decode(errors="replace"), kwargs
+
+
+def _task_id(raw: bytes, *, unacked: bool = False) -> str:
+    """The task id in a kombu Redis message (``unacked`` holds ``[message, exchange, key]``)."""
+    try:
+        message: Any = json.loads(raw)
+        if unacked:
+            message = message[0]
+        return str(message["headers"]["id"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""  # not a protocol 2 task message: it names no job

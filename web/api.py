@@ -17,6 +17,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from tasks.events import Enqueued, EventId, parse_id
 from tasks.media import image_path
+from tasks.submit import request_cancel, submit
 from web.errors import ApiError
 from web.extension import Jobcast, jobcast
 from web.line import eta_seconds
@@ -25,6 +26,7 @@ from web.validate import validate_job
 
 bp = Blueprint("api", __name__)
 
+IMAGINE = "jobcast.imagine"
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 MAX_LAST_ID = 41  # two 20-digit numbers and a dash
 MAX_ID_PART = 2**64 - 1  # Redis stream ids are two unsigned 64-bit numbers
@@ -35,12 +37,11 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     ext = jobcast()
     params = validate_job(_json_body(ext), ext.settings)
     job_id = secrets.token_urlsafe(16)
-    line = ext.events.enqueue(
-        job_id, {k: str(v) for k, v in params.items()}, max_queue=ext.settings.max_queue
-    )
+    fields = {k: str(v) for k, v in params.items()}
+    kwargs = {"job_id": job_id, **params}
+    line = submit(ext.celery, ext.events, ext.settings, job_id, IMAGINE, kwargs, fields)
     if line.position == -1:
         raise _queue_full(line)
-    _send_task(ext, job_id, params)
     token = job_token(ext.settings.signing_key, job_id)
     query = f"?token={token}" if token else ""
     body: dict[str, Any] = {
@@ -123,17 +124,15 @@ def image(job_id: str) -> Response:
 def cancel(job_id: str) -> tuple[Response, int]:
     ext = jobcast()
     _check_id(job_id)
-    key = ext.keys.job(job_id)
     if ext.events.publish(
         job_id, "cancelled", {"reason": "cancelled while queued"}, expect="queued"
     ):
         return jsonify(jobId=job_id, state="cancelled"), 200
-    state = ext.redis.hget(key, "state")
+    state = request_cancel(ext.events, job_id)
     if state is None:
         raise _not_found()
-    if is_terminal(state.decode()):
-        raise ApiError(409, "already_finished", f"The job has already ended ({state.decode()}).")
-    ext.redis.hset(key, "cancel", "1")
+    if is_terminal(state):
+        raise ApiError(409, "already_finished", f"The job has already ended ({state}).")
     return jsonify(jobId=job_id, state="cancelling"), 202
 
 
@@ -191,17 +190,6 @@ def _json_body(ext: Jobcast) -> Any:
     # in the body limit); to the client that is just JSON we will not read.
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ApiError(400, "bad_json", "The body is not valid JSON.") from None
-
-
-def _send_task(ext: Jobcast, job_id: str, params: dict[str, Any]) -> None:
-    try:
-        ext.celery.send_task("jobcast.imagine", kwargs={"job_id": job_id, **params}, task_id=job_id)
-    except Exception:
-        # Never leave a queued job that no worker will ever see.
-        ext.events.publish(
-            job_id, "failed", {"error": "The job could not be queued.", "retryable": True}
-        )
-        raise
 
 
 def _queue_full(line: Enqueued) -> ApiError:

@@ -14,16 +14,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# Stop the worker first, while Redis still takes its last events and acks; Redis last.
+STOP_ORDER = (("worker",), ("monitor", "web"), ("redis",))
 
 
 @dataclass
 class Stack:
-    """Child processes, each in its own session, stopped together by PID."""
+    """Child processes, each in its own session, stopped in order by PID."""
 
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    stopping: int = 0  # the signal that asked for a stop
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(list(argv), env=env, start_new_session=True)
@@ -31,26 +35,37 @@ class Stack:
         print(f"jobcast: started {name} (pid {proc.pid}): {' '.join(argv)}", flush=True)
         return proc
 
-    def wait_any(self) -> tuple[str, int]:
-        """Block until a child exits; return its name and exit code."""
-        while True:
+    def request_stop(self, signum: int, _frame: object) -> None:
+        """Signal handler: ask the main loop to stop (it never raises into ``stop``)."""
+        self.stopping = self.stopping or signum
+
+    def wait_any(self) -> tuple[str, int] | None:
+        """Block until a child exits (its name and exit code) or a stop is requested."""
+        while not self.stopping:
             for name, proc in self.procs:
                 code = proc.poll()
                 if code is not None:
                     return name, code
-            time.sleep(0.2)
+            time.sleep(0.2)  # polling children; a signal handler sets `stopping`
+        return None
 
     def stop(self, grace: float = 10.0) -> None:
-        for _, proc in reversed(self.procs):
-            _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for name, proc in reversed(self.procs):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                print(f"jobcast: {name} did not stop in time; killing it", flush=True)
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait()
+        """Stop stage by stage (:data:`STOP_ORDER`): SIGTERM, wait ``grace``, SIGKILL."""
+        known = {name for stage in STOP_ORDER for name in stage}
+        stages = [*STOP_ORDER, tuple(n for n, _ in self.procs if n not in known)]
+        for stage in stages:
+            procs = [(n, p) for n, p in self.procs if n in stage]
+            for _, proc in procs:
+                _signal_group(proc, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            for name, proc in procs:
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    print(f"jobcast: {name} did not stop in time; killing it", flush=True)
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+                print(f"jobcast: stopped {name} (pid {proc.pid})", flush=True)
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -76,12 +91,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_redis(port: int, timeout: float = 15.0) -> None:
+def wait_for_redis(
+    port: int, timeout: float = 15.0, stopped: Callable[[], bool] = lambda: False
+) -> None:
     import redis
 
     deadline = time.monotonic() + timeout
     client = redis.Redis(port=port, socket_connect_timeout=0.5)
-    while True:
+    while not stopped():
         try:
             client.ping()
             return
@@ -154,37 +171,54 @@ def dev(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env.setdefault("JOBCAST_MEDIA_DIR", str(base / "media"))
     stack = Stack()
-    stopping = False
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
+    # Installed explicitly: Python leaves SIGINT ignored when it was inherited ignored
+    # (nohup, `cmd &` in a script), and then Ctrl-C would do nothing.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stack.request_stop)
     try:
-        if "REDIS_URL" not in env:
-            port = args.redis_port or free_port()
-            stack.start("redis", redis_argv(port, base / "redis"), env)
-            wait_for_redis(port)
-            env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-        print(f"jobcast: redis at {env['REDIS_URL']}", flush=True)
-        stack.start("worker", worker_argv(args.concurrency), env)
-        stack.start("monitor", monitor_argv(), env)
-        stack.start("web", web_argv(args.host, args.port), env)
-        print(
-            f"jobcast: open http://{args.host}:{args.port}/  (dashboard: /ops) — Ctrl-C stops all",
-            flush=True,
-        )
-        name, code = stack.wait_any()
-        print(f"jobcast: {name} exited with {code}; stopping the stack", flush=True)
+        _start_all(stack, args, base, env)
+        exited = stack.wait_any()
+        if exited is None:
+            print(f"\njobcast: {signal.Signals(stack.stopping).name}: stopping", flush=True)
+            return 0
+        print(f"jobcast: {exited[0]} exited with {exited[1]}; stopping the stack", flush=True)
         return 1
-    except KeyboardInterrupt:
-        print("\njobcast: stopping", flush=True)
-        return 0
     finally:
         stack.stop()
         print("jobcast: stopped", flush=True)
+
+
+def _start_all(stack: Stack, args: argparse.Namespace, base: Path, env: dict[str, str]) -> None:
+    """Redis (unless ``REDIS_URL`` is set), worker, monitor, web; stop early if asked."""
+    if "REDIS_URL" not in env:
+        port = args.redis_port or free_port()
+        stack.start("redis", redis_argv(port, base / "redis"), env)
+        wait_for_redis(port, stopped=lambda: bool(stack.stopping))
+        env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    print(f"jobcast: redis at {env['REDIS_URL']}", flush=True)
+    for name, argv in (
+        ("worker", worker_argv(args.concurrency)),
+        ("monitor", monitor_argv()),
+        ("web", web_argv(args.host, args.port)),
+    ):
+        if stack.stopping:
+            return
+        stack.start(name, argv, env)
+    print(
+        f"jobcast: open http://{args.host}:{args.port}/  (dashboard: /ops) — Ctrl-C stops all",
+        flush=True,
+    )
+
+
+def settings_problem() -> str | None:
+    """What is wrong with the environment's settings, before anything is started."""
+    from tasks.config import Settings, SettingsError
+
+    try:
+        Settings.from_env()
+    except SettingsError as exc:
+        return str(exc)
+    return None
 
 
 def run_single(argv: list[str]) -> int:
@@ -208,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_worker.add_argument("--concurrency", type=int, default=1)
     sub.add_parser("monitor", help="follow Celery events; publish the ops snapshot")
     args = parser.parse_args(argv)
+    problem = settings_problem()
+    if problem:
+        print(f"jobcast: {problem}", file=sys.stderr, flush=True)
+        return 2
     if args.command == "dev":
         return dev(args)
     if args.command == "web":

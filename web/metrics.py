@@ -8,8 +8,10 @@ a per-process registry. Every number is read from Redis at scrape time:
   (its snapshot, and the counters it writes while it holds the lease);
 * open SSE streams and delivered frames live in each process's hub, so each process
   reports them to Redis every ``FLUSH_SECONDS`` (and on scrape): streams as a field of
-  ``web:streams`` with a timestamp (stale fields are dropped), delivered frames as
-  increments of one counter, which stays monotonic when a process dies.
+  ``web:streams`` with a timestamp, delivered frames as increments of one counter, which
+  stays monotonic when a process dies. Every report also drops the fields not refreshed
+  for ``STALE_MS`` and gives the hash that TTL, so a stopped process's field is gone
+  within ``STALE_MS`` (+ one flush) whether or not anyone scrapes.
 
 This also holds across nodes, which prometheus-client's multiprocess mode (files in a
 directory shared by the processes of one host) would not.
@@ -48,6 +50,20 @@ FLUSH_SECONDS = 2.0
 STALE_MS = 10_000  # a process that has not reported for this long is gone
 TASK_OUTCOMES = ("succeeded", "failed", "retried", "revoked", "rejected")
 
+# KEYS: streams hash, counters hash; ARGV: process name, streams, now (ms), stale (ms),
+# delivered increment. One process's report, and the end of every process that stopped.
+REPORT_LUA = """
+local now, stale = tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local at = tonumber(string.match(all[i + 1], ' (%d+)$') or '0')
+  if now - at >= stale then redis.call('HDEL', KEYS[1], all[i]) end
+end
+redis.call('PEXPIRE', KEYS[1], stale)
+if tonumber(ARGV[5]) > 0 then redis.call('HINCRBY', KEYS[2], 'delivered', ARGV[5]) end
+"""
+
 
 class WebStats:
     """This process's hub numbers, reported to Redis for every process's /metrics."""
@@ -57,6 +73,7 @@ class WebStats:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.reported = 0  # delivered frames already added to the shared counter
         self.greenlet: gevent.Greenlet | None = None
+        self._report = ext.redis.register_script(REPORT_LUA)
 
     @property
     def streams_key(self) -> str:
@@ -73,11 +90,10 @@ class WebStats:
     def flush(self) -> None:
         hub = self.ext.hub
         delta = hub.delivered - self.reported
-        pipe = self.ext.redis.pipeline(transaction=False)
-        pipe.hset(self.streams_key, self.name, f"{hub.streams} {int(time.time() * 1000)}")
-        if delta:
-            pipe.hincrby(self.counters_key, "delivered", delta)
-        pipe.execute()
+        self._report(
+            keys=[self.streams_key, self.counters_key],
+            args=[self.name, hub.streams, int(time.time() * 1000), STALE_MS, delta],
+        )
         self.reported += delta
 
     def _flush_forever(self) -> None:

@@ -1,0 +1,65 @@
+"""Settings: every numeric setting has bounds, checked when an app is built."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.app import create_celery
+from tasks.config import BOUNDS, Settings, SettingsError
+
+
+def test_defaults_are_valid() -> None:
+    """The defaults pass their own bounds."""
+    Settings.from_env({}).validate()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("JOBCAST_RETENTION_SECONDS", "0", "JOBCAST_RETENTION_SECONDS must be from 60 to"),
+        ("JOBCAST_RETENTION_SECONDS", "-5", "JOBCAST_RETENTION_SECONDS must be from 60 to"),
+        ("JOBCAST_MAX_STEPS", "0", "JOBCAST_MAX_STEPS must be from 1 to 1000"),
+        ("JOBCAST_MAX_SIDE", "32", "JOBCAST_MAX_SIDE must be from 64 to 4096"),
+        ("JOBCAST_HEARTBEAT_SECONDS", "0", "JOBCAST_HEARTBEAT_SECONDS must be from 0.1"),
+        ("JOBCAST_VISIBILITY_TIMEOUT", "1", "JOBCAST_VISIBILITY_TIMEOUT must be from 5"),
+        ("JOBCAST_SWEEP_SECONDS", "0", "JOBCAST_SWEEP_SECONDS must be from 1"),
+        ("JOBCAST_MAX_QUEUE", "-1", "JOBCAST_MAX_QUEUE must be from 0"),
+        ("JOBCAST_WORKER_TIMEOUT", "0.5", "JOBCAST_WORKER_TIMEOUT must be from 1"),
+        ("JOBCAST_MAX_STREAMS", "lots", "JOBCAST_MAX_STREAMS must be a number (int), got 'lots'"),
+        ("JOBCAST_DEFAULT_SIDE", "2048", "JOBCAST_DEFAULT_SIDE must be from 64 to 1024"),
+        ("REDIS_URL", "http://x", "REDIS_URL must start with redis://"),
+    ],
+)
+def test_a_bad_setting_is_refused_by_name(variable: str, value: str, message: str) -> None:
+    """A value out of bounds (or not a number) raises an error naming the variable."""
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({variable: value})
+    assert message in str(caught.value)
+
+
+# The widest sides and steps the bounds allow, so each field can reach both its ends.
+LOOSE = Settings(min_side=8, max_side=4096, default_side=8, default_steps=1)
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDS))
+def test_every_bound_is_enforced_at_both_ends(name: str) -> None:
+    """Each end of a bound is accepted, one past it refused (by ``Settings.validate``)."""
+    low, high = BOUNDS[name]
+    for inside in (low, high):
+        if (name, inside) != ("min_side", high):  # would exceed the default side
+            LOOSE.replace(**{name: inside}).validate()
+    for outside in (low - 1, high + 1):
+        with pytest.raises(SettingsError, match="JOBCAST_" + name.upper()):
+            LOOSE.replace(**{name: outside}).validate()
+
+
+def test_lowering_a_cap_lowers_its_default() -> None:
+    """JOBCAST_MAX_SIDE=256 and JOBCAST_MAX_STEPS=10 cap the defaults (512 px, 20 steps)."""
+    settings = Settings.from_env({"JOBCAST_MAX_SIDE": "256", "JOBCAST_MAX_STEPS": "10"})
+    assert (settings.default_side, settings.default_steps) == (256, 10)
+
+
+def test_the_celery_factory_refuses_bad_settings() -> None:
+    """Settings handed to the factory directly are checked too (web and monitor use it)."""
+    with pytest.raises(SettingsError, match="JOBCAST_RETENTION_SECONDS"):
+        create_celery(Settings(retention_seconds=0))
