@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -43,6 +44,7 @@ from typing import Any
 import redis
 
 from bench.procs import AofRedis, Service, children, free_port, rss_kb, wait_for
+from tasks.events import JobEvents
 from web.cli import monitor_argv, redis_server_binary, web_argv, worker_argv
 
 PREFIX = "jobcast:"
@@ -70,6 +72,7 @@ class Options:
     workdir: str = ""
     drain_seconds: float = 90.0
     visibility_timeout: int = 3600  # the product default: a dead worker's job waits this
+    skip: frozenset[str] = frozenset()  # client or fault kinds to leave out
 
 
 # -- what happened --------------------------------------------------------------------------
@@ -280,13 +283,23 @@ class Soak:
             await self._post(n)
             await asyncio.sleep(self.rng.uniform(0.15, 0.6))
 
+    async def post_long_jobs(self, events: JobEvents) -> None:
+        """Now and then a job of another kind that logs more than a page (500) of events:
+        published by the soak itself, as any Celery task could through JobEvents."""
+        while self.posting:
+            await asyncio.sleep(self.rng.uniform(8, 20))
+            job_id = secrets.token_urlsafe(16)
+            self.record.jobs[job_id] = Job(job_id, time.monotonic())
+            self.record.statuses["long-log jobs"] += 1
+            await asyncio.to_thread(_publish_long, events, job_id, self.rng.randint(520, 900))
+
     async def _post(self, n: int) -> None:
         side = self.rng.choice((64, 64, 96))
         body = {"prompt": f"soak job {n}", "width": side, "height": side}
         body["steps"] = self.rng.randint(4, 40)
         try:
             status, reply = await self.http.call("POST", "/imagine", body=json.dumps(body).encode())
-        except OSError as exc:
+        except (OSError, asyncio.IncompleteReadError) as exc:
             self.record.statuses[f"POST {type(exc).__name__}"] += 1
             return
         self.record.statuses[f"POST {status}"] += 1
@@ -304,7 +317,7 @@ class Soak:
         await asyncio.sleep(after)
         try:
             status, reply = await self.http.call("DELETE", f"/imagine/{job_id}")
-        except OSError as exc:
+        except (OSError, asyncio.IncompleteReadError) as exc:
             self.record.statuses[f"DELETE {type(exc).__name__}"] += 1
             return
         self.record.statuses[f"DELETE {status}"] += 1
@@ -495,13 +508,17 @@ class Soak:
     # chaos -----------------------------------------------------------------------------
 
     async def chaos(self, until: float) -> None:
-        first = list(FAULTS)
+        kinds = [k for k in FAULTS if k not in self.options.skip]
+        weights = [w for k, w in zip(FAULTS, FAULT_WEIGHTS, strict=True) if k in kinds]
+        first = list(kinds)
         self.rng.shuffle(first)  # every kind at least once, even in a short run
         while time.monotonic() < until:
             await asyncio.sleep(self.rng.uniform(3, 7))
             if time.monotonic() >= until:
                 break
-            kind = first.pop() if first else self.rng.choices(FAULTS, FAULT_WEIGHTS)[0]
+            if not kinds:
+                continue
+            kind = first.pop() if first else self.rng.choices(kinds, weights)[0]
             try:
                 done = await asyncio.to_thread(self._inject, kind)
             except Exception as exc:
@@ -532,6 +549,16 @@ class Soak:
         with stack.redis.client(socket_timeout=5) as client:
             client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
         return True
+
+
+def _publish_long(events: JobEvents, job_id: str, count: int) -> None:
+    events.publish(job_id, "queued", {"jobId": job_id, "position": 0})
+    events.publish(job_id, "started", {"worker": "soak", "attempt": 1})
+    for n in range(1, count + 1):
+        events.publish(job_id, "progress", {"percent": 100 * n // count, "step": n, "steps": count})
+        if n % 25 == 0:
+            time.sleep(0.05)  # spread over a few seconds, so watchers drop and resume inside
+    events.publish(job_id, "done", {"url": None, "seconds": 0})
 
 
 def _kill(pid: int) -> bool:
@@ -576,7 +603,7 @@ def read_server(stack: Stack, client: redis.Redis) -> Reading:
     assert web is not None
     pids = [web.pid, *stack.web_workers()]
     rss = sum(rss_kb(pid) for pid in pids if Path(f"/proc/{pid}").exists())
-    sockets = _tcp_sockets()
+    sockets = _sockets()
     fds = {pid: _fd_kinds(pid, sockets, stack) for pid in stack.web_workers()}
     keys = list(client.scan_iter(count=1000))
     pipe = client.pipeline(transaction=False)
@@ -587,9 +614,13 @@ def read_server(stack: Stack, client: redis.Redis) -> Reading:
     return Reading(rss, fds, used, sum(sizes), len(keys))
 
 
-def _tcp_sockets() -> dict[str, tuple[int, int, str]]:
-    """inode → (local port, remote port, state) of every IPv4/IPv6 TCP socket."""
+def _sockets() -> dict[str, tuple[int, int, str]]:
+    """inode → (local port, remote port, state) of every TCP socket; (0, 0, "unix") for
+    unix sockets. A socket fd in neither is a TCP connection already torn down."""
     found: dict[str, tuple[int, int, str]] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+            found[line.split()[6]] = (0, 0, "unix")
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
@@ -614,7 +645,9 @@ def _fd_kinds(pid: int, sockets: dict[str, tuple[int, int, str]], stack: Stack) 
 def _fd_kind(target: str, sockets: dict[str, tuple[int, int, str]], stack: Stack) -> str:
     if not target.startswith("socket:["):
         return "other"
-    local, remote, state = sockets.get(target[8:-1], (0, 0, ""))
+    local, remote, state = sockets.get(target[8:-1], (0, 0, "gone"))
+    if state == "gone":
+        return "closed socket"  # the peer reset it; only this process still holds it
     if local == stack.web_port:
         return "listen" if state == "0A" else "client"
     if remote == stack.redis.port:
@@ -658,11 +691,23 @@ def _check_conn(record: Record, conn: Conn, log: list[tuple[str, str]]) -> None:
     where = f"{conn.job} after {conn.after}"
     if conn.ids != expected[: len(conn.ids)]:
         kind = _diagnose(conn.ids, expected, ids, start)
-        record.violation(kind, f"{where}: got {conn.ids[:12]} expected {expected[:12]}")
+        record.violation(kind, f"{where} ({len(ids)} logged): {_difference(conn.ids, expected)}")
     elif conn.terminal and conn.ids != expected:
         record.violation("lost", f"{where}: stream ended before the log did")
     if any(b > a for a, b in zip(conn.positions, conn.positions[1:], strict=False)):
         record.violation("position_rose", f"{conn.job}: positions {conn.positions}")
+
+
+def _difference(got: list[str], expected: list[str]) -> str:
+    """Where the frames first differ from the log, and what is missing or extra."""
+    first = next(n for n, (a, b) in enumerate(zip(got, [*expected, ""], strict=False)) if a != b)
+    missing = [i for i in expected if i not in set(got) and _key(i) < _key(got[-1])]
+    extra = [i for i in got if i not in set(expected)]
+    return (
+        f"got {len(got)} ids, first difference at #{first + 1} (got {got[first]}, log "
+        f"{expected[first] if first < len(expected) else 'nothing'}); missing {len(missing)} "
+        f"{missing[:3]}; not expected {len(extra)} {extra[:3]}"
+    )
 
 
 def _diagnose(got: list[str], expected: list[str], ids: list[str], start: tuple[int, int]) -> str:
@@ -752,7 +797,7 @@ def check_server(record: Record, start: Reading, end: Reading, streams: dict[str
     before = max((kinds.get("other", 0) for kinds in start.fds.values()), default=0)
     for pid, kinds in end.fds.items():
         where = f"web worker {pid}: {kinds} (at start {start.fds.get(pid, 'not yet running')})"
-        if kinds.get("client", 0):
+        if kinds.get("client", 0) or kinds.get("closed socket", 0):
             record.violation("fd_leak", f"{where}: client sockets open after all clients closed")
         if kinds.get("redis", 0) > REDIS_FDS:
             record.violation("fd_leak", f"{where}: more Redis connections than the pool holds")
@@ -770,12 +815,15 @@ async def run_soak(options: Options, stack: Stack) -> Record:
     tracker = asyncio.create_task(soak.track_jobs(client))
     start = await _warm_up(soak, client)
     tasks = _start_clients(soak)
-    poster = asyncio.create_task(soak.post_jobs())
+    posters = [asyncio.create_task(soak.post_jobs())]
+    if "long" not in options.skip:
+        events = JobEvents(stack.redis.client(socket_timeout=10), retry_seconds=60)
+        posters.append(asyncio.create_task(soak.post_long_jobs(events)))
     until = time.monotonic() + options.minutes * 60
     await soak.chaos(until)
     await asyncio.sleep(max(0.0, until - time.monotonic()))
     soak.posting = False
-    await poster
+    await asyncio.gather(*posters)
     await _drain(soak, options.drain_seconds)
     await _wind_down(soak, tasks)
     tracker.cancel()
@@ -807,17 +855,26 @@ def _start_clients(soak: Soak) -> list[asyncio.Task[None]]:
     """Per 12 clients: 9 watchers, one HEAD, one bad-id/future-id prober, one idler."""
     tasks = []
     for n in range(soak.options.clients):
-        slot = n % 12
-        if slot < 9:
+        kind = _client_kind(n)
+        if kind in soak.options.skip or kind == "watcher":
             coroutine: Any = soak.watcher(n)
-        elif slot == 9:
-            coroutine = soak.prober("head")
-        elif slot == 10:
-            coroutine = soak.prober("bad_id" if n % 24 < 12 else "future_id")
-        else:
+        elif kind == "idle":
             coroutine = soak.idler()
+        else:
+            coroutine = soak.prober(kind)
         tasks.append(asyncio.create_task(coroutine))
     return tasks
+
+
+def _client_kind(n: int) -> str:
+    slot = n % 12
+    if slot < 9:
+        return "watcher"
+    if slot == 9:
+        return "head"
+    if slot == 10:
+        return "bad_id" if n % 24 < 12 else "future_id"
+    return "idle"
 
 
 async def _drain(soak: Soak, seconds: float) -> None:
@@ -840,8 +897,9 @@ async def _wind_down(soak: Soak, tasks: list[asyncio.Task[None]]) -> None:
 
 
 def _settled_streams(client: redis.Redis) -> dict[str, int]:
-    """Open streams per web process once they have had time to notice closed clients."""
-    deadline = time.monotonic() + 20
+    """Open streams per web process once they have had time to notice closed clients (a
+    stream waiting for events finds out with its second keep-alive, 15 s apart)."""
+    deadline = time.monotonic() + 45
     while True:
         try:
             streams = open_streams(client)
@@ -905,7 +963,7 @@ def _fmt(counts: dict[str, int] | Counter[str]) -> str:
 
 def summary(record: Record, options: Options) -> dict[str, Any]:
     return {
-        "options": options.__dict__,
+        "options": {**options.__dict__, "skip": sorted(options.skip)},
         "faults": dict(record.faults),
         "statuses": dict(record.statuses),
         "violations": dict(record.violations),
@@ -923,10 +981,15 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--workdir", default="", help="keep logs and data here")
     parser.add_argument("--drain-seconds", type=float, default=90.0)
     parser.add_argument("--visibility-timeout", type=int, default=3600)
+    parser.add_argument(
+        "--skip", default="", help="comma-separated kinds to leave out, to isolate a failure: "
+        "head, bad_id, future_id, idle, long (clients/jobs) or any fault kind",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    skip = frozenset(filter(None, args.skip.split(",")))
     return Options(
         args.minutes, args.clients, args.seed, args.json, args.workdir,
-        args.drain_seconds, args.visibility_timeout,
+        args.drain_seconds, args.visibility_timeout, skip,
     )  # fmt: skip
 
 
