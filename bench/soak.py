@@ -113,6 +113,7 @@ class Record:
     jobs: dict[str, Job] = field(default_factory=dict)
     watches: list[Watch] = field(default_factory=list)
     faults: Counter[str] = field(default_factory=Counter)
+    timeline: list[tuple[float, float, str]] = field(default_factory=list)  # unix start, end
     statuses: Counter[str] = field(default_factory=Counter)
     violations: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
@@ -519,11 +520,14 @@ class Soak:
             if not kinds:
                 continue
             kind = first.pop() if first else self.rng.choices(kinds, weights)[0]
+            began = time.time()
             try:
                 done = await asyncio.to_thread(self._inject, kind)
             except Exception as exc:
                 self.record.violation("stack_recovery", f"{kind}: {exc}")
                 continue
+            finally:
+                self.record.timeline.append((began, time.time(), kind))
             self.record.faults[kind if done else f"{kind} (skipped)"] += 1
 
     def _inject(self, kind: str) -> bool:
@@ -691,11 +695,25 @@ def _check_conn(record: Record, conn: Conn, log: list[tuple[str, str]]) -> None:
     where = f"{conn.job} after {conn.after}"
     if conn.ids != expected[: len(conn.ids)]:
         kind = _diagnose(conn.ids, expected, ids, start)
-        record.violation(kind, f"{where} ({len(ids)} logged): {_difference(conn.ids, expected)}")
+        difference = _difference(conn.ids, expected)
+        record.violation(kind, f"{where} ({len(ids)} logged): {difference}{_near(record, ids)}")
     elif conn.terminal and conn.ids != expected:
         record.violation("lost", f"{where}: stream ended before the log did")
     if any(b > a for a, b in zip(conn.positions, conn.positions[1:], strict=False)):
         record.violation("position_rose", f"{conn.job}: positions {conn.positions}")
+
+
+def _near(record: Record, ids: list[str], ended: bool = True) -> str:
+    """The faults injected while the job was logging (for telling causes apart)."""
+    if not ids:
+        return ""
+    first, last = _key(ids[0])[0] / 1000, _key(ids[-1])[0] / 1000 if ended else time.time()
+    near = [
+        f"{kind} at {began - first:+.1f}..{ended - first:+.1f} s"
+        for began, ended, kind in record.timeline
+        if began <= last + 1 and ended >= first - 1
+    ]
+    return f"; faults during the job (from its first event): {', '.join(near) or 'none'}"
 
 
 def _difference(got: list[str], expected: list[str]) -> str:
@@ -757,7 +775,7 @@ def check_jobs(record: Record, client: redis.Redis, logs: dict[str, list[tuple[s
         if state_text not in TERMINAL_STATES:
             record.violation(
                 "job_not_ended", f"{job_id}: state {state_text}, attempt {int(attempt or 0)}, "
-                f"log {phases[-4:]}",
+                f"log {phases[-4:]}{_near(record, [i for i, _ in logs[job_id]], ended=False)}",
             )  # fmt: skip
         elif not phases or phases[-1] not in TERMINAL_PHASES:
             record.violation("log_not_ended", f"{job_id}: state {state_text}, log {phases[-4:]}")
@@ -965,6 +983,7 @@ def summary(record: Record, options: Options) -> dict[str, Any]:
     return {
         "options": {**options.__dict__, "skip": sorted(options.skip)},
         "faults": dict(record.faults),
+        "timeline": record.timeline,
         "statuses": dict(record.statuses),
         "violations": dict(record.violations),
         "examples": record.examples,
