@@ -54,7 +54,9 @@ FAULTS = ("pool_kill", "worker_kill", "web_worker_kill", "redis_restart", "pubsu
 FAULT_WEIGHTS = (3, 1, 2, 1, 2)
 MALFORMED_IDS = ("garbage", "12-ab", "-1", "1-2-3", "9" * 60, "18446744073709551616-0", "1 2")
 FUTURE_ID = "99999999999999-0"
-END_GRACE = 20.0  # a stream still open this long after its job ended has hung
+END_GRACE = 30.0  # a stream still open this long after its job ended has hung (loaded box)
+WATCH_LIMIT = 90.0  # a watcher gives up on a job after this long (a stranded job)
+LIVE_WINDOW = 60.0  # watchers follow jobs posted this recently that have not ended
 RSS_TOLERANCE = (1.5, 20 * 1024)  # end ≤ max(start × 1.5, start + 20 MB), in kB
 REDIS_TOLERANCE = 20 * 1024 * 1024  # growth not explained by the keys that remain
 FD_TOLERANCE = 4  # other descriptors (files, pipes, unix sockets) a worker may gain
@@ -106,6 +108,7 @@ class Watch:
     job: str
     conns: list[Conn] = field(default_factory=list)
     outcome: str = "open"  # terminal · 204 · 404 · cut
+    cut_at: float | None = None  # monotonic: when the watcher gave up or the soak ended
 
 
 @dataclass
@@ -125,8 +128,10 @@ class Record:
         if len(examples) < 5:
             examples.append(detail)
 
-    def active_jobs(self) -> list[Job]:
-        return [job for job in self.jobs.values() if job.ended is None]
+    def active_jobs(self, within: float | None = None) -> list[Job]:
+        """Jobs not seen ended (posted in the last ``within`` seconds)."""
+        since = time.monotonic() - within if within is not None else 0.0
+        return [j for j in self.jobs.values() if j.ended is None and j.posted >= since]
 
 
 # -- the stack ------------------------------------------------------------------------------
@@ -345,7 +350,7 @@ class Soak:
             await asyncio.sleep(0.5)
 
     def pick_job(self) -> Job | None:
-        active = self.record.active_jobs()
+        active = self.record.active_jobs(LIVE_WINDOW)
         if active and self.rng.random() < 0.85:
             return self.rng.choice(active)
         jobs = list(self.record.jobs.values())
@@ -361,7 +366,11 @@ class Soak:
                 continue
             watch = Watch(client, job.id)
             self.record.watches.append(watch)
-            await self._watch(watch, self._resume_point(job.id))
+            try:
+                async with asyncio.timeout(WATCH_LIMIT):
+                    await self._watch(watch, self._resume_point(job.id))
+            except TimeoutError:
+                watch.outcome, watch.cut_at = "cut", time.monotonic()
             await asyncio.sleep(self.rng.uniform(0, 1))
 
     def _resume_point(self, job_id: str) -> str | None:
@@ -385,7 +394,7 @@ class Soak:
                 self.record.statuses[f"stream {type(exc).__name__}"] += 1
             except asyncio.CancelledError:
                 conn.end = "cancel"
-                watch.outcome = "cut"
+                watch.outcome, watch.cut_at = "cut", time.monotonic()
                 raise
             last = conn.ids[-1] if conn.ids else last
             if watch.outcome == "open":
@@ -707,7 +716,8 @@ def _near(record: Record, ids: list[str], ended: bool = True) -> str:
     """The faults injected while the job was logging (for telling causes apart)."""
     if not ids:
         return ""
-    first, last = _key(ids[0])[0] / 1000, _key(ids[-1])[0] / 1000 if ended else time.time()
+    first, last = _key(ids[0])[0] / 1000, _key(ids[-1])[0] / 1000
+    last += 0 if ended else 10  # what stranded it came after its last event
     near = [
         f"{kind} at {began - first:+.1f}..{ended - first:+.1f} s"
         for began, ended, kind in record.timeline
@@ -747,12 +757,12 @@ def _check_outcome(record: Record, watch: Watch, log: list[tuple[str, str]]) -> 
         sent = watch.conns[-1].after
         if not log or log[-1][1] not in TERMINAL_PHASES or sent != log[-1][0]:
             record.violation("bad_204", f"{watch.job}: 204 after {sent}, log ends {log[-1:]}")
-    elif watch.outcome in ("open", "cut") and _ended_long_before(job, record.numbers["cut_at"]):
+    elif watch.cut_at is not None and _ended_long_before(job, watch.cut_at):
         assert job is not None and job.ended is not None
         got = [i for c in watch.conns for i in c.ids]
         record.violation(
             "stream_not_ended",
-            f"{watch.job}: no end {record.numbers['cut_at'] - job.ended:.0f} s after "
+            f"{watch.job}: no end {watch.cut_at - job.ended:.0f} s after "
             f"the job ended; got {got[-3:]} of {len(log)} logged, log ends {log[-1:]}",
         )
 
@@ -774,7 +784,7 @@ def check_jobs(record: Record, client: redis.Redis, logs: dict[str, list[tuple[s
             outcomes["ran more than once"] += 1
         if state_text not in TERMINAL_STATES:
             record.violation(
-                "job_not_ended", f"{job_id}: state {state_text}, attempt {int(attempt or 0)}, "
+                f"job_stuck_{state_text}", f"{job_id}: attempt {int(attempt or 0)}, "
                 f"log {phases[-4:]}{_near(record, [i for i, _ in logs[job_id]], ended=False)}",
             )  # fmt: skip
         elif not phases or phases[-1] not in TERMINAL_PHASES:
@@ -783,9 +793,14 @@ def check_jobs(record: Record, client: redis.Redis, logs: dict[str, list[tuple[s
             record.violation("two_ends", f"{job_id}: log {phases}")
     record.numbers["outcomes"] = dict(outcomes)
     for name in ("queue", "running"):
-        left = client.zrange(f"{PREFIX}{name}", 0, -1)
+        left = [job_id.decode() for job_id in client.zrange(f"{PREFIX}{name}", 0, -1)]
+        ghosts = [job_id for job_id in left if job_id not in record.jobs]
         if left:
-            record.violation(f"{name}_not_empty", f"{len(left)} left: {left[:5]}")
+            record.violation(
+                f"{name}_not_empty",
+                f"{len(left)} left {left[:5]}, {len(ghosts)} of them never answered 202 "
+                f"(the POST's reply was lost) {ghosts[:5]}",
+            )
 
 
 def read_logs(client: redis.Redis, job_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
@@ -906,7 +921,6 @@ async def _wind_down(soak: Soak, tasks: list[asyncio.Task[None]]) -> None:
     """No new watches; give open ones time to see their job's end, then cut the rest."""
     soak.watching = False
     await asyncio.wait(tasks, timeout=END_GRACE + 10)
-    soak.record.numbers["cut_at"] = time.monotonic()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -987,7 +1001,7 @@ def summary(record: Record, options: Options) -> dict[str, Any]:
         "statuses": dict(record.statuses),
         "violations": dict(record.violations),
         "examples": record.examples,
-        **{k: v for k, v in record.numbers.items() if k != "cut_at"},
+        **record.numbers,
     }
 
 
