@@ -522,8 +522,9 @@ class Soak:
         weights = [w for k, w in zip(FAULTS, FAULT_WEIGHTS, strict=True) if k in kinds]
         first = list(kinds)
         self.rng.shuffle(first)  # every kind at least once, even in a short run
+        pace = min(1.0, self.options.minutes / 2)  # a short run still sees every kind
         while time.monotonic() < until:
-            await asyncio.sleep(self.rng.uniform(3, 7))
+            await asyncio.sleep(self.rng.uniform(3, 7) * pace)
             if time.monotonic() >= until:
                 break
             if not kinds:
