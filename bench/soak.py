@@ -226,12 +226,13 @@ class Http:
     async def call(
         self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
     ) -> tuple[int, bytes]:
-        """A whole request: status and body."""
-        status, _, reader, writer = await self.open(method, path, headers, body)
-        try:
-            return status, await reader.read()
-        finally:
-            writer.close()
+        """A whole request: status and body (TimeoutError, an OSError, after a minute)."""
+        async with asyncio.timeout(60):
+            status, _, reader, writer = await self.open(method, path, headers, body)
+            try:
+                return status, await reader.read()
+            finally:
+                writer.close()
 
 
 @dataclass
@@ -296,10 +297,13 @@ class Soak:
         while self.posting:
             await asyncio.sleep(self.rng.uniform(8, 20))
             job_id = secrets.token_urlsafe(16)
-            await asyncio.to_thread(events.publish, job_id, "queued", {"jobId": job_id})
-            self.record.jobs[job_id] = Job(job_id, time.monotonic(), long=True)
-            self.record.statuses["long-log jobs"] += 1
-            await asyncio.to_thread(_publish_long, events, job_id, self.rng.randint(520, 900))
+            try:
+                await asyncio.to_thread(events.publish, job_id, "queued", {"jobId": job_id})
+                self.record.jobs[job_id] = Job(job_id, time.monotonic(), long=True)
+                self.record.statuses["long-log jobs"] += 1
+                await asyncio.to_thread(_publish_long, events, job_id, self.rng.randint(520, 900))
+            except redis.RedisError as exc:  # Redis down longer than the publish retries
+                self.record.violation("stack_recovery", f"long-log job {job_id}: {exc}")
 
     async def _post(self, n: int) -> None:
         side = self.rng.choice((64, 64, 96))
