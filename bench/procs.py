@@ -308,3 +308,120 @@ def hotspots(path: str, top: int = 15) -> str:
     ranked = sorted(leaves.items(), key=lambda kv: -kv[1])[:top]
     head = f"({total} busy samples; {idle} more in the gevent hub loop, not counted)\n"
     return head + "\n".join(f"- {100 * n / max(total, 1):5.1f}%  {leaf}" for leaf, n in ranked)
+
+
+# -- the chaos soak's stack (bench/soak.py) -----------------------------------------------
+# Unlike the load benchmarks' subjects these are not pinned: the soak is about faults, not
+# speed. Each service runs in its own session and is stopped (or crashed) by its PID.
+
+
+class Service:
+    """A child in its own session, its output in ``log``; stopped or killed by its PID."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log = log
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Service:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(
+                self.argv,
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=raise_fd_limit,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_output(self, text: str, timeout: float) -> None:
+        """Wait until ``text`` appears in the log (the service is ready)."""
+        wait_for(lambda: text in self.output() or not self.alive(), timeout, f"{self.name}: {text}")
+        if not self.alive():
+            raise RuntimeError(f"{self.name} exited:\n{self.output()[-2000:]}")
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM its process group, SIGKILL what is left after ``grace``."""
+        if self.popen is None:
+            return
+        _signal_group(self.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(grace)
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once: a crash."""
+        if self.popen is not None:
+            _signal_group(self.pid, signal.SIGKILL)
+            self.popen.wait()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def wait_for(check: Any, timeout: float, what: str) -> Any:
+    """Poll ``check`` until it returns something truthy; RuntimeError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+class AofRedis:
+    """redis-server with AOF (fsync always) on a fixed port and directory, restartable."""
+
+    def __init__(self, directory: Path, binary: str) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        self.argv += ["--dir", str(directory), "--save", "", "--appendonly", "yes"]
+        self.argv += ["--appendfsync", "always", "--maxclients", "4000"]
+        self.service: Service | None = None
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        return redis.Redis(port=self.port, protocol=2, **kwargs)
+
+    def start(self) -> AofRedis:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = self.directory / "redis.log"
+        self.service = Service("redis", self.argv, dict(os.environ), log).start()
+        wait_for(self._pings, 30, "redis-server to answer PING")
+        return self
+
+    def _pings(self) -> bool:
+        try:
+            return bool(self.client(socket_connect_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM: Redis flushes its AOF and exits."""
+        if self.service is not None:
+            self.service.stop(30)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
