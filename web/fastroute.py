@@ -52,6 +52,10 @@ class StreamRoute:
                 headers={"Retry-After": "5"},
             )  # fmt: skip
             return _error(start_response, unavailable)
+        except Exception:
+            log.exception("unhandled error opening a stream")  # start_stream let go of it
+            failed = ApiError(500, "internal_error", "Something went wrong on our side.")
+            return _error(start_response, failed)
         if body is None:
             start_response("204 No Content", [])
             return []
