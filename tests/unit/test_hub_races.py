@@ -170,9 +170,9 @@ def reread_retry(url: str) -> None:
     other = redis.Redis.from_url(url)
     other.zrem(keys.queue, jobs[0])  # a departure this process never hears of
     held = pool.get_connection("PING")  # the pool is exhausted for now
-    failures = line.reread_failures
+    rereads = line.rereads
     other.publish(keys.queue, "0 *")
-    _wait(lambda: line.reread_failures > failures, "a reread to fail")
+    _wait(lambda: line.rereads > rereads, "a reread to meet the exhausted pool")
     pool.release(held)
     _wait(lambda: line.tracked[jobs[2]].position == 2, "the retried reread")
 
