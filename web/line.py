@@ -206,7 +206,7 @@ class Line:
                 if self._reread_all():
                     self._reread_done = epoch
                     backoff = 0.1
-                else:
+                elif epoch == self.epoch:  # Redis failed us: back off
                     gevent.sleep(backoff * (1 + random.random()))
                     backoff = min(backoff * 2, 5.0)
         finally:
@@ -221,8 +221,10 @@ class Line:
         except (redis.ConnectionError, redis.TimeoutError):
             self.reread_failures += 1  # Redis away or the pool exhausted: try again later
             return False
-        if self.epoch != epoch or len(self.recent) == self.recent.maxlen:
-            return False  # asked again meanwhile, or too much happened: read once more
+        if len(self.recent) == self.recent.maxlen:
+            self._want_reread()  # departures were dropped from recent: read once more
+        if self.epoch != epoch:
+            return False  # asked again meanwhile: this reading may miss messages
         for job_id, reading in readings.items():
             known = self.tracked.get(job_id)
             if known is None:

@@ -77,6 +77,10 @@ def open_stream(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
     opening = _open(ext, job_id, last)
     if not opening.is_from_future(last):
         return opening
+    # The cache may not have heard yet what another process already delivered: ask Redis.
+    opening = read_opening(ext, job_id, last)
+    if not opening.is_from_future(last):
+        return opening
     return replace(_open(ext, job_id, None), unknown_last=True)
 
 

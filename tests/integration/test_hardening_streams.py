@@ -28,6 +28,7 @@ from support import (
     gunicorn_web,
     iter_events,
     logged,
+    post_job,
     wait_until,
 )
 
@@ -275,3 +276,19 @@ def test_healthz_is_503_while_the_hub_cannot_deliver(
     wait_until(lambda: httpx.get(base + "/healthz", timeout=10).status_code == 200, 30, "200")
     events.publish(job, "done", {"url": "/nowhere.png"})
     assert durable(reader.join()) == logged(client, job)
+
+
+def test_no_eta_while_nothing_runs(web: str, worker: Proc, rds: redis.Redis) -> None:
+    """With a run time known but nothing running (the worker idles), a new job at #1 gets
+    `etaSeconds` null, not one run time; a job waiting behind a running one gets a number."""
+    first = post_job(web, prompt="a quick one", width=64, height=64, steps=1)
+    assert collect(web, first["jobId"])[-1].event == "done"
+    wait_until(lambda: rds.zcard("jobcast:running") == 0, 30, "nothing running")
+    assert rds.hget("jobcast:stats", "avgMs")
+    idle = post_job(web, prompt="a slow one", width=512, height=512, steps=60)
+    assert idle["position"] == 1 and idle["etaSeconds"] is None
+    wait_until(
+        lambda: rds.hget(f"jobcast:job:{{{idle['jobId']}}}", "state") == b"running", 60, "running"
+    )
+    behind = post_job(web, prompt="behind it", width=64, height=64, steps=1)
+    assert behind["position"] == 1 and isinstance(behind["etaSeconds"], int)
