@@ -45,6 +45,12 @@ def test_a_fill_begun_before_a_reconnect_cannot_complete_after_it(
     run_scenario("stale_fill", redis_server)
 
 
+def test_the_log_cache_is_bounded_in_bytes(redis_server: RedisServer) -> None:
+    """A log bigger than the process's cache budget is not cached; a cached log that grows
+    past it is dropped (its streams read Redis), and the bytes held go back to 0."""
+    run_scenario("cache_budget", redis_server)
+
+
 def test_a_place_read_while_a_reread_is_asked_for_is_read_again(
     redis_server: RedisServer,
 ) -> None:
@@ -72,8 +78,8 @@ def _wait(check: Callable[[], Any], what: str, timeout: float = 20.0) -> None:
         gevent.sleep(0.01)
 
 
-def _frame(n: int) -> bytes:
-    return f"id: {n}-0\nevent: progress\ndata: {{}}\n\n".encode()
+def _frame(n: int, pad: int = 0) -> bytes:
+    return f'id: {n}-0\nevent: progress\ndata: {{"pad":"{"x" * pad}"}}\n\n'.encode()
 
 
 def stale_fill(url: str) -> None:
@@ -102,6 +108,31 @@ def stale_fill(url: str) -> None:
     cached = hub.cached_log(channel)
     assert cached is not None and [item.key for item in cached] == [(n, 0) for n in range(1, 8)]
     assert hub.cache_bytes == sum(len(item.frame) for item in cached)
+
+
+def cache_budget(url: str) -> None:
+    import redis
+
+    from web.hub import Hub, item_from_frame
+
+    hub = Hub(url, confirm_timeout=10, cache_bytes=2000)
+    client = redis.Redis.from_url(url)
+    big, small = (f"hardening:budget:{secrets.token_hex(4)}".encode() for _ in range(2))
+    hub.watch(big)
+    hub.watch(small)
+    size = len(_frame(1, 270))
+    assert 250 < size < 400
+    token = hub.begin_fill(big)
+    hub.finish_fill(big, token, [item_from_frame(_frame(n, 270)) for n in range(1, 11)])
+    assert hub.cached_log(big) is None and hub.cache_bytes == 0
+    token = hub.begin_fill(small)
+    hub.finish_fill(small, token, [item_from_frame(_frame(n, 270)) for n in range(1, 4)])
+    assert hub.cache_bytes == 3 * size
+    messages = hub.messages
+    for n in range(4, 8):
+        client.publish(small, _frame(n, 270))
+    _wait(lambda: hub.messages == messages + 4, "the messages")
+    assert hub.cached_log(small) is None and hub.cache_bytes == 0
 
 
 def _line_fixture(url: str, client: Any) -> tuple[Any, Any, Any, list[str]]:
@@ -179,6 +210,7 @@ def reread_retry(url: str) -> None:
 
 SCENARIOS = {
     "stale_fill": stale_fill,
+    "cache_budget": cache_budget,
     "track_during_reread": track_during_reread,
     "reread_retry": reread_retry,
 }
