@@ -33,6 +33,7 @@ from support import (
 )
 
 from tasks.events import JobEvents
+from web.api import job_token
 
 FUTURE = "99999999999999-0"
 
@@ -123,6 +124,29 @@ def test_head_and_options_on_streams_hold_nothing(limited_web: str, rds: redis.R
         with http.stream("GET", "/ops/stream") as feed:
             assert next(feed.iter_bytes()).startswith(b"retry: ")
     wait_until(lambda: health(limited_web)["hub"]["streams"] == 0, 30, "the feed released")
+
+
+def test_streams_served_by_flask_release_too(
+    stack_env: dict[str, str], tmp_path: Path, rds: redis.Redis
+) -> None:
+    """With job tokens on (streams go through Flask, not the fast route), HEADs hold nothing
+    and a GET stream that the client closes is released."""
+    env = {**stack_env, "JOBCAST_SIGNING_KEY": "hardening", "JOBCAST_HEARTBEAT_SECONDS": "2"}
+    proc, base = gunicorn_web(env, tmp_path / "signed.log")
+    try:
+        job = waiting_job(JobEvents(rds))
+        url = f"{base}/imagine/{job}/stream?token={job_token('hardening', job)}"
+        for _ in range(20):
+            head = httpx.head(url, timeout=10)
+            assert head.status_code == 200 and head.content == b""
+        assert httpx.head(f"{base}/imagine/{job}/stream", timeout=10).status_code == 403
+        assert health(base)["hub"]["streams"] == 0
+        with httpx.stream("GET", url, timeout=10) as response:
+            assert b"event: queued" in next(response.iter_bytes())
+            assert health(base)["hub"]["streams"] == 1
+        wait_until(lambda: health(base)["hub"]["streams"] == 0, 30, "the stream released")
+    finally:
+        proc.stop()
 
 
 def test_client_gone_before_the_first_byte_releases_its_stream(
