@@ -168,6 +168,20 @@ def test_client_gone_before_the_first_byte_releases_its_stream(
     assert first.event == "queued"
 
 
+def test_a_stream_that_fails_while_opening_answers_json_and_holds_nothing(
+    limited_web: str, rds: redis.Redis
+) -> None:
+    """A log entry the stream cannot read (written by hand into Redis) makes opening fail:
+    the client gets a JSON 500, and the failed opening holds no stream slot."""
+    job = waiting_job(JobEvents(rds))
+    rds.xadd(f"jobcast:job:{{{job}}}:events", {"phase": "progress"})  # no data field
+    for _ in range(12):
+        response = httpx.get(f"{limited_web}/imagine/{job}/stream", timeout=10)
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "internal_error"
+    assert health(limited_web)["hub"]["streams"] == 0
+
+
 def test_resume_anywhere_in_a_long_finished_log_is_exact_and_ends(
     web: str, rds: redis.Redis
 ) -> None:
