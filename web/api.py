@@ -21,7 +21,7 @@ from tasks.submit import request_cancel, submit
 from web.errors import ApiError
 from web.extension import Jobcast, jobcast
 from web.line import eta_seconds
-from web.stream import Stream, is_terminal, open_stream, snapshot
+from web.stream import Stream, is_terminal, open_stream, read_opening, snapshot
 from web.validate import validate_job
 
 bp = Blueprint("api", __name__)
@@ -59,18 +59,20 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
 
 @bp.get("/imagine/<job_id>/stream")
 def stream(job_id: str) -> Response:
-    """The stream through Flask: used when job tokens are on (web/fastroute.py otherwise)."""
+    """The stream through Flask: used when job tokens are on (web/fastroute.py otherwise),
+    and for HEAD, which opens nothing: the status and headers a GET would get, no body."""
     ext = jobcast()
     _check_id(job_id)
-    body = start_stream(ext, job_id, last_event_id(request.environ), request.environ)
+    last = last_event_id(request.environ)
+    if request.method != "GET":
+        if not stream_has_more(ext, job_id, last):
+            return Response(status=204)
+        return Response(iter(()), status=200, headers=STREAM_HEADERS)
+    body = start_stream(ext, job_id, last, request.environ)
     if body is None:
         return Response(status=204)
-    return Response(
-        iter(body),
-        status=200,
-        headers=STREAM_HEADERS,
-        direct_passthrough=True,
-    )
+    # The body itself, not iter(body): the server calls its close(), which unwatches.
+    return Response(body, status=200, headers=STREAM_HEADERS, direct_passthrough=True)
 
 
 STREAM_HEADERS = {
@@ -98,6 +100,14 @@ def start_stream(
     except BaseException:
         ext.hub.unwatch(watcher)
         raise
+
+
+def stream_has_more(ext: Jobcast, job_id: str, last: EventId | None) -> bool:
+    """What a GET would answer, without watching: True for 200, False for 204; 404."""
+    opening = read_opening(ext, job_id, last)
+    if opening.state is None:
+        raise _not_found()
+    return not opening.nothing_after(last)
 
 
 @bp.get("/imagine/<job_id>")
@@ -138,19 +148,22 @@ def cancel(job_id: str) -> tuple[Response, int]:
 
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
+    """200 when this process can serve: Redis answers and its hub can deliver."""
     ext = jobcast()
     try:
         ext.redis.ping()
         redis_ok = True
     except Exception:
         redis_ok = False
+    ext.hub.start()  # a process that streamed nothing yet still must be able to
+    hub_ok = ext.hub.healthy()
     body = {
-        "ok": redis_ok,
+        "ok": redis_ok and hub_ok,
         "redis": "ok" if redis_ok else "unreachable",
         "hub": ext.hub.stats(),
         "line": ext.line.stats(),
     }
-    return jsonify(body), 200 if redis_ok else 503
+    return jsonify(body), 200 if redis_ok and hub_ok else 503
 
 
 def admit_stream(ext: Jobcast, environ: dict[str, Any]) -> None:

@@ -3,8 +3,8 @@
 Opening streams is the hot path of a busy web process (thousands of EventSources
 reconnecting), and Flask's dispatch was a fifth of a connect's CPU. This WSGI middleware
 answers that one route itself with the same code the Flask view uses (``start_stream``)
-and the same JSON errors; every other request, and every stream when job tokens are on,
-goes to Flask unchanged.
+and the same JSON errors; every other request (HEAD and OPTIONS too: they open nothing),
+and every stream when job tokens are on, goes to Flask unchanged.
 """
 
 from __future__ import annotations
@@ -52,11 +52,15 @@ class StreamRoute:
                 headers={"Retry-After": "5"},
             )  # fmt: skip
             return _error(start_response, unavailable)
+        except Exception:
+            log.exception("unhandled error opening a stream")  # start_stream let go of it
+            failed = ApiError(500, "internal_error", "Something went wrong on our side.")
+            return _error(start_response, failed)
         if body is None:
             start_response("204 No Content", [])
             return []
         start_response("200 OK", self.headers)
-        return iter(body)
+        return body  # not iter(body): the server's close() must reach Stream.close
 
 
 def _error(start_response: Callable[..., Any], exc: ApiError) -> list[bytes]:

@@ -15,6 +15,9 @@
   stream is told to catch up from the event log instead.
 * When the connection drops, the reader reconnects with backoff, resubscribes every
   channel, and tells each watcher to resync from the log after its last sent id.
+* No message can stop delivery: an error while handling one is logged and only that
+  channel resyncs; the hub's greenlets are supervised and restarted if one dies.
+  :meth:`Hub.healthy` is False while the hub cannot deliver (down a few seconds).
 """
 
 from __future__ import annotations
@@ -107,10 +110,9 @@ class _Sub:
     # The job's whole log as this process has seen it (see Hub.cached_log), and the
     # messages that arrive while a stream reads the log to start it.
     log: list[Item] | None = None
+    log_bytes: int = 0
     filling: list[Item] | None = None
-
-    def forget_log(self) -> None:
-        self.log = self.filling = None
+    fill: int = 0  # the token of the fill in progress (0: none)
 
 
 class HubUnavailable(Exception):
@@ -127,6 +129,8 @@ class Hub:
         ping_every: float = 5.0,
         linger: float = 5.0,
         heartbeat: float = 15.0,
+        cache_bytes: int = 0,
+        down_grace: float = 5.0,
     ) -> None:
         self.pool = redis.connection.ConnectionPool.from_url(
             redis_url,
@@ -142,6 +146,9 @@ class Hub:
         self.ping_every = ping_every
         self.linger = linger
         self.heartbeat = heartbeat
+        self.cache_limit = cache_bytes or LOG_CACHE_BYTES
+        self.cache_bytes = 0  # frames held by every channel's log cache
+        self.down_grace = down_grace
         self.subs: dict[bytes, _Sub] = {}
         self.handlers: dict[bytes, Callable[[bytes], None]] = {}
         self.streams = 0
@@ -150,7 +157,11 @@ class Hub:
         self._ops_ready = gevent.event.Event()
         self._conn: redis.connection.Connection | None = None
         self._greenlets: list[gevent.Greenlet] = []
+        self._down_since: float | None = None  # no reply on the connection since then
+        self._fills = 0
         self.reconnects = 0
+        self.errors = 0  # messages whose handling failed (isolated, channel resynced)
+        self.restarts = 0  # hub greenlets restarted after an unexpected exception
         self.messages = 0  # pub/sub messages received
         self.delivered = 0  # frames handed to watchers (messages × watchers)
 
@@ -166,11 +177,14 @@ class Hub:
             sub = self.subs[name] = _Sub()
         sub.watchers.add(watcher)
         self.streams += 1
-        if not sub.active:
-            self._subscribe(name, sub)
-        if not sub.ready.wait(self.confirm_timeout):
+        try:
+            if not sub.active:
+                self._subscribe(name, sub)
+            if not sub.ready.wait(self.confirm_timeout):
+                raise HubUnavailable(f"no confirmation for {name!r}")
+        except BaseException:  # also a greenlet killed while it waits: never leak
             self.unwatch(watcher)
-            raise HubUnavailable(f"no confirmation for {name!r}")
+            raise
         return watcher
 
     def unwatch(self, watcher: Watcher) -> None:
@@ -207,25 +221,54 @@ class Hub:
         sub = self.subs.get(channel)
         return sub.log if sub is not None and sub.log else None
 
-    def begin_fill(self, channel: bytes) -> bool:
-        """Start collecting the channel's messages; True if the caller should fill the log."""
+    def begin_fill(self, channel: bytes) -> int:
+        """Start collecting the channel's messages; a token if the caller should fill the
+        log (pass it to :meth:`finish_fill`), else 0."""
         sub = self.subs.get(channel)
-        if sub is None or not sub.active or sub.log is not None or sub.filling is not None:
-            return False
-        sub.filling = []
-        return True
+        if sub is None or not self._settled(sub) or sub.log is not None or sub.fill:
+            return 0
+        self._fills += 1
+        sub.fill, sub.filling = self._fills, []
+        return sub.fill
 
-    def finish_fill(self, channel: bytes, items: list[Item] | None) -> None:
-        """Keep ``items`` (the log read after begin_fill) plus what arrived meanwhile."""
+    def finish_fill(self, channel: bytes, token: int, items: list[Item] | None) -> None:
+        """Keep ``items`` (the log read after begin_fill) plus what arrived meanwhile, if
+        the fill ``token`` began is still the one in progress on a settled subscription."""
         sub = self.subs.get(channel)
-        if sub is None or sub.filling is None:
-            return  # a reconnect in between: the reading may have a gap
-        arrived, sub.filling = sub.filling, None
-        if items is None or not items:
+        if sub is None or not token or sub.fill != token:
+            return  # a reconnect or unsubscribe in between: the reading may have a gap
+        arrived, sub.filling, sub.fill = sub.filling or [], None, 0
+        if not items or not self._settled(sub):
             return
-        sub.log = list(items)
+        size = sum(len(item.frame) for item in items)
+        if len(items) > LOG_CACHE_MAX or self.cache_bytes + size > self.cache_limit:
+            return  # too big to keep: streams of this job read Redis
+        sub.log, sub.log_bytes = list(items), size
+        self.cache_bytes += size
         for item in arrived:
-            _extend(sub, item)
+            self._extend(sub, item)
+
+    def _settled(self, sub: _Sub) -> bool:
+        """Subscribed, confirmed, and not waiting to resync: nothing is being missed."""
+        return sub.active and sub.ready.is_set() and not sub.resync
+
+    def _forget_log(self, sub: _Sub) -> None:
+        self.cache_bytes -= sub.log_bytes
+        sub.log, sub.log_bytes, sub.filling, sub.fill = None, 0, None, 0
+
+    def _extend(self, sub: _Sub, item: Item) -> None:
+        """Append a logged item to the cache, skipping ones already in it (ids only grow)."""
+        log = sub.log
+        assert log is not None
+        if item.key is None or item.key <= log[-1].key:  # type: ignore[operator]
+            return
+        size = len(item.frame)
+        if len(log) >= LOG_CACHE_MAX or self.cache_bytes + size > self.cache_limit:
+            self._forget_log(sub)  # a very long (or large) log: read it from Redis instead
+            return
+        log.append(item)
+        sub.log_bytes += size
+        self.cache_bytes += size
 
     def watchers_of(self, channel: bytes) -> set[Watcher]:
         sub = self.subs.get(channel)
@@ -233,12 +276,32 @@ class Hub:
 
     def start(self) -> None:
         if not self._greenlets:
-            self._greenlets = [
-                gevent.spawn(self._read_forever),
-                gevent.spawn(self._write_forever),
-                gevent.spawn(self._reap_forever),
-                gevent.spawn(self._heartbeat_forever),
-            ]
+            self._down_since = _now()
+            loops = (
+                self._read_forever,
+                self._write_forever,
+                self._reap_forever,
+                self._heartbeat_forever,
+            )
+            self._greenlets = [gevent.spawn(self._supervise, loop) for loop in loops]
+
+    def _supervise(self, loop: Callable[[], None]) -> None:
+        """Run ``loop`` forever: restart it if an unexpected exception ends it."""
+        while True:
+            try:
+                loop()
+            except Exception:
+                self.restarts += 1
+                log.exception("hub: %s died; restarting it", loop.__name__)
+                gevent.sleep(0.1)
+
+    def healthy(self) -> bool:
+        """Whether the hub can deliver: started, its loops running, and its connection
+        answering (or down for less than ``down_grace`` seconds)."""
+        if not self._greenlets or any(g.dead for g in self._greenlets):
+            return False
+        down = self._down_since
+        return down is None or _now() - down < self.down_grace
 
     def stop(self) -> None:
         gevent.killall(self._greenlets)
@@ -251,7 +314,11 @@ class Hub:
             "streams": self.streams,
             "channels": len(self.subs),
             "connected": self.connected.is_set(),
+            "healthy": self.healthy(),
             "reconnects": self.reconnects,
+            "errors": self.errors,
+            "restarts": self.restarts,
+            "cacheBytes": self.cache_bytes,
             "messages": self.messages,
             "delivered": self.delivered,
         }
@@ -283,7 +350,7 @@ class Hub:
                 watcher.put(RESYNC)
             handler = self.handlers.get(name)
             if handler is not None:
-                handler(b"*")
+                self._call(name, handler, b"*")
 
     def _unsubscribed(self, name: bytes) -> None:
         sub = self.subs.get(name)
@@ -299,7 +366,7 @@ class Hub:
                 idle = not sub.watchers and name not in self.handlers
                 if idle and sub.active and sub.idle_since <= cutoff:
                     sub.active = False
-                    sub.forget_log()  # messages will be missed from now on
+                    self._forget_log(sub)  # messages will be missed from now on
                     self._queue_op("UNSUBSCRIBE", name)
 
     def _heartbeat_forever(self) -> None:
@@ -357,6 +424,11 @@ class Hub:
                 self._read_messages()
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 log.warning("hub: redis connection lost (%s); reconnecting", exc)
+            except Exception:
+                # An error reply (e.g. NOPERM) or a bug: start over on a new connection,
+                # every channel resyncs from its log.
+                self.restarts += 1
+                log.exception("hub: reader failed; reconnecting")
             self._disconnected()
             gevent.sleep(backoff * (1 + random.random()))
             backoff = min(backoff * 2, 2.0)
@@ -371,10 +443,13 @@ class Hub:
             self.subs[name].outstanding = 1
         if names:
             conn.send_command("SUBSCRIBE", *names, check_health=False)
+        conn.send_command("PING", check_health=False)  # its reply says the link works
         self.connected.set()
 
     def _disconnected(self) -> None:
         self.connected.clear()
+        if self._down_since is None:
+            self._down_since = _now()
         if self._conn is not None:
             self._conn.disconnect()
             self._conn = None
@@ -385,7 +460,7 @@ class Hub:
                 continue
             sub.resync = True
             sub.outstanding = 0
-            sub.forget_log()  # messages may have been missed
+            self._forget_log(sub)  # messages may have been missed
             if sub.ready.is_set():
                 # New watchers must wait for the resubscription to be confirmed.
                 sub.ready = gevent.event.Event()
@@ -396,6 +471,7 @@ class Hub:
         while True:
             # The socket timeout (3 pings' worth of silence) raises TimeoutError: dead.
             reply = conn.read_response(disconnect_on_error=False)
+            self._down_since = None
             kind = reply[0]
             if kind == b"message":
                 self.messages += 1
@@ -408,14 +484,22 @@ class Hub:
     def _dispatch(self, name: bytes, payload: bytes) -> None:
         handler = self.handlers.get(name)
         if handler is not None:
-            handler(payload)
+            self._call(name, handler, payload)
             return
         sub = self.subs.get(name)
         if sub is None:
             return
-        item = item_from_frame(payload)
+        try:
+            item = item_from_frame(payload)
+        except ValueError:
+            self.errors += 1
+            log.exception("hub: unreadable message on %r; its streams resync", name)
+            self._forget_log(sub)
+            for watcher in sub.watchers:
+                watcher.put(RESYNC)
+            return
         if sub.log is not None:
-            _extend(sub, item)
+            self._extend(sub, item)
         if sub.filling is not None:
             sub.filling.append(item)
         if not sub.watchers:
@@ -424,20 +508,24 @@ class Hub:
         for watcher in sub.watchers:
             watcher.put(item)
 
+    def _call(self, name: bytes, handler: Callable[[bytes], None], payload: bytes) -> None:
+        """Run a channel's handler; if it fails, log it and ask the handler to resync."""
+        try:
+            handler(payload)
+            return
+        except Exception:
+            self.errors += 1
+            log.exception("hub: handler of %r failed on %r; resyncing it", name, payload[:200])
+        if payload == b"*":
+            return
+        try:
+            handler(b"*")
+        except Exception:
+            log.exception("hub: handler of %r failed to resync", name)
 
-LOG_CACHE_MAX = 1000
 
-
-def _extend(sub: _Sub, item: Item) -> None:
-    """Append a logged item to the cache, skipping ones already in it (ids only grow)."""
-    log = sub.log
-    assert log is not None
-    if item.key is None or item.key <= log[-1].key:  # type: ignore[operator]
-        return
-    if len(log) >= LOG_CACHE_MAX:
-        sub.log = None  # a very long log: read it from Redis instead
-        return
-    log.append(item)
+LOG_CACHE_MAX = 1000  # entries per job's cached log
+LOG_CACHE_BYTES = 64 * 1024 * 1024  # frames in all cached logs of a process
 
 
 def _now() -> float:

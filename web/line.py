@@ -9,17 +9,23 @@ Redis message and no Redis commands per web process, however many browsers wait.
 
 Exactness: a job's place is read atomically together with the departure counter
 (``queue:version``), after the ``queue`` subscription is confirmed; a message is applied
-to a job only if its version is newer than that reading. After a hub reconnect (messages
-may have been missed) or a retention sweep (``<version> *``) positions are read again.
+to a job only if its version is newer than that reading, and departures that arrive
+while a reading is in flight are applied to it from ``recent``. After a hub reconnect
+(messages may have been missed), a retention sweep (``<version> *``) or a message we
+cannot read, every position is read again by a separate greenlet (never the hub's
+reader), retried with backoff until Redis answers; a ``track`` whose read overlapped
+such a request reads again.
 
 Watchers get a derived ``queued`` event (no ``id:``) at most once per ``interval`` per
 job, always with the latest value; positions never go up. ETA = position × moving average
-run time ÷ busy workers (both kept in Redis by the publish script).
+run time ÷ busy workers (both kept in Redis by the publish script); none while nothing
+runs (idle workers take the job at once, or there are none: we cannot tell which).
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -51,10 +57,26 @@ class Place:
 
 
 def eta_seconds(position: int, avg_ms: float | None, busy: int) -> int | None:
-    """Seconds until a job at ``position`` starts, from the average run time."""
-    if avg_ms is None:
+    """Seconds until a job at ``position`` starts, from the average run time; ``None``
+    without an average or while nothing runs (``busy`` is running jobs, not workers)."""
+    if avg_ms is None or busy <= 0:
         return None
-    return math.ceil(position * avg_ms / 1000 / max(1, busy))
+    return math.ceil(position * avg_ms / 1000 / busy)
+
+
+TRACK_TRIES = 3
+
+
+def _parse_departure(payload: bytes) -> tuple[int, float, _Line] | None:
+    """``<version> <ticket> <length> <busy> <avg ms|->`` as the publish script sends it."""
+    parts = payload.split()
+    if len(parts) != 5:
+        return None
+    try:
+        avg = None if parts[4] == b"-" else float(parts[4])
+        return int(parts[0]), float(parts[1]), _Line(int(parts[2]), int(parts[3]), avg)
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -92,9 +114,15 @@ class Line:
         self.tracked: dict[str, _Tracked] = {}
         self.line = _Line()
         self.departures = 0  # messages applied (for the benchmark)
-        # The latest departures, for places read while the hub was handling messages.
-        self.recent: deque[tuple[int, float]] = deque(maxlen=1024)
+        # The departures since the last reread request, for readings made meanwhile.
+        self.recent: deque[tuple[int, float]] = deque(maxlen=4096)
         self.rereads = 0
+        self.reread_failures = 0
+        self.bad_messages = 0
+        # Bumped by every reread request: a reading that overlapped one may miss messages.
+        self.epoch = 0
+        self._reread_done = 0  # the epoch the last completed reread answered
+        self._rereader: gevent.Greenlet | None = None
         self._dirty = False
         self._flusher: gevent.Greenlet | None = None
 
@@ -108,7 +136,12 @@ class Line:
     def track(self, job_id: str) -> Place | None:
         """Follow ``job_id`` for this process's watchers; return its place now, or ``None``."""
         self.hub.listen(self.keys.queue, self._on_message)
-        reading = self._read([job_id])[job_id]
+        for _ in range(TRACK_TRIES):
+            epoch = self.epoch
+            reading = self._read([job_id])[job_id]
+            if self.epoch == epoch:
+                break
+            # A reread was asked for while we read: messages may be missing from recent.
         if reading is None or not self._catch_up(reading):
             return None
         known = self.tracked.get(job_id)
@@ -116,6 +149,8 @@ class Line:
             if known is not None:
                 reading.sent = known.sent
             self.tracked[job_id] = reading
+        if self.epoch != epoch:
+            self._want_reread()  # still overlapping after every try: let a reread fix it
         return self._place(self.tracked[job_id].position)
 
     def _catch_up(self, reading: _Tracked) -> bool:
@@ -131,17 +166,19 @@ class Line:
     # -- the queue channel -------------------------------------------------------------
 
     def _on_message(self, payload: bytes) -> None:
-        parts = payload.split()
-        if len(parts) == 5:
-            self._departed(int(parts[0]), float(parts[1]), parts[2:])
+        departure = _parse_departure(payload)
+        if departure is not None:
+            self._departed(*departure)
         else:
-            self._reread_all()  # a sweep, or the hub reconnected: counts may be off
+            if payload != b"*" and not payload.endswith(b" *"):
+                self.bad_messages += 1
+            self._want_reread()  # a sweep, a reconnect, or a message we cannot read
         self._schedule()
 
-    def _departed(self, version: int, ticket: float, line: list[bytes]) -> None:
+    def _departed(self, version: int, ticket: float, line: _Line) -> None:
         self.departures += 1
         self.recent.append((version, ticket))
-        self.line = _Line(int(line[0]), int(line[1]), None if line[2] == b"-" else float(line[2]))
+        self.line = line
         gone = None
         for job_id, job in self.tracked.items():
             if version <= job.version:
@@ -153,19 +190,52 @@ class Line:
         if gone is not None:
             del self.tracked[gone]
 
-    def _reread_all(self) -> None:
-        self.rereads += 1
+    def _want_reread(self) -> None:
+        """Have every tracked position read again, soon, outside the hub's reader."""
+        self.epoch += 1
         self.recent.clear()  # after a Redis restart the counter may have started over
+        if self._rereader is None:
+            self._rereader = gevent.spawn(self._reread_until_done)
+
+    def _reread_until_done(self) -> None:
+        """Reread until one reading spans no newer request; retry while Redis fails."""
+        backoff = 0.1
+        try:
+            while self._reread_done != self.epoch:
+                epoch = self.epoch
+                if self._reread_all():
+                    self._reread_done = epoch
+                    backoff = 0.1
+                elif epoch == self.epoch:  # Redis failed us: back off
+                    gevent.sleep(backoff * (1 + random.random()))
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            self._rereader = None
+
+    def _reread_all(self) -> bool:
+        """Read every tracked place again; False if it must be retried."""
+        self.rereads += 1
+        epoch = self.epoch
         try:
             readings = self._read(list(self.tracked))
         except (redis.ConnectionError, redis.TimeoutError):
-            return  # the hub is reconnecting; it asks again once resubscribed
+            self.reread_failures += 1  # Redis away or the pool exhausted: try again later
+            return False
+        if len(self.recent) == self.recent.maxlen:
+            self._want_reread()  # departures were dropped from recent: read once more
+        if self.epoch != epoch:
+            return False  # asked again meanwhile: this reading may miss messages
         for job_id, reading in readings.items():
-            if reading is None:
-                self.tracked.pop(job_id, None)
+            known = self.tracked.get(job_id)
+            if known is None:
+                continue  # dropped meanwhile (no watcher left): do not bring it back
+            if reading is None or not self._catch_up(reading):
+                del self.tracked[job_id]
             else:
-                reading.sent = self.tracked[job_id].sent
+                reading.sent = known.sent
                 self.tracked[job_id] = reading
+        self._schedule()
+        return True
 
     # -- sending, throttled -----------------------------------------------------------
 
@@ -192,6 +262,8 @@ class Line:
             "tracked": len(self.tracked),
             "departures": self.departures,
             "rereads": self.rereads,
+            "rereadFailures": self.reread_failures,
+            "badMessages": self.bad_messages,
             "sent": self.sent,
             "interval": round(self.current_interval(), 3),
         }

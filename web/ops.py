@@ -92,35 +92,54 @@ def logout() -> BaseResponse:
 
 @bp.get("/ops/stream")
 def stream() -> Response:
+    """The ops feed; HEAD answers its headers and opens nothing."""
     require_token()
     ext = jobcast()
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if request.method != "GET":
+        return Response(iter(()), content_type="text/event-stream", headers=headers)
     admit_stream(ext, request.environ)
-    watcher = ext.hub.watch(ext.keys.ops)
+    body = _Snapshots(ext, ext.hub.watch(ext.keys.ops))
     return Response(
-        _snapshots(ext, watcher),
+        body,
         status=200,
         content_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers=headers,
         direct_passthrough=True,
     )
 
 
-def _snapshots(ext: Jobcast, watcher: Watcher) -> Iterator[bytes]:
-    """retry + the latest snapshot, then live ones; a keep-alive after each silence."""
-    try:
-        yield Event(retry=ext.settings.retry_ms).encode() + _latest(ext)
-        heartbeat = ext.settings.heartbeat_seconds
-        while True:
-            batch = watcher.drain(heartbeat)
-            if not batch:
-                yield KEEP_ALIVE
-            elif RESYNC in batch:
-                yield _latest(ext)  # messages were lost (reconnect, slow reader)
-            else:
-                # Snapshots replace each other: only the newest of a batch matters.
-                yield batch[-1].frame
-    finally:
-        ext.hub.unwatch(watcher)
+class _Snapshots:
+    """The feed's WSGI body: retry + the latest snapshot, then live ones, a keep-alive
+    after each silence; :meth:`close` unwatches, iterated or not."""
+
+    def __init__(self, ext: Jobcast, watcher: Watcher) -> None:
+        self.ext = ext
+        self.watcher: Watcher | None = watcher
+
+    def __iter__(self) -> Iterator[bytes]:
+        watcher, ext = self.watcher, self.ext
+        if watcher is None:
+            return
+        try:
+            yield Event(retry=ext.settings.retry_ms).encode() + _latest(ext)
+            heartbeat = ext.settings.heartbeat_seconds
+            while True:
+                batch = watcher.drain(heartbeat)
+                if not batch:
+                    yield KEEP_ALIVE
+                elif RESYNC in batch:
+                    yield _latest(ext)  # messages were lost (reconnect, slow reader)
+                else:
+                    # Snapshots replace each other: only the newest of a batch matters.
+                    yield batch[-1].frame
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None:
+            self.ext.hub.unwatch(watcher)
 
 
 def _latest(ext: Jobcast) -> bytes:

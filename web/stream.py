@@ -3,18 +3,21 @@
 open:    watch the job channel (subscription confirmed), then the job's state and the
          log after Last-Event-ID: from the hub's cache of this job's log, else ONE Lua
          read (which also fills the cache) · 404 unknown job · 204 finished, nothing new
-body:    retry ─ [reset] ─ backlog ─ place in line (if waiting) ─ live ─ end
+body:    retry ─ [reset] ─ backlog (page by page) ─ place in line (if waiting) ─ live ─ end
 live:    frames from the hub, skipping ids ≤ the last sent; keep-alive comments from
          the hub's heartbeat; RESYNC → read the log after the last sent id (after a
          Redis reconnect, or when this reader fell behind)
-finally: unwatch (the hub unsubscribes the job once nobody watches it)
+close:   unwatch (the hub unsubscribes the job once nobody watches it); WSGI servers
+         call it on every path, also for a body never iterated
+A Last-Event-ID newer than the job's log is not one this job sent: the client gets a
+``reset`` with the snapshot, then the whole log as if it had sent no id.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tasks.events import TERMINAL_STATES, EventId, dumps, format_id, parse_id
@@ -41,6 +44,8 @@ class Opening:
     last_logged: EventId | None
     oldest: EventId | None
     backlog: list[Item]  # the log after the client's last id (a first page of it)
+    more: bool = False  # the page was full: the log may go on after the backlog
+    unknown_last: bool = False  # the client's id is newer than the log: not from it
 
     def nothing_after(self, last: EventId | None) -> bool:
         """Whether a client that saw ``last`` of a finished job has nothing to get (→ 204)."""
@@ -48,8 +53,12 @@ class Opening:
             self.state in TERMINAL_STATES
             and last is not None
             and self.last_logged is not None
-            and last >= self.last_logged
+            and last == self.last_logged
         )
+
+    def is_from_future(self, last: EventId | None) -> bool:
+        """Whether ``last`` is newer than anything this job logged (forged or foreign)."""
+        return last is not None and self.last_logged is not None and last > self.last_logged
 
     @classmethod
     def from_log(cls, log: list[Item], last: EventId | None) -> Opening:
@@ -65,23 +74,35 @@ class Opening:
 
 def open_stream(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
     """The opening of a stream whose channel is subscribed (and confirmed) already."""
+    opening = _open(ext, job_id, last)
+    if not opening.is_from_future(last):
+        return opening
+    # The cache may not have heard yet what another process already delivered: ask Redis.
+    opening = read_opening(ext, job_id, last)
+    if not opening.is_from_future(last):
+        return opening
+    return replace(_open(ext, job_id, None), unknown_last=True)
+
+
+def _open(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
     channel = ext.keys.channel(job_id).encode()
     log = ext.hub.cached_log(channel)
     if log is not None:
         return Opening.from_log(log, last)
-    if not ext.hub.begin_fill(channel):
+    token = ext.hub.begin_fill(channel)
+    if not token:
         return read_opening(ext, job_id, last)
     try:
         whole = read_opening(ext, job_id, None)
     except BaseException:
-        ext.hub.finish_fill(channel, None)
+        ext.hub.finish_fill(channel, token, None)
         raise
-    complete = whole.state is not None and len(whole.backlog) < PAGE
-    ext.hub.finish_fill(channel, whole.backlog if complete else None)
+    complete = whole.state is not None and not whole.more
+    ext.hub.finish_fill(channel, token, whole.backlog if complete else None)
     if last is None:
         return whole
     oldest = whole.backlog[0].key if whole.backlog else None
-    return Opening(whole.state, whole.last_logged, oldest, after(whole.backlog, last))
+    return replace(whole, oldest=oldest, backlog=after(whole.backlog, last))
 
 
 def after(items: list[Item], last: EventId | None) -> list[Item]:
@@ -101,6 +122,7 @@ def read_opening(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
         last_logged=parse_id(last_logged),
         oldest=parse_id(oldest),
         backlog=[_item(entry) for entry in backlog],
+        more=len(backlog) >= PAGE,
     )
 
 
@@ -110,6 +132,9 @@ def _item(entry: list[Any]) -> Item:
 
 
 class Stream:
+    """A job stream's WSGI body: iterate it for the frames; :meth:`close` releases its
+    watcher, whether or not it was ever iterated (HEAD, a client gone at once)."""
+
     __slots__ = ("ext", "finished", "job_id", "opening", "sent", "watcher")
 
     def __init__(
@@ -117,24 +142,34 @@ class Stream:
     ) -> None:
         self.ext = ext
         self.job_id = job_id
-        self.sent = last
-        self.watcher = watcher
+        self.sent = None if opening.unknown_last else last
+        self.watcher: Watcher | None = watcher
         self.opening = opening
         self.finished = False
 
     def __iter__(self) -> Iterator[bytes]:
+        watcher = self.watcher
+        if watcher is None:
+            return  # closed before the first byte
         try:
             yield Event(retry=self.ext.settings.retry_ms).encode() + self._start()
             while not self.finished:
-                yield self._live(self.watcher.drain())
+                yield self._live(watcher.drain())
         finally:
-            self.ext.hub.unwatch(self.watcher)
+            self.close()
+
+    def close(self) -> None:
+        """Stop watching the job (idempotent)."""
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None:
+            self.ext.hub.unwatch(watcher)
 
     def _start(self) -> bytes:
         """The reset notice if history is gone, the backlog, then the place in line."""
         opening = self.opening
-        parts = [self._reset_if_trimmed(opening.oldest), self._frames(opening.backlog)]
-        if len(opening.backlog) == PAGE and not self.finished:
+        reset = opening.unknown_last or self._trimmed(opening.oldest)
+        parts = [self._reset() if reset else b"", self._frames(opening.backlog)]
+        if opening.more and not self.finished:
             parts.append(self._catch_up())
         if not self.finished and opening.state == "queued":
             place = self.ext.line.track(self.job_id)
@@ -142,10 +177,12 @@ class Stream:
                 parts.append(place.item().frame)
         return b"".join(parts)
 
-    def _reset_if_trimmed(self, oldest: EventId | None) -> bytes:
-        if self.sent is None or oldest is None or oldest <= self.sent:
-            return b""
-        # The client's last id is older than anything left: say so, with the snapshot.
+    def _trimmed(self, oldest: EventId | None) -> bool:
+        """Whether the client's last id is older than anything left in the log."""
+        return self.sent is not None and oldest is not None and oldest > self.sent
+
+    def _reset(self) -> bytes:
+        """Tell the client its history is gone (or was never ours), with the snapshot."""
         return Event(event="reset", data=dumps(snapshot(self.ext, self.job_id) or {})).encode()
 
     def _catch_up(self) -> bytes:
