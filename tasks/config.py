@@ -51,6 +51,12 @@ class Settings:
     # The monitor's retention sweep (old images, ghosts in the line) runs this often.
     sweep_seconds: float = 60.0
     signing_key: str = ""
+    # A running attempt holds its job's lease this long between refreshes; a second copy
+    # of its message waits this long for a dead holder's lease to run out.
+    job_lease_seconds: float = 6.0
+    # The monitor exits (status 3) when none of its publishes reached Redis for this long,
+    # so a supervisor (compose's restart policy) starts a fresh one; 0 turns this off.
+    monitor_watchdog_seconds: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
