@@ -319,7 +319,7 @@ class Monitor:
         self.history: deque[tuple[int, int]] = deque(maxlen=HISTORY)  # (queued, done)/s
         self.finished_this_second = 0
         self.pending = Pending()
-        self.leading = False
+        self.leading: bool | None = None  # unknown until the first publish, which logs it
         self.urgent = True
         self.last_publish = float("-inf")
         self.last_sweep = float("-inf")
