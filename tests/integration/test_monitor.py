@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import httpx
 import pytest
 import redis
 from httpx_sse import connect_sse
-from support import Proc, celery_worker, collect, post_job, wait_until
+from support import Proc, RedisServer, celery_worker, collect, post_job, wait_until
 
 from tasks.app import create_celery
 from tasks.config import Settings
@@ -350,3 +351,48 @@ def test_a_job_whose_end_event_was_missed_leaves_its_workers_row(
     finally:
         app.close()
         app.jobcast.redis.close()
+
+
+def compose_healthcheck(service: str) -> list[str]:
+    """The service's healthcheck command in docker-compose.yml, runnable here."""
+    text = (Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text()
+    section = text[text.index(f"\n  {service}:\n") :]
+    line = next(x for x in section.splitlines() if x.strip().startswith("test: ["))
+    form, program, *args = json.loads(line.split("test:", 1)[1])
+    assert form == "CMD" and program == "python"
+    return [sys.executable, *args]
+
+
+def test_compose_monitor_healthcheck_reads_the_configured_prefix(tmp_path: Path) -> None:
+    """The monitor's compose healthcheck passes for a monitor under JOBCAST_PREFIX, and
+    fails where no monitor publishes."""
+    server = RedisServer(tmp_path / "redis").start()
+    env = {**os.environ, "REDIS_URL": server.url, "JOBCAST_PREFIX": "other:", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    proc = start_monitor(env, tmp_path / "monitor.log")
+    try:
+        check = compose_healthcheck("monitor")
+        wait_until(lambda: server.client().exists("other:ops:snapshot"), 15, "a snapshot")
+        assert subprocess.run(check, env=env, timeout=30).returncode == 0
+        elsewhere = {**env, "JOBCAST_PREFIX": "nobody-here:"}
+        assert subprocess.run(check, env=elsewhere, timeout=30).returncode == 1
+    finally:
+        proc.stop()
+        server.stop()
+
+
+def test_monitor_with_a_watchdog_exits_when_redis_stays_away(tmp_path: Path) -> None:
+    """With JOBCAST_MONITOR_WATCHDOG_SECONDS, a monitor that cannot reach Redis exits
+    (status 3) so its supervisor starts a fresh one; compose's restart policy does."""
+    server = RedisServer(tmp_path / "redis").start()
+    env = {**os.environ, "REDIS_URL": server.url, "JOBCAST_MONITOR_WATCHDOG_SECONDS": "3", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    proc = start_monitor(env, tmp_path / "monitor.log")
+    try:
+        server.stop()
+        stopped = time.monotonic()
+        wait_until(lambda: not proc.alive(), 30, "the monitor to exit")
+        assert proc.popen is not None and proc.popen.returncode == 3
+        assert time.monotonic() - stopped >= 2
+        assert "exiting to be restarted" in proc.output()
+    finally:
+        proc.stop()
+        server.stop()
