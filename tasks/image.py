@@ -27,17 +27,17 @@ def imagine(
         if lease is None:
             return None  # a second copy of the message: a live attempt runs the job
         reporter = Reporter(ctx.events, job_id)
-        worker = self.request.hostname or "worker"
-        attempt = reporter.started(worker=worker, expect="queued,running")
+        attempt = reporter.started(
+            worker=self.request.hostname or "worker", expect="queued,running"
+        )
         if attempt is None:
             return None  # cancelled while it waited, expired, or ended by an earlier attempt
         if attempt > ctx.settings.max_attempts:
             reporter.failed(f"Gave up after {attempt - 1} attempts: the worker kept stopping.")
             return None
         try:
-            return _render(
-                reporter, lease, ctx.settings.media_dir, job_id, prompt, width, height, steps, seed
-            )
+            args = (ctx.settings.media_dir, job_id, prompt, width, height, steps, seed)
+            return _render(reporter, lease, *args)
         except LeaseLost:
             return None  # another attempt owns the job now and reports it
         except JobCancelled:

@@ -2,28 +2,37 @@
 
     workers ──worker-heartbeat / task-* events──▶ EventReceiver ──▶ Monitor (state in memory)
                                                                        │ tick, every ~0.25 s
-    Redis ◀── one Lua call: lease check · SET ops:snapshot · PUBLISH ops · counters ──┘
+    Redis ◀── one Lua call: counts (any monitor) · lease check · SET ops:snapshot · PUBLISH ─┘
 
-* State: :class:`WorkerState` per hostname (online, active jobs, counts, load, last
-  heartbeat), a :class:`Window` of finished tasks (throughput over 1/5/15 min, run time
-  p50/p95, failure rate), the latest failures and a one-minute history for sparklines.
+* State: :class:`WorkerState` per hostname (online, running and received tasks, counts,
+  load, last heartbeat), a :class:`Window` of finished tasks (throughput over 1/5/15 min,
+  run time p50/p95, failure rate), the latest failures and a one-minute history. At start
+  (and after a reconnect) it reads the running jobs from Redis (:meth:`Monitor.seed`), so
+  a restarted monitor shows what runs. A task whose job record says it ended leaves its
+  worker's list even if its end event was missed; lists are bounded in size and age.
 * A worker is offline at once on ``worker-offline``, or when no heartbeat came for
   ``worker_timeout`` (default 2.5 of its announced intervals): the tick checks that even
-  while no events arrive, so a SIGKILLed worker goes offline too.
+  while no events arrive, so a SIGKILLed worker goes offline too. What it held becomes an
+  orphan: once the job's lease (:mod:`tasks.lease`) has lapsed, the leader moves its
+  unacked message back to the queue (:mod:`tasks.unacked`) instead of leaving it to the
+  visibility timeout. The leader also keeps the messages of jobs with a live lease from
+  reaching that timeout, so kombu does not hand out copies of healthy jobs.
 * The snapshot goes out every ``ops_interval`` seconds, and at once when a worker
   appears or disappears. The published payload is a finished SSE frame without ``id:``,
   so web processes forward it untouched.
 * The leader also runs the retention sweep (:mod:`tasks.retention`) every
   ``sweep_seconds``: old images, and ghosts in the line.
-* Two monitors by mistake: both follow the events, but only the holder of a lease
-  (``ops:leader``, renewed by every publish, expiring after 5 s) writes. The lease check
-  and all writes are one Lua call, so a monitor that lost the lease cannot write a stale
-  snapshot or count a task twice; the standby takes over when the leader dies.
+* Two monitors: both follow the events, but only the holder of a lease (``ops:leader``,
+  renewed by every publish, expiring after 5 s) writes the snapshot; the standby takes
+  over when the leader dies. Both write task outcomes, each event counted once
+  (``HSETNX`` on its task id, outcome and the worker's timestamp), and keep them until a
+  write succeeds: counts are exact across a takeover, a restart or a Redis blip.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import logging
 import math
@@ -65,6 +74,7 @@ HISTORY = 60  # seconds of sparkline history in the snapshot
 WINDOWS = (60, 300, 900)
 COUNTED_WINDOW = 600  # seconds of worker time per "counted" hash
 COUNTED_TTL = 3600  # how long a counted event is remembered, so a retry never counts twice
+MAX_BATCH = 1000  # outcomes written per publish
 MAX_PENDING = 100_000  # outcomes kept while Redis is unreachable; the oldest go first
 RUNTIME_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 """Upper bounds (seconds) of the task run time histogram that ``/metrics`` reports."""
@@ -158,6 +168,7 @@ class WorkerState:
     online: bool = True
     freq: float = 2.0
     last_heartbeat: float = 0.0  # local monotonic time of the last event from it
+    pid: int = 0  # of its main process, from its worker-* events
     seen_at: float = 0.0  # wall time of that event, for display
     active: int = 0
     processed: int = 0
@@ -272,6 +283,7 @@ class Pending:
 
     def add(self, event: dict[str, Any], outcome: str, runtime: float | None, at: float) -> None:
         stamp = float(event.get("timestamp") or 0.0)
+        stamp = stamp if math.isfinite(stamp) else 0.0
         key = f"{event.get('uuid', '')}:{outcome}:{stamp!r}"
         bucket = bucket_of(runtime) if runtime is not None else ""
         window = int(stamp // COUNTED_WINDOW)
@@ -281,10 +293,11 @@ class Pending:
         """KEYS after the first four, and ARGV from the outcome count on."""
         while self.outcomes and now - self.outcomes[0].at > COUNTED_TTL - COUNTED_WINDOW:
             self.outcomes.popleft()  # its "counted" record may be gone: counting it risks twice
-        windows = sorted({o.window for o in self.outcomes})
+        batch = list(itertools.islice(self.outcomes, MAX_BATCH))  # one script stays short
+        windows = sorted({o.window for o in batch})
         index = {w: n for n, w in enumerate(windows, 5)}
-        args = [str(len(self.outcomes))]
-        for o in self.outcomes:
+        args = [str(len(batch))]
+        for o in batch:
             args += [str(index[o.window]), o.key, o.outcome, o.bucket, repr(round(o.runtime, 6))]
         return [ops_keys.counted(w) for w in windows], args
 
@@ -349,9 +362,15 @@ class Monitor:
 
     def _on_worker(self, kind: str, event: dict[str, Any]) -> None:
         state = self._worker(event["hostname"])
+        pid = int(event.get("pid") or 0)
         if kind == "worker-offline":
             self._set_offline(state)
             return
+        if kind == "worker-online" or (state.pid and pid and pid != state.pid):
+            # A worker back under the same name (a container restart, faster than its
+            # heartbeat timeout) holds none of what the old process held.
+            self._set_offline(state)
+        state.pid = pid or state.pid
         self._alive(state, event)
         state.freq = float(event.get("freq") or state.freq)
         state.active = int(event.get("active") or 0)
@@ -477,13 +496,22 @@ class Monitor:
                     log.warning("monitor: worker gone; %s %s runs again", message.task, task_id)
 
     def keep_visible(self) -> None:
-        """Keep kombu from handing out a second copy of what live workers hold."""
-        held = {t for w in self.workers.values() if w.online for t in (*w.jobs, *w.reserved)}
-        if not held or self.app is None:
+        """Keep kombu from handing out a second copy of a job a live attempt runs.
+
+        A live attempt proves itself by its lease, not by our view of the workers: a
+        message kept visible on a stale view would be stranded.
+        """
+        if self.app is None:
             return
         with broker_channel(self.app) as channel:
-            messages = in_flight(channel)
-            keep_visible(channel, [m.tag for t in held for m in messages.get(t, [])])
+            messages = [(t, m.tag) for t, ms in in_flight(channel).items() for m in ms]
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id, _ in messages:
+                pipe.exists(lease_key(self.keys, task_id))
+            live = pipe.execute()
+            keep_visible(
+                channel, [tag for (_, tag), held in zip(messages, live, strict=True) if held]
+            )
 
     def _unheld(self, task_ids: list[str]) -> list[str]:
         """The orphans no live attempt holds; forget those whose job ended meanwhile."""
@@ -684,6 +712,7 @@ def main() -> int:
 
 def watchdog(monitor: Monitor, seconds: float) -> None:
     """Exit the process once no publish reached Redis for ``seconds``: stuck or cut off."""
+    seconds = max(seconds, 3 * monitor.settings.ops_interval)  # publishes come this often
     ticker = threading.Event()
     while not ticker.wait(min(5.0, seconds / 4)):
         silent = monitor.clock() - monitor.last_write

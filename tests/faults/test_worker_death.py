@@ -30,7 +30,7 @@ from support import (
 pytestmark = pytest.mark.slow
 
 MEDIUM = {"prompt": "a medium one", "width": 320, "height": 320, "steps": 20}
-LONG = {"prompt": "longer than the visibility timeout", "width": 384, "height": 384, "steps": 24}
+LONG = {"prompt": "longer than the visibility timeout", "width": 768, "height": 768, "steps": 30}
 
 
 @dataclass
@@ -107,7 +107,7 @@ def test_dead_workers_job_runs_again_within_seconds(stack: Stack) -> None:
 
 
 def test_visibility_timeout_shorter_than_a_job_runs_it_once(stack: Stack) -> None:
-    """With a 2 s visibility timeout, kombu hands a 6 s job's message out again while it
+    """With a 2 s visibility timeout, kombu hands a longer job's message out again while it
     runs; the copy finds the job's lease held and does nothing: one ``started``, one run."""
     stack.env["JOBCAST_VISIBILITY_TIMEOUT"] = "2"
     base = stack.web()
