@@ -30,7 +30,7 @@ from support import (
 pytestmark = pytest.mark.slow
 
 MEDIUM = {"prompt": "a medium one", "width": 320, "height": 320, "steps": 20}
-LONG = {"prompt": "longer than the visibility timeout", "width": 768, "height": 768, "steps": 30}
+LONG = {"prompt": "longer than the visibility timeout", "width": 640, "height": 640, "steps": 24}
 
 
 @dataclass
