@@ -99,8 +99,8 @@ class JobLease:
                 if not self._refresh(keys=[self.key], args=[self.token, self.ttl_ms]):
                     self.lost = True
                     return
-            except (redis.ConnectionError, redis.TimeoutError):
-                continue  # Redis is restarting: the next refresh takes the lease back
+            except redis.RedisError:
+                continue  # Redis is restarting or busy: the next refresh takes it back
 
     def release(self) -> None:
         self._stop.set()
