@@ -30,10 +30,16 @@ from tasks.errors import JobcastError
 from tasks.events import JobEvents
 from tasks.keys import Keys
 
-# KEYS: lease; ARGV: token, ttl ms. Keep (or take back, if it expired unclaimed) our lease.
+# KEYS: lease, job hash; ARGV: token, ttl ms. Keep our lease, or take it back if it expired
+# unclaimed (Redis was down) while the job still waits or runs; 0: another attempt has it,
+# -1: the job ended or is gone, nothing to hold.
 REFRESH_LUA = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
+if not holder then
+  local state = redis.call('HGET', KEYS[2], 'state')
+  if state ~= 'running' and state ~= 'queued' then return -1 end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
@@ -96,8 +102,11 @@ class JobLease:
         interval = self.ttl_ms / 5000
         while not self._stop.wait(interval):
             try:
-                if not self._refresh(keys=[self.key], args=[self.token, self.ttl_ms]):
-                    self.lost = True
+                kept = self._refresh(
+                    keys=[self.key, self.state_key], args=[self.token, self.ttl_ms]
+                )
+                if kept != 1:
+                    self.lost = kept == 0
                     return
             except redis.RedisError:
                 continue  # Redis is restarting or busy: the next refresh takes it back
