@@ -23,9 +23,9 @@ def imagine(
 ) -> dict[str, Any] | None:
     """Render the prompt, reporting started, progress, one preview and done."""
     ctx = context(self.app)
-    with held(ctx.events, job_id, ctx.settings.job_lease_seconds) as lease:
+    with held(ctx.events, job_id, ctx.settings.job_lease_seconds, need_record=True) as lease:
         if lease is None:
-            return None  # a second copy of the message: a live attempt runs the job
+            return None  # a second copy of the message (a live attempt runs it), or no job
         reporter = Reporter(ctx.events, job_id)
         attempt = reporter.started(
             worker=self.request.hostname or "worker", expect="queued,running"

@@ -64,13 +64,16 @@ def lease_key(keys: Keys, job_id: str) -> str:
 class JobLease:
     """One attempt's hold on a job; ``lost`` once another attempt took it."""
 
-    def __init__(self, events: JobEvents, job_id: str, ttl: float) -> None:
+    def __init__(
+        self, events: JobEvents, job_id: str, ttl: float, *, need_record: bool = False
+    ) -> None:
         self.redis = client = events.redis
         self.retrying = events.retrying  # rides out a Redis restart as publishes do
         self.key = lease_key(events.keys, job_id)
         self.state_key = events.keys.job(job_id)
         self.ttl_ms = max(1000, int(ttl * 1000))
         self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
+        self.need_record = need_record
         self.lost = False
         self._stop = threading.Event()
         self._refresh = client.register_script(REFRESH_LUA)
@@ -81,12 +84,15 @@ class JobLease:
         ``False`` when a live attempt keeps refreshing it, or the job ended meanwhile.
         """
         deadline = time.monotonic() + self.ttl_ms / 1000 + 1.0
-        while True:
+        if self.need_record and not self.retrying(lambda: self.redis.exists(self.state_key)):
+            return False  # nothing to run (expired, or never made): hold nothing either
+        while not self._ended():  # a late copy of a finished job takes no lease at all
             if self.retrying(lambda: self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms)):
                 return True
-            if self._ended() or time.monotonic() > deadline:
+            if time.monotonic() > deadline:
                 return False
             self._stop.wait(POLL_SECONDS)  # the holder's TTL runs out in Redis, not here
+        return False
 
     def _ended(self) -> bool:
         state = self.retrying(lambda: self.redis.hget(self.state_key, "state"))
@@ -120,9 +126,12 @@ class JobLease:
 
 
 @contextmanager
-def held(events: JobEvents, job_id: str, ttl: float) -> Iterator[JobLease | None]:
-    """The job's lease for the ``with`` block, or ``None`` if another attempt owns the job."""
-    lease = JobLease(events, job_id, ttl)
+def held(
+    events: JobEvents, job_id: str, ttl: float, *, need_record: bool = False
+) -> Iterator[JobLease | None]:
+    """The job's lease for the ``with`` block, or ``None`` if another attempt owns the job
+    (or, with ``need_record``, the job has no record to run)."""
+    lease = JobLease(events, job_id, ttl, need_record=need_record)
     if not lease.acquire():
         yield None
         return
