@@ -56,6 +56,12 @@ class Settings:
     # A job in line this long with no Celery message is sent again by the sweep.
     ghost_grace_seconds: float = 30.0
     signing_key: str = ""
+    # A running attempt holds its job's lease this long between refreshes; a second copy
+    # of its message waits this long for a dead holder's lease to run out.
+    job_lease_seconds: float = 6.0
+    # The monitor exits (status 3) when none of its publishes reached Redis for this long,
+    # so a supervisor (compose's restart policy) starts a fresh one; 0 turns this off.
+    monitor_watchdog_seconds: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod

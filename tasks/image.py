@@ -10,6 +10,7 @@ from celery import Task, shared_task
 from tasks.app import context
 from tasks.errors import JobCancelled
 from tasks.generator import generate
+from tasks.lease import JobLease, LeaseLost, held
 from tasks.media import image_path, save_png
 from tasks.reporter import Reporter
 
@@ -22,25 +23,34 @@ def imagine(
 ) -> dict[str, Any] | None:
     """Render the prompt, reporting started, progress, one preview and done."""
     ctx = context(self.app)
-    reporter = Reporter(ctx.events, job_id)
-    attempt = reporter.started(worker=self.request.hostname or "worker", expect="queued,running")
-    if attempt is None:
-        return None  # cancelled while it waited, expired, or ended by an earlier attempt
-    if attempt > ctx.settings.max_attempts:
-        reporter.failed(f"Gave up after {attempt - 1} attempts: the worker kept stopping.")
-        return None
-    try:
-        return _render(reporter, ctx.settings.media_dir, job_id, prompt, width, height, steps, seed)
-    except JobCancelled:
-        reporter.cancelled(reason="cancelled while running")
-        return None
-    except Exception:
-        reporter.failed("The image could not be generated.", retryable=False)
-        raise
+    with held(ctx.events, job_id, ctx.settings.job_lease_seconds, need_record=True) as lease:
+        if lease is None:
+            return None  # a second copy of the message (a live attempt runs it), or no job
+        reporter = Reporter(ctx.events, job_id)
+        attempt = reporter.started(
+            worker=self.request.hostname or "worker", expect="queued,running"
+        )
+        if attempt is None:
+            return None  # cancelled while it waited, expired, or ended by an earlier attempt
+        if attempt > ctx.settings.max_attempts:
+            reporter.failed(f"Gave up after {attempt - 1} attempts: the worker kept stopping.")
+            return None
+        try:
+            args = (ctx.settings.media_dir, job_id, prompt, width, height, steps, seed)
+            return _render(reporter, lease, *args)
+        except LeaseLost:
+            return None  # another attempt owns the job now and reports it
+        except JobCancelled:
+            reporter.cancelled(reason="cancelled while running")
+            return None
+        except Exception:
+            reporter.failed("The image could not be generated.", retryable=False)
+            raise
 
 
 def _render(
     reporter: Reporter,
+    lease: JobLease,
     media_dir: str,
     job_id: str,
     prompt: str,
@@ -53,6 +63,7 @@ def _render(
     previewed = False
     final = None
     for frame in generate(prompt, width=width, height=height, steps=steps, seed=seed):
+        lease.check()
         reporter.check_cancelled()
         reporter.progress(frame.step, frame.steps)
         if not previewed and frame.percent >= PREVIEW_AT_PERCENT and frame.step < frame.steps:
@@ -60,6 +71,7 @@ def _render(
             previewed = True
         final = frame
     assert final is not None  # generate() yields at least one frame
+    lease.check()
     save_png(final.to_image(), image_path(media_dir, job_id))
     seconds = round(time.monotonic() - began, 2)
     result = {

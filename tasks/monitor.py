@@ -2,29 +2,38 @@
 
     workers ──worker-heartbeat / task-* events──▶ EventReceiver ──▶ Monitor (state in memory)
                                                                        │ tick, every ~0.25 s
-    Redis ◀── one Lua call: lease check · SET ops:snapshot · PUBLISH ops · counters ──┘
+    Redis ◀── one Lua call: counts (any monitor) · lease check · SET ops:snapshot · PUBLISH ─┘
 
-* State: :class:`WorkerState` per hostname (online, active jobs, counts, load, last
-  heartbeat), a :class:`Window` of finished tasks (throughput over 1/5/15 min, run time
-  p50/p95, failure rate), the latest failures and a one-minute history for sparklines.
+* State: :class:`WorkerState` per hostname (online, running and received tasks, counts,
+  load, last heartbeat), a :class:`Window` of finished tasks (throughput over 1/5/15 min,
+  run time p50/p95, failure rate), the latest failures and a one-minute history. At start
+  (and after a reconnect) it reads the running jobs from Redis (:meth:`Monitor.seed`), so
+  a restarted monitor shows what runs. A task whose job record says it ended leaves its
+  worker's list even if its end event was missed; lists are bounded in size and age.
 * A worker is offline at once on ``worker-offline``, or when no heartbeat came for
   ``worker_timeout`` (default 2.5 of its announced intervals): the tick checks that even
-  while no events arrive, so a SIGKILLed worker goes offline too.
+  while no events arrive, so a SIGKILLed worker goes offline too. What it held becomes an
+  orphan: once the job's lease (:mod:`tasks.lease`) has lapsed, the leader moves its
+  unacked message back to the queue (:mod:`tasks.unacked`) instead of leaving it to the
+  visibility timeout. The leader also keeps the messages of jobs with a live lease from
+  reaching that timeout, so kombu does not hand out copies of healthy jobs.
 * The snapshot goes out every ``ops_interval`` seconds, and at once when a worker
   appears or disappears. The published payload is a finished SSE frame without ``id:``,
   so web processes forward it untouched.
 * The leader also runs the retention sweep (:mod:`tasks.retention`) every
   ``sweep_seconds``: old images, and ghosts in the line.
-* Two monitors by mistake: both follow the events, but only the holder of a lease
-  (``ops:leader``, renewed by every publish, expiring after 5 s) writes. The lease check
-  and all writes are one Lua call, so a monitor that lost the lease cannot write a stale
-  snapshot or count a task twice; the standby takes over when the leader dies.
+* Two monitors: both follow the events, but only the holder of a lease (``ops:leader``,
+  renewed by every publish, expiring after 5 s) writes the snapshot; the standby takes
+  over when the leader dies. Both write task outcomes, each event counted once
+  (``HSETNX`` on its task id, outcome and the worker's timestamp), and keep them until a
+  write succeeds: counts are exact across a takeover, a restart or a Redis blip.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -32,11 +41,12 @@ import os
 import secrets
 import signal
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from celery import Celery
@@ -45,34 +55,57 @@ from kombu.exceptions import OperationalError
 from tasks.app import create_celery
 from tasks.config import Settings
 from tasks.keys import Keys
+from tasks.lease import lease_key
 from tasks.retention import Sweeper
+from tasks.unacked import broker_channel, in_flight, keep_visible, restore
 
 log = logging.getLogger("jobcast.monitor")
+
+ENDED = (b"succeeded", b"failed", b"cancelled")  # a job record's terminal states
 
 LEASE_MS = 5000
 TICK_SECONDS = 0.25  # how often the receiver returns to us when no events come
 FORGET_OFFLINE_SECONDS = 600.0  # an offline worker stays listed this long
 MAX_FAILURES = 10
+MAX_HELD = 1000  # tasks one worker may be shown running or holding
+# A task held longer than this is forgotten (its end event was missed); a job whose record
+# says it ended goes at the next publish.
+MAX_HELD_SECONDS = 6 * 3600.0
 HISTORY = 60  # seconds of sparkline history in the snapshot
 WINDOWS = (60, 300, 900)
+COUNTED_WINDOW = 600  # seconds of worker time per "counted" hash
+COUNTED_TTL = 3600  # how long a counted event is remembered, so a retry never counts twice
+MAX_BATCH = 1000  # outcomes written per publish
+MAX_PENDING = 100_000  # outcomes kept while Redis is unreachable; the oldest go first
 RUNTIME_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 """Upper bounds (seconds) of the task run time histogram that ``/metrics`` reports."""
 
-# KEYS: leader, snapshot, task counters hash, runtime histogram hash
-# ARGV: token, lease ms, snapshot json, channel, frame, then counter field/increment pairs
-# for the counters hash (prefix "t:") or the histogram hash (prefix "h:"), "h:sum" a float.
+# KEYS: leader, snapshot, task counters hash, runtime histogram hash, then the "counted"
+#       hashes the outcomes below name by index
+# ARGV: token, lease ms, snapshot json, channel, frame, counted ttl, outcome count, then per
+#       outcome: counted key index, event key, outcome, histogram bucket or "", run time
+# Outcomes count once per event whoever sends them (leader or standby, retried or not):
+# the event key (task id, outcome, the worker's timestamp) is the same in every monitor.
 PUBLISH_LUA = """
+local i = 8
+for _ = 1, tonumber(ARGV[7]) do
+  local counted = KEYS[tonumber(ARGV[i])]
+  if redis.call('HSETNX', counted, ARGV[i + 1], 1) == 1 then
+    redis.call('EXPIRE', counted, ARGV[6])
+    redis.call('HINCRBY', KEYS[3], ARGV[i + 2], 1)
+    if ARGV[i + 3] ~= '' then
+      redis.call('HINCRBY', KEYS[4], ARGV[i + 3], 1)
+      redis.call('HINCRBY', KEYS[4], 'count', 1)
+      redis.call('HINCRBYFLOAT', KEYS[4], 'sum', ARGV[i + 4])
+    end
+  end
+  i = i + 5
+end
 local leader = redis.call('GET', KEYS[1])
 if leader and leader ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
-for i = 6, #ARGV, 2 do
-  local kind, name = string.sub(ARGV[i], 1, 2), string.sub(ARGV[i], 3)
-  if kind == 't:' then redis.call('HINCRBY', KEYS[3], name, ARGV[i + 1])
-  elseif name == 'sum' then redis.call('HINCRBYFLOAT', KEYS[4], name, ARGV[i + 1])
-  else redis.call('HINCRBY', KEYS[4], name, ARGV[i + 1]) end
-end
 return 1
 """
 
@@ -102,6 +135,10 @@ class OpsKeys:
         """Hash: run time histogram, ``le:<bound>`` counts (not cumulative), sum, count."""
         return f"{self.prefix}ops:runtime"
 
+    def counted(self, window: int) -> str:
+        """Hash: the events counted in one ``COUNTED_WINDOW`` of worker time (expires)."""
+        return f"{self.prefix}ops:counted:{window}"
+
 
 def snapshot_frame(payload: str | bytes) -> bytes:
     """The SSE frame a snapshot travels in (no ``id:``: snapshots are never replayed)."""
@@ -115,19 +152,56 @@ def bucket_of(seconds: float) -> str:
     return f"le:{RUNTIME_BUCKETS[at]}" if at < len(RUNTIME_BUCKETS) else "le:+Inf"
 
 
+class Running(NamedTuple):
+    name: str
+    since: float  # local monotonic time it started (or the monitor learned of it)
+
+
+def _bound(held: dict[str, Any]) -> None:
+    """Keep the newest MAX_HELD entries: a worker never runs that many at once."""
+    while len(held) > MAX_HELD:
+        del held[next(iter(held))]
+
+
 @dataclass
 class WorkerState:
     hostname: str
     online: bool = True
     freq: float = 2.0
     last_heartbeat: float = 0.0  # local monotonic time of the last event from it
+    pid: int = 0  # of its main process, from its worker-* events
     seen_at: float = 0.0  # wall time of that event, for display
     active: int = 0
     processed: int = 0
     succeeded: int = 0
     failed: int = 0
     loadavg: list[float] = field(default_factory=list)
-    jobs: dict[str, str] = field(default_factory=dict)  # task id -> task name, running here
+    jobs: dict[str, Running] = field(default_factory=dict)  # task id -> what runs here
+    reserved: dict[str, float] = field(default_factory=dict)  # task id -> when received
+
+    def start(self, task_id: str, name: str, now: float) -> None:
+        self.reserved.pop(task_id, None)
+        self.jobs[task_id] = Running(name, now)
+        _bound(self.jobs)
+
+    def receive(self, task_id: str, now: float) -> None:
+        self.reserved[task_id] = now
+        _bound(self.reserved)
+
+    def forget(self, task_id: str) -> str | None:
+        """Drop the task from this worker; return its name if it was running here."""
+        self.reserved.pop(task_id, None)
+        running = self.jobs.pop(task_id, None)
+        return running.name if running else None
+
+    def prune(self, now: float) -> None:
+        """Drop what we hold longer than MAX_HELD_SECONDS: its end event went missing."""
+        for task_id, since in list(self.reserved.items()):
+            if now - since > MAX_HELD_SECONDS:
+                del self.reserved[task_id]
+        for task_id, job in list(self.jobs.items()):
+            if now - job.since > MAX_HELD_SECONDS:
+                del self.jobs[task_id]
 
     def timeout(self, configured: float) -> float:
         return configured if configured > 0 else 2.5 * self.freq
@@ -143,8 +217,8 @@ class WorkerState:
             "seen": int(self.seen_at * 1000),
             "freq": self.freq,
             "jobs": [
-                {"id": task_id, "task": name, "pct": percents.get(task_id)}
-                for task_id, name in self.jobs.items()
+                {"id": task_id, "task": job.name, "pct": percents.get(task_id)}
+                for task_id, job in self.jobs.items()
             ],
         }
 
@@ -191,20 +265,47 @@ def _quantile(values: list[float], q: float) -> float | None:
     return round(values[rank - 1], 3)
 
 
+class Outcome(NamedTuple):
+    """One task end, as every monitor that saw its event names it."""
+
+    key: str  # task id, outcome and the worker's timestamp: the same in every monitor
+    window: int
+    outcome: str
+    bucket: str  # histogram field for a success, else ""
+    runtime: float
+    at: float  # local monotonic time it was seen
+
+
 @dataclass
 class Pending:
-    """Counter increments gathered between two publishes; written only by the leader."""
+    """Outcomes not yet written; they stay until a write succeeds (or grow too old)."""
 
-    values: dict[str, float] = field(default_factory=dict)
+    outcomes: deque[Outcome] = field(default_factory=lambda: deque(maxlen=MAX_PENDING))
 
-    def add(self, name: str, amount: float = 1) -> None:
-        self.values[name] = self.values.get(name, 0) + amount
+    def add(self, event: dict[str, Any], outcome: str, runtime: float | None, at: float) -> None:
+        stamp = float(event.get("timestamp") or 0.0)
+        stamp = stamp if math.isfinite(stamp) else 0.0
+        key = f"{event.get('uuid', '')}:{outcome}:{stamp!r}"
+        bucket = bucket_of(runtime) if runtime is not None else ""
+        window = int(stamp // COUNTED_WINDOW)
+        self.outcomes.append(Outcome(key, window, outcome, bucket, runtime or 0.0, at))
 
-    def args(self) -> list[str]:
-        out: list[str] = []
-        for name, amount in self.values.items():
-            out += [name, repr(round(amount, 6)) if name == "h:sum" else str(int(amount))]
-        return out
+    def batch(self, ops_keys: OpsKeys, now: float) -> tuple[list[str], list[str]]:
+        """KEYS after the first four, and ARGV from the outcome count on."""
+        while self.outcomes and now - self.outcomes[0].at > COUNTED_TTL - COUNTED_WINDOW:
+            self.outcomes.popleft()  # its "counted" record may be gone: counting it risks twice
+        batch = list(itertools.islice(self.outcomes, MAX_BATCH))  # one script stays short
+        windows = sorted({o.window for o in batch})
+        index = {w: n for n, w in enumerate(windows, 5)}
+        args = [str(len(batch))]
+        for o in batch:
+            args += [str(index[o.window]), o.key, o.outcome, o.bucket, repr(round(o.runtime, 6))]
+        return [ops_keys.counted(w) for w in windows], args
+
+    def written(self, count: int) -> None:
+        """Forget the first ``count`` outcomes: Redis has them."""
+        for _ in range(min(count, len(self.outcomes))):
+            self.outcomes.popleft()
 
 
 class Monitor:
@@ -232,12 +333,17 @@ class Monitor:
         self.history: deque[tuple[int, int]] = deque(maxlen=HISTORY)  # (queued, done)/s
         self.finished_this_second = 0
         self.pending = Pending()
-        self.leading = False
+        self.leading: bool | None = None  # unknown until the first publish, which logs it
         self.urgent = True
         self.last_publish = float("-inf")
         self.last_sweep = float("-inf")
+        self.last_redeliver = float("-inf")
+        self.last_visible = float("-inf")
+        self.last_write = clock()  # of the last publish that reached Redis
         self.last_sample = clock()
         self.percents: dict[str, int | None] = {}  # running task id -> its job's percent
+        self.orphans: dict[str, float] = {}  # task id -> when its worker went offline
+        self.app: Celery | None = None  # the broker, once run() follows it
         self._publish = client.register_script(PUBLISH_LUA)
         self.sweeper = Sweeper(settings, client)
 
@@ -258,9 +364,15 @@ class Monitor:
 
     def _on_worker(self, kind: str, event: dict[str, Any]) -> None:
         state = self._worker(event["hostname"])
+        pid = int(event.get("pid") or 0)
         if kind == "worker-offline":
             self._set_offline(state)
             return
+        if kind == "worker-online" or (state.pid and pid and pid != state.pid):
+            # A worker back under the same name (a container restart, faster than its
+            # heartbeat timeout) holds none of what the old process held.
+            self._set_offline(state)
+        state.pid = pid or state.pid
         self._alive(state, event)
         state.freq = float(event.get("freq") or state.freq)
         state.active = int(event.get("active") or 0)
@@ -279,9 +391,12 @@ class Monitor:
         if state.online:
             state.online = False
             self.urgent = True
-        for task_id in state.jobs:
+        # What it held is stranded in the broker until the visibility timeout: hand it out.
+        for task_id in [*state.jobs, *state.reserved]:
             self.names.pop(task_id, None)
+            self.orphans[task_id] = self.clock()
         state.jobs.clear()
+        state.reserved.clear()
         state.active = 0
 
     def _on_task(self, kind: str, event: dict[str, Any]) -> None:
@@ -293,9 +408,10 @@ class Monitor:
             self.names[task_id] = event.get("name") or "?"
             while len(self.names) > 10000:  # events of tasks we never saw end
                 self.names.pop(next(iter(self.names)))
+            if hostname:
+                self._worker(hostname).receive(task_id, self.clock())
         elif kind == "task-started" and hostname:
-            state = self._worker(hostname)
-            state.jobs[task_id] = self.names.get(task_id, "?")
+            self._worker(hostname).start(task_id, self.names.get(task_id, "?"), self.clock())
         elif kind in (
             "task-succeeded",
             "task-failed",
@@ -309,17 +425,15 @@ class Monitor:
         self, kind: str, task_id: str, hostname: str | None, event: dict[str, Any]
     ) -> None:
         outcome = kind[5:]
-        self.pending.add("t:" + outcome)
+        runtime = float(event.get("runtime") or 0.0) if outcome == "succeeded" else None
+        self.pending.add(event, outcome, runtime, self.clock())
         state = self.workers.get(hostname) if hostname else None
         name = self.names.pop(task_id, None)
+        self.orphans.pop(task_id, None)
         for worker in [state] if state else self.workers.values():
-            name = worker.jobs.pop(task_id, None) or name
-        if outcome == "succeeded":
-            runtime = float(event.get("runtime") or 0.0)
+            name = worker.forget(task_id) or name
+        if runtime is not None:
             self.window.add(self.clock(), runtime, True)
-            self.pending.add("h:" + bucket_of(runtime))
-            self.pending.add("h:count")
-            self.pending.add("h:sum", runtime)
             if state:
                 state.succeeded += 1
         elif outcome == "failed":
@@ -344,6 +458,7 @@ class Monitor:
         """Called between events (and at least every TICK_SECONDS): expire, sample, publish."""
         now = self.clock()
         for state in list(self.workers.values()):
+            state.prune(now)
             silent = now - state.last_heartbeat
             if state.online and silent > state.timeout(self.settings.worker_timeout):
                 log.info("monitor: %s missed its heartbeats; offline", state.hostname)
@@ -355,6 +470,86 @@ class Monitor:
         if self.leading and now - self.last_sweep >= self.settings.sweep_seconds:
             self.last_sweep = now
             self.sweep()
+        if self.leading and self.orphans and now - self.last_redeliver >= 1.0:
+            self.last_redeliver = now
+            self.redeliver(now)
+        if self.leading and now - self.last_visible >= self._visible_every():
+            self.last_visible = now
+            self.keep_visible()
+
+    def _visible_every(self) -> float:
+        """Often enough that no live task's message reaches the visibility timeout."""
+        return max(0.5, min(30.0, self.settings.visibility_timeout / 4))
+
+    def redeliver(self, now: float) -> None:
+        """Hand out again what offline workers held, once no live attempt holds the job."""
+        for task_id, since in list(self.orphans.items()):
+            if now - since > self.settings.visibility_timeout:
+                del self.orphans[task_id]  # kombu has handed it out by now
+        ready = self._unheld(list(self.orphans))
+        if not ready or self.app is None:
+            return
+        with broker_channel(self.app) as channel:
+            messages = in_flight(channel)
+            for task_id in ready:
+                del self.orphans[task_id]
+                for message in messages.get(task_id, []):
+                    restore(channel, message.tag)
+                    log.warning("monitor: worker gone; %s %s runs again", message.task, task_id)
+
+    def keep_visible(self) -> None:
+        """Keep kombu from handing out a second copy of a job a live attempt runs.
+
+        A live attempt proves itself by its lease, not by our view of the workers: a
+        message kept visible on a stale view would be stranded.
+        """
+        if self.app is None:
+            return
+        with broker_channel(self.app) as channel:
+            messages = [(t, m.tag) for t, ms in in_flight(channel).items() for m in ms]
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id, _ in messages:
+                pipe.exists(lease_key(self.keys, task_id))
+            live = pipe.execute()
+            keep_visible(
+                channel, [tag for (_, tag), held in zip(messages, live, strict=True) if held]
+            )
+
+    def _unheld(self, task_ids: list[str]) -> list[str]:
+        """The orphans no live attempt holds; forget those whose job ended meanwhile."""
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.exists(lease_key(self.keys, task_id))
+            pipe.hget(self.keys.job(task_id), "state")
+        replies = pipe.execute()
+        ready = []
+        for task_id, held, state in zip(task_ids, replies[::2], replies[1::2], strict=True):
+            if state in ENDED:
+                del self.orphans[task_id]
+            elif not held:  # a live attempt keeps its lease; a dead one's has run out
+                ready.append(task_id)
+        return ready
+
+    def seed(self, names: dict[str, str]) -> None:
+        """Learn from Redis what runs where: a monitor that just started saw no start events."""
+        ids = [m.decode() for m in self.redis.zrange(self.keys.running, 0, -1)]
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hmget(self.keys.job(task_id), "state", "last:started")
+        now = self.clock()
+        known = {t for w in self.workers.values() for t in w.jobs}
+        for task_id, (state, started) in zip(ids, pipe.execute(), strict=True):
+            hostname = _worker_of(started)
+            if state != b"running" or not hostname or task_id in known:
+                continue
+            worker = self._worker(hostname)
+            if worker.last_heartbeat == 0.0:
+                # Never heard from yet: busy, so alive until it stays silent too long.
+                worker.online, worker.last_heartbeat, self.urgent = True, now, True
+            if worker.online:
+                worker.start(task_id, names.get(task_id, "?"), now)
+            else:
+                self.orphans[task_id] = now
 
     def sweep(self) -> None:
         try:
@@ -378,13 +573,18 @@ class Monitor:
             self.finished_this_second = 0
             self.last_sample = max(now - 1.0, self.last_sample + 1.0)
         payload = json.dumps(self.snapshot(now, queue), separators=(",", ":")).encode()
-        counters = self.pending.args()
-        self.pending = Pending()
+        counted_keys, counts = self.pending.batch(self.ops_keys, now)
         o, k = self.ops_keys, self.keys
         leading = self._publish(
-            keys=[o.leader, k.ops_snapshot, o.tasks, o.runtime],
-            args=[self.token, LEASE_MS, payload, k.ops, snapshot_frame(payload), *counters],
-        )
+            keys=[o.leader, k.ops_snapshot, o.tasks, o.runtime, *counted_keys],
+            args=[
+                self.token, LEASE_MS, payload, k.ops, snapshot_frame(payload), COUNTED_TTL,
+                *counts,
+            ],
+        )  # fmt: skip
+        # Only now: a batch that did not reach Redis goes again with the next publish.
+        self.pending.written(int(counts[0]))
+        self.last_write = now
         if bool(leading) != self.leading:
             self.leading = bool(leading)
             log.info("monitor %s: %s", self.token, "leading" if leading else "standing by")
@@ -397,9 +597,13 @@ class Monitor:
         pipe.zcard(self.keys.queue)
         pipe.zcard(self.keys.running)
         for task_id in running:
-            pipe.hget(self.keys.job(task_id), "last:progress")
-        broker, waiting, busy, *progress = pipe.execute()
-        self.percents = {t: _percent(raw) for t, raw in zip(running, progress, strict=True)}
+            pipe.hmget(self.keys.job(task_id), "state", "last:progress")
+        broker, waiting, busy, *records = pipe.execute()
+        self.percents = {t: _percent(raw) for t, (_, raw) in zip(running, records, strict=True)}
+        for task_id, (state, _) in zip(running, records, strict=True):
+            if state in ENDED:  # we missed its end event
+                for worker in self.workers.values():
+                    worker.forget(task_id)
         return {"broker": int(broker), "waiting": int(waiting), "running": int(busy)}
 
     def snapshot(self, now: float, queue: dict[str, Any]) -> dict[str, Any]:
@@ -424,9 +628,12 @@ class Monitor:
     def run(self, app: Celery, stop: Callable[[], bool] = lambda: False) -> None:
         """Consume events until ``stop()``; reconnect with backoff when the broker drops."""
         backoff = 0.5
+        self.app = app
         while not stop():
             try:
                 with app.connection_for_read() as conn:
+                    with broker_channel(app) as channel:
+                        self.seed({t: m[0].task for t, m in in_flight(channel).items()})
                     receiver = app.events.Receiver(conn, handlers={"*": self.on_event})
                     receiver.on_iteration = self._iteration(receiver, stop)
                     for _ in receiver.consume(safety_interval=TICK_SECONDS, wakeup=True):
@@ -457,6 +664,15 @@ class Monitor:
         return on_iteration
 
 
+def _worker_of(started: bytes | None) -> str | None:
+    """The worker named by a job's ``started`` event data."""
+    try:
+        worker = json.loads(started or b"").get("worker")
+    except (ValueError, AttributeError):
+        return None  # no start event, or not the JSON the reporter writes
+    return worker if isinstance(worker, str) and worker else None
+
+
 def _percent(raw: bytes | None) -> int | None:
     if not raw:
         return None
@@ -478,6 +694,10 @@ def main() -> int:
         settings.redis_url, socket_keepalive=True, socket_timeout=10, health_check_interval=30
     )
     monitor = Monitor(settings, client, broker_queue=app.conf.task_default_queue)
+    if settings.monitor_watchdog_seconds > 0:
+        threading.Thread(
+            target=watchdog, args=(monitor, settings.monitor_watchdog_seconds), daemon=True
+        ).start()
     stopping: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
@@ -489,3 +709,29 @@ def main() -> int:
         pass  # Redis is gone: the lease expires by itself
     log.info("monitor %s: stopped", monitor.token)
     return 0
+
+
+def watchdog(monitor: Monitor, seconds: float) -> None:
+    """Exit the process once no publish reached Redis for ``seconds``: stuck or cut off."""
+    seconds = max(seconds, 3 * monitor.settings.ops_interval)  # publishes come this often
+    ticker = threading.Event()
+    while not ticker.wait(min(5.0, seconds / 4)):
+        silent = monitor.clock() - monitor.last_write
+        if silent > seconds:
+            log.error("monitor: nothing reached Redis for %.0f s; exiting to be restarted", silent)
+            logging.shutdown()
+            os._exit(3)
+
+
+def healthcheck(max_age: float = 15.0) -> int:
+    """Exit status for a container healthcheck: 0 while a snapshot younger than ``max_age``
+    is in Redis (some monitor leads), under the configured ``JOBCAST_PREFIX``."""
+    settings = Settings.from_env()
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        raw = client.get(Keys(settings.prefix).ops_snapshot)
+    except (redis.ConnectionError, redis.TimeoutError):
+        return 1
+    finally:
+        client.close()
+    return 0 if raw and time.time() - json.loads(raw)["at"] / 1000 < max_age else 1

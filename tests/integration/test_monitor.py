@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,10 +19,11 @@ import httpx
 import pytest
 import redis
 from httpx_sse import connect_sse
-from support import Proc, celery_worker, collect, post_job, wait_until
+from support import Proc, RedisServer, celery_worker, collect, post_job, wait_until
 
 from tasks.app import create_celery
 from tasks.config import Settings
+from tasks.events import JobEvents
 
 SMALL = {"prompt": "x", "width": 64, "height": 64, "steps": 2}
 LONG = {"prompt": "a slow one", "width": 384, "height": 384, "steps": 20}
@@ -254,3 +256,143 @@ def test_leader_sweeps_old_images_and_ghosts(
     wait_until(lambda: not old.exists() and rds.zcard("jobcast:queue") == 0, 15, "the sweep")
     assert fresh.exists()
     fresh.unlink()
+
+
+SLOW = {"prompt": "a slow one", "width": 1024, "height": 1024, "steps": 60}  # ends by cancel
+
+
+def job_on(rds: redis.Redis, worker: str, job_id: str) -> dict[str, Any] | None:
+    """The job's entry in the worker's row of the latest snapshot, once it has a percent."""
+    row = worker_row(snapshot(rds), worker)
+    ours = [j for j in (row or {}).get("jobs", []) if j["id"] == job_id]
+    return ours[0] if ours and ours[0]["pct"] else None
+
+
+def jobs_of(rds: redis.Redis, worker: str) -> list[str]:
+    """The ids in the worker's row of the latest snapshot."""
+    return [j["id"] for j in (worker_row(snapshot(rds), worker) or {}).get("jobs", [])]
+
+
+def test_restarted_monitor_shows_the_jobs_running_before_it_started(
+    web: str,
+    worker: Proc,
+    monitor: Proc,
+    monitors: list[Proc],
+    stack_env: dict[str, str],
+    rds: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """A monitor started while a job runs (it saw no start event) shows the job on its
+    worker, with its task name and percent, from the running set and the job's record."""
+    job_id = post_job(web, **SLOW)["jobId"]
+    wait_until(lambda: job_on(rds, "main@", job_id), 30, "the job on main@")
+    old = snapshot(rds)["by"]
+    monitor.kill()  # SIGKILL: its lease runs out before the new one may lead
+    monitors[:1] = [start_monitor({**stack_env, "JOBCAST_SWEEP_SECONDS": "1"}, tmp_path / "m.log")]
+    wait_until(lambda: snapshot(rds)["by"] != old, 15, "the new monitor to lead")
+    seen = wait_until(lambda: job_on(rds, "main@", job_id), 10, "the job on main@ again")
+    assert rds.hget(f"jobcast:job:{{{job_id}}}", "state") == b"running"
+    assert seen["task"] == "jobcast.imagine" and 0 < seen["pct"] < 100
+    assert worker_row(snapshot(rds), "main@")["up"] is True  # type: ignore[index]
+
+
+def test_two_monitors_count_every_task_once_across_a_takeover(
+    web: str,
+    worker: Proc,
+    monitor: Proc,
+    stack_env: dict[str, str],
+    rds: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """The leader SIGKILLed mid-stream of N jobs: every one is counted exactly once in
+    ops:tasks and the run time histogram, including those that ended before the standby
+    took the lease."""
+    second = start_monitor(stack_env, tmp_path / "second.log")
+    try:
+        procs = {monitor.pid: monitor, second.pid: second}
+        leader = newer_snapshot(rds, int(time.time() * 1000))["by"]
+        succeeded = int(rds.hget("jobcast:ops:tasks", "succeeded") or 0)
+        timed = int(rds.hget("jobcast:ops:runtime", "count") or 0)
+        n = 12
+        jobs = [post_job(web, prompt="x", width=128, height=128, steps=8) for _ in range(n)]
+        wait_until(lambda: int(rds.hget("jobcast:ops:tasks", "succeeded") or 0) >= succeeded + 2, 30, "two counted")  # fmt: skip
+        procs[int(leader.split(":")[1])].kill()
+        for job in jobs:
+            assert collect(web, job["jobId"])[-1].event == "done"
+        wait_until(lambda: snapshot(rds)["by"] != leader, 15, "the takeover")
+        wait_until(lambda: int(rds.hget("jobcast:ops:tasks", "succeeded") or 0) >= succeeded + n, 10, "all counted")  # fmt: skip
+        newer_snapshot(rds, int(time.time() * 1000) + 1500)  # a couple more publishes
+        assert int(rds.hget("jobcast:ops:tasks", "succeeded")) == succeeded + n
+        assert int(rds.hget("jobcast:ops:runtime", "count")) == timed + n
+        buckets = rds.hgetall("jobcast:ops:runtime")
+        assert sum(int(v) for k, v in buckets.items() if k.startswith(b"le:")) >= timed + n
+    finally:
+        second.stop()
+
+
+def test_a_job_whose_end_event_was_missed_leaves_its_workers_row(
+    stack_env: dict[str, str], worker: Proc, monitor: Proc, rds: redis.Redis
+) -> None:
+    """A task-started with no end event for a job whose record says it ended: the worker's
+    row drops it at the next snapshot instead of showing it forever."""
+    hostname = wait_until(lambda: (w := worker_row(snapshot(rds), "main@")) and w["name"], 15, "main@ listed")  # fmt: skip
+    events = JobEvents(rds)
+    job_id = "ended-while-unseen-0123"
+    events.publish(job_id, "started", {"worker": hostname})
+    app = create_celery(Settings.from_env(stack_env))
+    try:
+        with app.connection_for_write() as conn:
+            dispatcher = app.events.Dispatcher(conn, hostname=hostname)
+            dispatcher.send("task-started", uuid=job_id)
+            wait_until(lambda: job_id in jobs_of(rds, "main@"), 10, "the job on main@")
+            events.publish(job_id, "done", {})  # its task-succeeded never comes
+            wait_until(lambda: job_id not in jobs_of(rds, "main@"), 10, "the row to forget it")
+            dispatcher.close()
+    finally:
+        app.close()
+        app.jobcast.redis.close()
+
+
+def compose_healthcheck(service: str) -> list[str]:
+    """The service's healthcheck command in docker-compose.yml, runnable here."""
+    text = (Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text()
+    section = text[text.index(f"\n  {service}:\n") :]
+    line = next(x for x in section.splitlines() if x.strip().startswith("test: ["))
+    form, program, *args = json.loads(line.split("test:", 1)[1])
+    assert form == "CMD" and program == "python"
+    return [sys.executable, *args]
+
+
+def test_compose_monitor_healthcheck_reads_the_configured_prefix(tmp_path: Path) -> None:
+    """The monitor's compose healthcheck passes for a monitor under JOBCAST_PREFIX, and
+    fails where no monitor publishes."""
+    server = RedisServer(tmp_path / "redis").start()
+    env = {**os.environ, "REDIS_URL": server.url, "JOBCAST_PREFIX": "other:", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    proc = start_monitor(env, tmp_path / "monitor.log")
+    try:
+        check = compose_healthcheck("monitor")
+        wait_until(lambda: server.client().exists("other:ops:snapshot"), 15, "a snapshot")
+        assert subprocess.run(check, env=env, timeout=30).returncode == 0
+        elsewhere = {**env, "JOBCAST_PREFIX": "nobody-here:"}
+        assert subprocess.run(check, env=elsewhere, timeout=30).returncode == 1
+    finally:
+        proc.stop()
+        server.stop()
+
+
+def test_monitor_with_a_watchdog_exits_when_redis_stays_away(tmp_path: Path) -> None:
+    """With JOBCAST_MONITOR_WATCHDOG_SECONDS, a monitor that cannot reach Redis exits
+    (status 3) so its supervisor starts a fresh one; compose's restart policy does."""
+    server = RedisServer(tmp_path / "redis").start()
+    env = {**os.environ, "REDIS_URL": server.url, "JOBCAST_MONITOR_WATCHDOG_SECONDS": "3", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    proc = start_monitor(env, tmp_path / "monitor.log")
+    try:
+        server.stop()
+        stopped = time.monotonic()
+        wait_until(lambda: not proc.alive(), 30, "the monitor to exit")
+        assert proc.popen is not None and proc.popen.returncode == 3
+        assert time.monotonic() - stopped >= 2
+        assert "exiting to be restarted" in proc.output()
+    finally:
+        proc.stop()
+        server.stop()

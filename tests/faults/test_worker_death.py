@@ -1,0 +1,125 @@
+"""A worker that dies holding a job, and a visibility timeout shorter than a job.
+
+The monitor hands a dead worker's job out again within seconds (not after the visibility
+timeout); a second copy of a running job's message finds the job's lease held and does
+nothing. Each test runs its own Redis, workers, web and (where it matters) monitor.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+from support import (
+    Proc,
+    RedisServer,
+    celery_worker,
+    collect,
+    gunicorn_web,
+    jobcast_monitor,
+    logged,
+    post_job,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+MEDIUM = {"prompt": "a medium one", "width": 320, "height": 320, "steps": 20}
+LONG = {"prompt": "longer than the visibility timeout", "width": 640, "height": 640, "steps": 24}
+
+
+@dataclass
+class Stack:
+    tmp: Path
+    redis: RedisServer
+    env: dict[str, str]
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    def worker(self, name: str) -> Proc:
+        self.procs[name] = celery_worker(self.env, self.tmp / f"{name}.log", name)
+        return self.procs[name]
+
+    def web(self) -> str:
+        self.procs["web"], base = gunicorn_web(self.env, self.tmp / "web.log")
+        return base
+
+    def monitor(self) -> Proc:
+        self.procs["monitor"] = jobcast_monitor(self.env, self.tmp / "monitor.log")
+        return self.procs["monitor"]
+
+    def client(self) -> redis.Redis:
+        return self.redis.client()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    server = RedisServer(tmp_path / "redis").start()
+    env = dict(os.environ)
+    env.update(
+        REDIS_URL=server.url, JOBCAST_MEDIA_DIR=str(tmp_path / "media"), PYTHONUNBUFFERED="1"
+    )
+    env.pop("JOBCAST_VISIBILITY_TIMEOUT", None)  # the default hour, unless a test says
+    s = Stack(tmp_path, server, env)
+    yield s
+    for proc in reversed(s.procs.values()):
+        proc.stop()
+    server.stop()
+
+
+def started_on(client: redis.Redis, job_id: str) -> str | None:
+    """The worker the job's latest ``started`` event names, once it has one."""
+    raw = client.hget(f"jobcast:job:{{{job_id}}}", "last:started")
+    return raw.decode().split('"worker":"')[1].split('"')[0] if raw else None
+
+
+def progressed(client: redis.Redis, job_id: str) -> bool:
+    return client.hget(f"jobcast:job:{{{job_id}}}", "last:progress") is not None
+
+
+def test_dead_workers_job_runs_again_within_seconds(stack: Stack) -> None:
+    """A whole worker SIGKILLed mid-job (default one-hour visibility timeout): the monitor
+    hands the job to the other worker, which finishes it as attempt 2 within ~20 s; the
+    log holds each event once and the stream a client reads equals the log."""
+    base = stack.web()
+    stack.monitor()
+    stack.worker("first"), stack.worker("second")
+    client = stack.client()
+    job_id = post_job(base, **MEDIUM)["jobId"]
+    wait_until(lambda: progressed(client, job_id), 60, "the job to make progress")
+    victim = started_on(client, job_id)
+    assert victim is not None
+    stack.procs[victim.split("@")[0]].kill()  # the whole process group: no goodbye
+    killed = time.monotonic()
+    wait_until(lambda: client.hget(f"jobcast:job:{{{job_id}}}", "state") == b"succeeded", 60, "done")  # fmt: skip
+    took = time.monotonic() - killed
+    print(f"\nworker SIGKILLed mid-job: done {took:.1f} s later")
+    log = logged(client, job_id)
+    assert [phase for _, phase in log].count("started") == 2
+    assert [phase for _, phase in log].count("done") == 1
+    assert started_on(client, job_id) != victim
+    assert [(e.id, e.event) for e in collect(base, job_id) if e.id] == log
+    assert took <= 20
+
+
+def test_visibility_timeout_shorter_than_a_job_runs_it_once(stack: Stack) -> None:
+    """With a 2 s visibility timeout, kombu hands a longer job's message out again while it
+    runs; the copy finds the job's lease held and does nothing: one ``started``, one run."""
+    stack.env["JOBCAST_VISIBILITY_TIMEOUT"] = "2"
+    base = stack.web()
+    first, second = stack.worker("first"), stack.worker("second")
+    client = stack.client()
+    job_id = post_job(base, **LONG)["jobId"]
+    events = collect(base, job_id, timeout=120)
+    assert events[-1].event == "done"
+    received = f"Task jobcast.imagine[{job_id}] received"
+    copies = first.output().count(received) + second.output().count(received)
+    assert copies >= 2, "the visibility timeout never handed out a second copy"
+    log = [phase for _, phase in logged(client, job_id)]
+    assert log.count("started") == 1 and log.count("done") == 1
+    percents = [e.data["percent"] for e in events if e.event == "progress"]
+    assert percents == sorted(set(percents))  # one run: no step reported twice
