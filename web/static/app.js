@@ -215,8 +215,9 @@ class Card {
       this.timing("image");
     };
     img.onerror = () => this.state("failed", "The picture could not be loaded.");
-    img.src = this.withToken(url);
-    this.part(".open").href = img.src;
+    const src = this.withToken(url);
+    img.src = src;
+    this.part(".open").href = src;
   }
 
   failed({ error, retryable }) {
