@@ -246,10 +246,13 @@ _FEEDS: dict[tuple[str, str], PublicFeed] = {}
 
 
 def _label_key(ext: Jobcast) -> bytes:
+    """The deployment's label key: made by the first process to ask, then shared."""
     name = f"{ext.settings.prefix}ops:label-key"
-    ext.redis.set(name, secrets.token_hex(32), nx=True)
-    key: bytes = ext.redis.get(name) or b""
-    return key
+    mine = secrets.token_hex(32).encode()
+    if ext.redis.set(name, mine, nx=True):
+        return mine
+    theirs: bytes | None = ext.redis.get(name)
+    return theirs or mine  # deleted meanwhile (a flush): still a secret, if not shared
 
 
 def _ids(value: Any) -> Iterator[str]:

@@ -23,10 +23,21 @@ import httpx
 import pytest
 import redis
 from httpx_sse import connect_sse
-from support import Proc, collect, gunicorn_web, jobcast_monitor, post_job, wait_until
+from support import (
+    Proc,
+    RedisServer,
+    collect,
+    gunicorn_web,
+    jobcast_monitor,
+    post_job,
+    wait_until,
+)
 
 from tasks.app import create_celery
 from tasks.config import Settings
+from tasks.monitor import snapshot_frame
+from web import create_app
+from web.ops import public_frame
 
 TOKEN = "ops-" + secrets.token_urlsafe(12)
 ROTATED = "ops-" + secrets.token_urlsafe(12)
@@ -319,3 +330,28 @@ def test_streams_work_the_same_behind_a_trusted_proxy(
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
     job = post_job(servers["proxied"], **TINY)
     assert collect(servers["proxied"], job["jobId"])[-1].event == "done"
+
+
+def test_open_feed_rewrites_a_frame_once_for_all_viewers(
+    redis_server: RedisServer, rds: redis.Redis
+) -> None:
+    """The open feed parses and re-encodes each published frame once, however many viewers
+    it goes to: the same frame again is answered from the last one (the very same bytes),
+    with the id labelled everywhere, inside an error text too."""
+    app = create_app({"redis_url": redis_server.url})
+    ext = app.extensions["jobcast"]
+    job_id = secrets.token_urlsafe(16)
+    snap = {
+        "workers": [{"name": "w@h", "jobs": [{"id": job_id, "task": "t", "pct": 5}]}],
+        "failures": [{"id": job_id, "error": f"job {job_id} broke"}],
+    }
+    frame = snapshot_frame(json.dumps(snap))
+    first = public_frame(ext, frame)
+    assert public_frame(ext, bytes(frame)) is first
+    assert job_id.encode() not in first
+    shown = json.loads(first.split(b"data: ", 1)[1])
+    label = shown["workers"][0]["jobs"][0]["id"]
+    assert LABEL.fullmatch(label) and shown["failures"][0] == {
+        "id": label,
+        "error": f"job {label} broke",
+    }

@@ -282,6 +282,7 @@ function jobUrl(jobId, token, route) {
 
 /** A URL the server handed out for a job (`done`'s url has none), with the job's token set. */
 function withToken(href, token) {
+  if (!href) return href;
   const url = new URL(href, location.href);
   if (url.origin !== location.origin) return url.href;
   if (token) url.searchParams.set("token", token);
