@@ -40,15 +40,11 @@ def init_app(app: Flask, settings: Settings) -> Limiter | None:
         client_key,
         app=app,
         storage_uri=settings.redis_url,
-        storage_options={
-            "socket_connect_timeout": 2,
-            "socket_timeout": 2,
-            # Under the deployment's prefix, like every other key of ours.
-            "key_prefix": f"{settings.prefix}limits",
-        },
+        storage_options={"socket_connect_timeout": 2, "socket_timeout": 2},
         strategy="fixed-window",
         headers_enabled=True,
         swallow_errors=True,
+        key_prefix=f"{settings.prefix}limits",
     )
     # Everything else skips the limiter at once: streams are opened by the thousand and
     # its per-request work was a third of a stream's connect cost.

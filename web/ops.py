@@ -226,7 +226,10 @@ class PublicFeed:
         if not isinstance(snap, dict):
             return b""
         labels = {job_id: self.label(ext, job_id) for job_id in _ids(snap)}
-        redacted = _replace(snap, labels)
+        # In texts only what could be a job id (16+ characters), longest first: a short
+        # task id like "7" must not turn every 7 of an error message into a label.
+        in_text = sorted((i for i in labels if len(i) >= 16), key=len, reverse=True)
+        redacted = _replace(snap, labels, in_text)
         redacted["redacted"] = True  # the page says what it shows
         return snapshot_frame(json.dumps(redacted, separators=(",", ":")))
 
@@ -268,17 +271,17 @@ def _ids(value: Any) -> Iterator[str]:
             yield from _ids(item)
 
 
-def _replace(value: Any, labels: dict[str, str]) -> Any:
-    """``value`` with every id, standing alone or inside a text (an error), labelled."""
+def _replace(value: Any, labels: dict[str, str], in_text: list[str]) -> Any:
+    """``value`` with every id labelled, standing alone or (``in_text``) inside a text."""
     if isinstance(value, dict):
-        return {name: _replace(item, labels) for name, item in value.items()}
+        return {name: _replace(item, labels, in_text) for name, item in value.items()}
     if isinstance(value, list):
-        return [_replace(item, labels) for item in value]
+        return [_replace(item, labels, in_text) for item in value]
     if isinstance(value, str):
         if value in labels:
             return labels[value]
-        for job_id, label in labels.items():
-            value = value.replace(job_id, label)
+        for job_id in in_text:
+            value = value.replace(job_id, labels[job_id])
     return value
 
 

@@ -74,6 +74,15 @@ def servers(
             proc.stop()
 
 
+@pytest.fixture(autouse=True)
+def fresh_limits(rds: redis.Redis) -> None:
+    """Start each test with empty rate-limit windows (Flask-Limiter keeps them a minute,
+    under its own ``LIMITS:`` prefix, and these servers share one Redis)."""
+    keys = list(rds.scan_iter("LIMITS:LIMITER/jobcast:limits/*", count=1000))
+    if keys:
+        rds.delete(*keys)
+
+
 def sign_in(base: str, token: str = TOKEN, **headers: str) -> httpx.Response:
     return httpx.post(
         base + "/ops/login", data={"token": token, "next": "/ops"}, headers=headers, timeout=10
