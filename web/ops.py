@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import posixpath
+import re
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -43,6 +44,7 @@ COOKIE = "jobcast_ops"
 COOKIE_MAX_AGE = 7 * 24 * 3600
 LABEL_HEX = 8  # 32 bits: tells jobs apart on one screen, opens none of them
 ID_FIELDS = ("id", "jobId")  # where the monitor's snapshot puts job (task) ids
+MAX_LABELS = 4096  # labels remembered per deployment (a snapshot holds a few dozen ids)
 
 
 # -- sign-in sessions ------------------------------------------------------------------
@@ -203,6 +205,7 @@ class PublicFeed:
     def __init__(self) -> None:
         self.key: bytes | None = None
         self.last: tuple[bytes, bytes] | None = None  # (frame in, frame out)
+        self.labels: dict[str, str] = {}  # the same jobs recur snapshot after snapshot
 
     def frame(self, ext: Jobcast, frame: bytes) -> bytes:
         last = self.last
@@ -213,9 +216,15 @@ class PublicFeed:
         return out
 
     def label(self, ext: Jobcast, job_id: str) -> str:
+        if job_id in self.labels:
+            return self.labels[job_id]
         if self.key is None:
             self.key = _label_key(ext)
-        return hmac.new(self.key, job_id.encode(), hashlib.sha256).hexdigest()[:LABEL_HEX]
+        if len(self.labels) >= MAX_LABELS:
+            self.labels.clear()
+        label = hmac.new(self.key, job_id.encode(), hashlib.sha256).hexdigest()[:LABEL_HEX]
+        self.labels[job_id] = label
+        return label
 
     def _redact(self, ext: Jobcast, frame: bytes) -> bytes:
         data = b"".join(line[6:] for line in frame.split(b"\n") if line.startswith(b"data: "))
@@ -229,7 +238,8 @@ class PublicFeed:
         # In texts only what could be a job id (16+ characters), longest first: a short
         # task id like "7" must not turn every 7 of an error message into a label.
         in_text = sorted((i for i in labels if len(i) >= 16), key=len, reverse=True)
-        redacted = _replace(snap, labels, in_text)
+        pattern = re.compile("|".join(map(re.escape, in_text))) if in_text else None
+        redacted = _replace(snap, labels, pattern)
         redacted["redacted"] = True  # the page says what it shows
         return snapshot_frame(json.dumps(redacted, separators=(",", ":")))
 
@@ -271,7 +281,7 @@ def _ids(value: Any) -> Iterator[str]:
             yield from _ids(item)
 
 
-def _replace(value: Any, labels: dict[str, str], in_text: list[str]) -> Any:
+def _replace(value: Any, labels: dict[str, str], in_text: re.Pattern[str] | None) -> Any:
     """``value`` with every id labelled, standing alone or (``in_text``) inside a text."""
     if isinstance(value, dict):
         return {name: _replace(item, labels, in_text) for name, item in value.items()}
@@ -280,8 +290,8 @@ def _replace(value: Any, labels: dict[str, str], in_text: list[str]) -> Any:
     if isinstance(value, str):
         if value in labels:
             return labels[value]
-        for job_id in in_text:
-            value = value.replace(job_id, labels[job_id])
+        if in_text is not None:
+            return in_text.sub(lambda match: labels[match.group()], value)
     return value
 
 
