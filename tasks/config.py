@@ -46,6 +46,10 @@ class Settings:
     # Flask-Limiter syntax, per client address; empty turns the limit off.
     post_rate_limit: str = "60/minute;10/second"
     ops_token: str = ""
+    # Sign-in attempts at /ops/login, per client address (Flask-Limiter syntax; empty: off).
+    ops_login_rate_limit: str = "10/minute"
+    # Reverse proxies in front of the web that set X-Forwarded-For/-Proto; 0 trusts none.
+    trusted_proxies: int = 0
     # The monitor publishes the ops snapshot this often (seconds).
     ops_interval: float = 1.0
     # A worker is offline after this long without a heartbeat; 0 means 2.5 heartbeat

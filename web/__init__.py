@@ -26,6 +26,7 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
 
     from web import api, errors, extension, limits, metrics, openapi, ops, pages
     from web.fastroute import StreamRoute
+    from web.proxies import client_view
 
     ext = extension.init_app(app, settings)
     errors.init_app(app)
@@ -36,4 +37,6 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     metrics.init_app(app)
     limits.init_app(app, settings)
     app.wsgi_app = StreamRoute(app.wsgi_app, ext)  # type: ignore[method-assign]
+    # Outermost, so every route (the fast stream route too) sees the same client.
+    app.wsgi_app = client_view(app.wsgi_app, settings.trusted_proxies)  # type: ignore[method-assign,assignment]
     return app

@@ -43,14 +43,14 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     if line.position == -1:
         raise _queue_full(line)
     token = job_token(ext.settings.signing_key, job_id)
-    query = f"?token={token}" if token else ""
     body: dict[str, Any] = {
         "jobId": job_id,
         "position": line.position,
         "queueLength": line.queue_length,
         "etaSeconds": eta_seconds(line.position, line.avg_ms, line.busy),
-        "stream": f"/imagine/{job_id}/stream{query}",
-        "status": f"/imagine/{job_id}{query}",
+        "stream": job_url(job_id, "/stream", token),
+        "status": job_url(job_id, "", token),
+        "image": job_url(job_id, "/image", token),
     }
     if token:
         body["token"] = token
@@ -113,9 +113,14 @@ def stream_has_more(ext: Jobcast, job_id: str, last: EventId | None) -> bool:
 @bp.get("/imagine/<job_id>")
 def status(job_id: str) -> Response:
     _check_id(job_id)
-    snap = snapshot(jobcast(), job_id)
+    ext = jobcast()
+    snap = snapshot(ext, job_id)
     if snap is None:
         raise _not_found()
+    token = job_token(ext.settings.signing_key, job_id)
+    if token and snap.get("url"):
+        # The worker's done url has no token (workers hold none); hand out one that works.
+        snap["url"] = with_token(snap["url"], token)
     return jsonify(snap)
 
 
@@ -246,6 +251,21 @@ def _check_id(job_id: str) -> None:
     given = request.args.get("token", "")
     if not hmac.compare_digest(given.encode(), job_token(key, job_id).encode()):
         raise ApiError(403, "bad_token", "This job needs the token that came with it.")
+
+
+def job_url(job_id: str, route: str, token: str) -> str:
+    """A job route's URL, carrying the job's token when signing is on."""
+    return with_token(f"/imagine/{job_id}{route}", token)
+
+
+def with_token(url: str, token: str) -> str:
+    """``url`` with ``token=`` set in its query (unchanged when there is no token)."""
+    if not token:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "token"]
+    query.append(("token", token))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 def job_token(key: str, job_id: str) -> str:

@@ -1,8 +1,10 @@
-"""Per-client rate limit on ``POST /imagine`` (Flask-Limiter, counters in Redis).
+"""Per-client rate limits (Flask-Limiter, counters in Redis): ``POST /imagine`` and the
+ops sign-in form.
 
-Every web process shares the counters, so the limit holds across a cluster. Clients are
-told off with the usual JSON 429 and ``Retry-After``. If Redis cannot be reached the
-limiter steps aside; the enqueue itself then answers 503.
+Every web process shares the counters, so the limits hold across a cluster. Clients are
+told off with the usual JSON 429 and ``Retry-After`` (the sign-in form shows a message
+instead). If Redis cannot be reached the limiter steps aside; the enqueue itself then
+answers 503.
 """
 
 from __future__ import annotations
@@ -14,16 +16,25 @@ from flask_limiter import Limiter
 
 from tasks.config import Settings
 
-LIMITED_ENDPOINTS = ("api.create_job",)
-
 
 def client_key() -> str:
-    """The client's address (run behind a proxy? wrap the app in werkzeug's ProxyFix)."""
+    """The client's address: the peer's, or the one the trusted proxies forwarded
+    (``JOBCAST_TRUSTED_PROXIES``; ProxyFix has set ``remote_addr`` from it by now)."""
     return request.remote_addr or "unknown"
 
 
+def limited_endpoints(settings: Settings) -> dict[str, tuple[str, list[str] | None]]:
+    """Endpoint -> (limit, the methods it counts); endpoints with no limit left out."""
+    limits = {
+        "api.create_job": (settings.post_rate_limit, None),
+        "ops.login": (settings.ops_login_rate_limit, ["POST"]),  # the form itself is free
+    }
+    return {endpoint: limit for endpoint, limit in limits.items() if limit[0]}
+
+
 def init_app(app: Flask, settings: Settings) -> Limiter | None:
-    if not settings.post_rate_limit:
+    endpoints = limited_endpoints(settings)
+    if not endpoints:
         return None
     limiter = Limiter(
         client_key,
@@ -37,9 +48,9 @@ def init_app(app: Flask, settings: Settings) -> Limiter | None:
     )
     # Everything else skips the limiter at once: streams are opened by the thousand and
     # its per-request work was a third of a stream's connect cost.
-    limiter.request_filter(lambda: request.endpoint not in LIMITED_ENDPOINTS)
-    for endpoint in LIMITED_ENDPOINTS:
+    limiter.request_filter(lambda: request.endpoint not in endpoints)
+    for endpoint, (limit, methods) in endpoints.items():
         view = app.view_functions[endpoint]
-        limited: Any = limiter.limit(settings.post_rate_limit)(view)
+        limited: Any = limiter.limit(limit, methods=methods)(view)
         app.view_functions[endpoint] = limited
     return limiter

@@ -257,6 +257,16 @@ def _ops_paths() -> Doc:
                     ),
                     "401": _html("Wrong token: the form again."),
                     "413": _ref("responses", "TooLarge"),
+                    "429": {
+                        "description": "Too many attempts from this client "
+                        "(`JOBCAST_OPS_LOGIN_RATE_LIMIT`): the form with a message for "
+                        "browsers (`Accept: text/html`), else `too_many_requests`.",
+                        "headers": {"Retry-After": _ref("headers", "Retry-After")},
+                        "content": {
+                            JSON: {"schema": _ref("schemas", "Error")},
+                            HTML: {"schema": {"type": "string"}},
+                        },
+                    },
                 },
             },
         },
@@ -455,7 +465,7 @@ def _job_request() -> Doc:
 def _job_accepted() -> Doc:
     return {
         "type": "object",
-        "required": ["jobId", "position", "queueLength", "etaSeconds", "stream", "status"],
+        "required": ["jobId", "position", "queueLength", "etaSeconds", "stream", "status", "image"],
         "additionalProperties": False,
         "properties": {
             "jobId": {"type": "string", "pattern": "^[A-Za-z0-9_-]{16,64}$"},
@@ -464,6 +474,10 @@ def _job_accepted() -> Doc:
             "etaSeconds": NULLABLE_INT,
             "stream": {"type": "string", "description": "The job's SSE stream (with its token)."},
             "status": {"type": "string", "description": "The job's status URL (= Location)."},
+            "image": {
+                "type": "string",
+                "description": "The picture's URL once done (with its token).",
+            },
             "token": {"type": "string", "description": "Only when the server signs jobs."},
         },
     }

@@ -5,23 +5,35 @@ stream:  watch the ops channel (one hub subscription per process for every viewe
          forwarded byte for byte ─ keep-alive comments ─ unwatch in ``finally``
 
 With ``JOBCAST_OPS_TOKEN`` set, the dashboard, its stream and ``/metrics`` need the token:
-``Authorization: Bearer <token>`` (Prometheus, curl) or the HttpOnly cookie the login
-form sets (browsers). Without it they are open.
+``Authorization: Bearer <token>`` (Prometheus, curl) or the session cookie the login
+form sets (browsers). Without it they are open, and the feed carries no job id: a job id
+is the capability to watch, cancel and download that job, so each one is replaced by a
+short label (:class:`PublicFeed`).
+
+The cookie is ``<session id>.<HMAC(token, session id)>``; the session lives in Redis
+(``<prefix>ops:session:<sha256(id)>``, as long as the cookie). Logout deletes it, so a
+copy of the cookie stops working; a new token invalidates every cookie's HMAC.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import posixpath
+import re
+import secrets
 from collections.abc import Iterator
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from flask import Blueprint, Response, redirect, render_template, request, url_for
+from flask_limiter.errors import RateLimitExceeded
 from werkzeug.wrappers import Response as BaseResponse
 
 from tasks.monitor import snapshot_frame
 from web.api import admit_stream
-from web.errors import ApiError
+from web.errors import ApiError, error_response
 from web.extension import Jobcast, jobcast
 from web.hub import RESYNC, Watcher
 from web.sse import KEEP_ALIVE, Event
@@ -30,11 +42,41 @@ bp = Blueprint("ops", __name__)
 
 COOKIE = "jobcast_ops"
 COOKIE_MAX_AGE = 7 * 24 * 3600
+LABEL_HEX = 8  # 32 bits: tells jobs apart on one screen, opens none of them
+ID_FIELDS = ("id", "jobId")  # where the monitor's snapshot puts job (task) ids
+MAX_LABELS = 4096  # labels remembered per deployment (a snapshot holds a few dozen ids)
 
 
-def cookie_value(token: str) -> str:
-    """What the cookie holds: derived from the token, so the cookie never is the token."""
-    return hmac.new(token.encode(), b"jobcast ops cookie", hashlib.sha256).hexdigest()
+# -- sign-in sessions ------------------------------------------------------------------
+
+
+def session_key(ext: Jobcast, session_id: str) -> str:
+    """Redis key of a session; the id itself is never stored."""
+    digest = hashlib.sha256(session_id.encode()).hexdigest()
+    return f"{ext.settings.prefix}ops:session:{digest}"
+
+
+def session_mac(token: str, session_id: str) -> str:
+    """Binds a session to the token: a new token makes every old cookie worthless."""
+    message = b"jobcast ops session " + session_id.encode()
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
+
+
+def new_session(ext: Jobcast, token: str) -> str:
+    """Start a session in Redis; return the cookie value for it."""
+    session_id = secrets.token_urlsafe(32)
+    ext.redis.set(session_key(ext, session_id), b"1", ex=COOKIE_MAX_AGE)
+    return f"{session_id}.{session_mac(token, session_id)}"
+
+
+def valid_cookie(ext: Jobcast, token: str, cookie: str) -> bool:
+    """True for the cookie of a live session signed with this token."""
+    session_id, _, mac = cookie.partition(".")
+    if not session_id or not hmac.compare_digest(
+        mac.encode(), session_mac(token, session_id).encode()
+    ):
+        return False
+    return bool(ext.redis.exists(session_key(ext, session_id)))
 
 
 def authorized(token: str) -> bool:
@@ -45,7 +87,7 @@ def authorized(token: str) -> bool:
     if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
         return True
     cookie = request.cookies.get(COOKIE, "")
-    return hmac.compare_digest(cookie.encode(), cookie_value(token).encode())
+    return bool(cookie) and valid_cookie(jobcast(), token, cookie)
 
 
 def require_token() -> None:
@@ -66,27 +108,47 @@ def page() -> str | BaseResponse:
 
 @bp.route("/ops/login", methods=["GET", "POST"])
 def login() -> BaseResponse | tuple[str, int]:
-    token = jobcast().settings.ops_token
-    target = _safe_next(request.values.get("next", ""))
+    ext = jobcast()
+    token = ext.settings.ops_token
+    target = safe_next(request.values.get("next", ""))
     if not token:
         return redirect(target, 303)
     if request.method == "GET":
-        return render_template("ops.html", login=True, next=target, failed=False), 200
+        return _login_form(target), 200
     given = request.form.get("token", "")
     if not hmac.compare_digest(given.encode(), token.encode()):
-        return render_template("ops.html", login=True, next=target, failed=True), 401
+        return _login_form(target, "That is not the token."), 401
     response = redirect(target, 303)
+    # Secure whenever the client came over TLS; behind a TLS proxy, request.is_secure
+    # reflects X-Forwarded-Proto only with JOBCAST_TRUSTED_PROXIES set (ProxyFix).
     response.set_cookie(
-        COOKIE, cookie_value(token), max_age=COOKIE_MAX_AGE, httponly=True,
+        COOKIE, new_session(ext, token), max_age=COOKIE_MAX_AGE, httponly=True,
         samesite="Strict", secure=request.is_secure,
     )  # fmt: skip
     return response
 
 
+@bp.errorhandler(RateLimitExceeded)
+def too_many_logins(exc: RateLimitExceeded) -> tuple[str, int] | Response:
+    """A browser's form gets the form with a message; everyone else the JSON 429."""
+    message = "Too many sign-in attempts from this address; wait a minute and try again."
+    if not any(value == "text/html" for value, _ in request.accept_mimetypes):
+        return error_response(429, "too_many_requests", message)
+    return _login_form(safe_next(request.values.get("next", "")), message), 429
+
+
+def _login_form(target: str, error: str = "") -> str:
+    return render_template("ops.html", login=True, next=target, error=error)
+
+
 @bp.post("/ops/logout")
 def logout() -> BaseResponse:
+    ext = jobcast()
+    session_id = request.cookies.get(COOKIE, "").partition(".")[0]
+    if session_id:
+        ext.redis.delete(session_key(ext, session_id))
     response = redirect(url_for("ops.login"), 303)
-    response.delete_cookie(COOKIE)
+    response.delete_cookie(COOKIE, httponly=True, samesite="Strict", secure=request.is_secure)
     return response
 
 
@@ -132,7 +194,7 @@ class _Snapshots:
                     yield _latest(ext)  # messages were lost (reconnect, slow reader)
                 else:
                     # Snapshots replace each other: only the newest of a batch matters.
-                    yield batch[-1].frame
+                    yield public_frame(ext, batch[-1].frame)
         finally:
             self.close()
 
@@ -144,12 +206,132 @@ class _Snapshots:
 
 def _latest(ext: Jobcast) -> bytes:
     raw = ext.redis.get(ext.keys.ops_snapshot)
-    return snapshot_frame(raw) if raw else b""
+    return public_frame(ext, snapshot_frame(raw)) if raw else b""
 
 
-def _safe_next(target: str) -> str:
-    """Only a path on this site (no scheme, no host, no ``/\\``): never an open redirect."""
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or "\\" in target:
+# -- the open feed: labels instead of job ids ------------------------------------------
+
+
+class PublicFeed:
+    """Rewrites snapshot frames for the open feed, once per frame (not per viewer).
+
+    A label is the first 8 hex digits of HMAC-SHA256(key, id), the key a random secret
+    kept in Redis (``<prefix>ops:label-key``, made once per deployment), so every web
+    process gives a job the same label and nobody without the key can tell which job
+    a label names, even for a guessable task id.
+    """
+
+    def __init__(self) -> None:
+        self.key: bytes | None = None
+        self.last: tuple[bytes, bytes] | None = None  # (frame in, frame out)
+        self.labels: dict[str, str] = {}  # the same jobs recur snapshot after snapshot
+
+    def frame(self, ext: Jobcast, frame: bytes) -> bytes:
+        last = self.last
+        if last is not None and (last[0] is frame or last[0] == frame):
+            return last[1]
+        out = self._redact(ext, frame)
+        self.last = (frame, out)
+        return out
+
+    def label(self, ext: Jobcast, job_id: str) -> str:
+        if job_id in self.labels:
+            return self.labels[job_id]
+        if self.key is None:
+            self.key = _label_key(ext)
+        if len(self.labels) >= MAX_LABELS:
+            self.labels.clear()
+        label = hmac.new(self.key, job_id.encode(), hashlib.sha256).hexdigest()[:LABEL_HEX]
+        self.labels[job_id] = label
+        return label
+
+    def _redact(self, ext: Jobcast, frame: bytes) -> bytes:
+        data = b"".join(line[6:] for line in frame.split(b"\n") if line.startswith(b"data: "))
+        try:
+            snap = json.loads(data)
+        except ValueError:
+            return b""  # not a snapshot we can read: send nothing rather than ids
+        if not isinstance(snap, dict):
+            return b""
+        labels = {job_id: self.label(ext, job_id) for job_id in _ids(snap)}
+        # In texts only what could be a job id (16+ characters), longest first: a short
+        # task id like "7" must not turn every 7 of an error message into a label.
+        in_text = sorted((i for i in labels if len(i) >= 16), key=len, reverse=True)
+        pattern = re.compile("|".join(map(re.escape, in_text))) if in_text else None
+        redacted = _replace(snap, labels, pattern)
+        redacted["redacted"] = True  # the page says what it shows
+        return snapshot_frame(json.dumps(redacted, separators=(",", ":")))
+
+
+def public_frame(ext: Jobcast, frame: bytes) -> bytes:
+    """The frame as this viewer may see it: untouched with an ops token, else labelled."""
+    settings = ext.settings
+    if settings.ops_token:
+        return frame
+    # Per deployment (its Redis and prefix), as the label key is; streams run outside
+    # the app context, so this cannot live on the app.
+    feed = _FEEDS.setdefault((settings.redis_url, settings.prefix), PublicFeed())
+    return feed.frame(ext, frame)
+
+
+_FEEDS: dict[tuple[str, str], PublicFeed] = {}
+
+
+def _label_key(ext: Jobcast) -> bytes:
+    """The deployment's label key: made by the first process to ask, then shared."""
+    name = f"{ext.settings.prefix}ops:label-key"
+    mine = secrets.token_hex(32).encode()
+    if ext.redis.set(name, mine, nx=True):
+        return mine
+    theirs: bytes | None = ext.redis.get(name)
+    return theirs or mine  # deleted meanwhile (a flush): still a secret, if not shared
+
+
+def _ids(value: Any) -> Iterator[str]:
+    """Every job id in a snapshot: the value of each ``id``/``jobId`` field."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if name in ID_FIELDS and isinstance(item, str) and item:
+                yield item
+            else:
+                yield from _ids(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _ids(item)
+
+
+def _replace(value: Any, labels: dict[str, str], in_text: re.Pattern[str] | None) -> Any:
+    """``value`` with every id labelled, standing alone or (``in_text``) inside a text."""
+    if isinstance(value, dict):
+        return {name: _replace(item, labels, in_text) for name, item in value.items()}
+    if isinstance(value, list):
+        return [_replace(item, labels, in_text) for item in value]
+    if isinstance(value, str):
+        if value in labels:
+            return labels[value]
+        if in_text is not None:
+            return in_text.sub(lambda match: labels[match.group()], value)
+    return value
+
+
+# -- where the login may lead ----------------------------------------------------------
+
+
+def safe_next(target: str) -> str:
+    """``target`` if it is a path on this site, else ``/ops``: never an open redirect.
+
+    Browsers read ``//host``, ``/\\host`` and ``/<tab>/host`` as another site, and
+    ``////host`` becomes ``//host`` on the way; so only printable ASCII without a
+    backslash, one leading slash, and the same after normalising and unquoting.
+    """
+    if not target or any(not "!" <= c <= "~" or c == "\\" for c in target):
         return "/ops"
-    return target
+    parts = urlsplit(target)
+    path = posixpath.normpath(parts.path) if parts.path else ""
+    if parts.scheme or parts.netloc or not _one_slash(path) or not _one_slash(unquote(path)):
+        return "/ops"
+    return path + (f"?{parts.query}" if parts.query else "")
+
+
+def _one_slash(path: str) -> bool:
+    return path.startswith("/") and not path.startswith("//") and "\\" not in path

@@ -8,6 +8,9 @@
 //
 // Every durable event (one with an id) is applied at most once, in id order, and noted in
 // window.__jobcast.log[jobId] as [id, phase] so tests can compare it with the server's log.
+//
+// With JOBCAST_SIGNING_KEY on the server, a job comes with a token: every request for the
+// job carries it (stream, status, cancel, image), and so does the card's shared link.
 
 import { paint } from "./blurhash.js";
 
@@ -45,7 +48,8 @@ function duration(seconds) {
 class Card {
   constructor(job) {
     this.id = job.jobId;
-    this.stream = job.stream || `/imagine/${job.jobId}/stream`;
+    this.token = job.token || "";
+    this.stream = job.stream || this.url("/stream");
     this.lastId = "";
     this.finished = false;
     this.retries = 0;
@@ -64,7 +68,7 @@ class Card {
     this.part(".title").textContent = title;
     this.part(".bar").setAttribute("aria-label", `Progress of “${title}”`);
     this.part(".cancel").setAttribute("aria-label", `Cancel “${title}”`);
-    this.part(".share").href = `/?job=${encodeURIComponent(jobId)}`;
+    this.part(".share").href = `/?${linkQuery([this])}`;
     this.part(".share").addEventListener("click", (e) => this.copyLink(e));
     this.part(".cancel").addEventListener("click", () => this.cancel());
     if (width && height) this.size(width, height);
@@ -93,8 +97,17 @@ class Card {
     this.open();
   }
 
+  url(route) {
+    return jobUrl(this.id, this.token, route);
+  }
+
+  withToken(href) {
+    return withToken(href, this.token);
+  }
+
   open() {
-    const url = this.lastId ? `${this.stream}?lastEventId=${this.lastId}` : this.stream;
+    const url = new URL(this.stream, location.href);
+    if (this.lastId) url.searchParams.set("lastEventId", this.lastId);
     const source = (this.source = new EventSource(url));
     for (const phase of PHASES) source.addEventListener(phase, (e) => this.receive(e));
     source.onopen = () => this.connection("");
@@ -134,7 +147,7 @@ class Card {
     await new Promise((resolve) => setTimeout(resolve, delay));
     let response;
     try {
-      response = await fetch(`/imagine/${this.id}`, { headers: { Accept: "application/json" } });
+      response = await fetch(this.url(""), { headers: { Accept: "application/json" } });
     } catch {
       return this.recover(); // the server is still away
     }
@@ -202,8 +215,9 @@ class Card {
       this.timing("image");
     };
     img.onerror = () => this.state("failed", "The picture could not be loaded.");
-    img.src = url;
-    this.part(".open").href = url;
+    const src = this.withToken(url);
+    img.src = src;
+    this.part(".open").href = src;
   }
 
   failed({ error, retryable }) {
@@ -236,7 +250,7 @@ class Card {
     const button = this.part(".cancel");
     button.disabled = true;
     button.textContent = "Cancelling…";
-    const response = await fetch(`/imagine/${this.id}`, { method: "DELETE" }).catch(() => null);
+    const response = await fetch(this.url(""), { method: "DELETE" }).catch(() => null);
     if (response && response.status !== 409 && response.ok) return;
     button.disabled = false;
     button.textContent = "Cancel";
@@ -259,6 +273,20 @@ class Card {
     const t = (debug.timings[this.id] ??= {});
     t[name] ??= performance.now();
   }
+}
+
+/** A URL of a job's routes (`route`: "", "/stream", "/image"), with its token if any. */
+function jobUrl(jobId, token, route) {
+  return withToken(`/imagine/${encodeURIComponent(jobId)}${route}`, token);
+}
+
+/** A URL the server handed out for a job (`done`'s url has none), with the job's token set. */
+function withToken(href, token) {
+  if (!href) return href;
+  const url = new URL(href, location.href);
+  if (url.origin !== location.origin) return url.href;
+  if (token) url.searchParams.set("token", token);
+  return url.pathname + url.search;
 }
 
 function phaseOf(state) {
@@ -324,26 +352,46 @@ async function submit(event) {
   }
 }
 
-// ---- shareable links: /?job=<id>[&job=<id>…] ---------------------------------------
+// ---- shareable links: /?job=<id>[&token=<t>][&job=<id>[&token=<t>]…] ----------------
+// A token belongs to the job just before it.
+
+function linkQuery(cards) {
+  const query = new URLSearchParams();
+  for (const { id, token } of cards) {
+    query.append("job", id);
+    if (token) query.append("token", token);
+  }
+  return query.toString();
+}
 
 /** Keep the address bar pointing at the jobs on the page, so it can be shared or reloaded. */
 function remember() {
-  const ids = [...list.children].map((el) => el.dataset.job).slice(0, MAX_IN_URL).reverse();
-  const query = ids.map((id) => `job=${encodeURIComponent(id)}`).join("&");
+  const cards = [...list.children].map((el) => debug.cards[el.dataset.job]);
+  const query = linkQuery(cards.slice(0, MAX_IN_URL).reverse());
   history.replaceState(null, "", query ? `/?${query}` : "/");
 }
 
-async function watch(jobId) {
-  const response = await fetch(`/imagine/${encodeURIComponent(jobId)}`).catch(() => null);
+async function watch(jobId, token) {
+  const response = await fetch(jobUrl(jobId, token, "")).catch(() => null);
   const snap = response?.ok ? await response.json() : null;
-  const card = new Card({ jobId, ...(snap ?? {}) });
+  const card = new Card({ ...(snap ?? {}), jobId, token });
   if (!snap) return card.gone();
   card.start();
 }
 
+/** The jobs of the address bar, each with its token ("" without one). */
+function linked() {
+  const jobs = new Map();
+  let last = null;
+  for (const [name, value] of new URLSearchParams(location.search)) {
+    if (name === "job") jobs.set((last = value), jobs.get(value) ?? "");
+    else if (name === "token" && last !== null) jobs.set(last, value);
+  }
+  return jobs;
+}
+
 async function restore() {
-  const ids = new URLSearchParams(location.search).getAll("job");
-  for (const id of [...new Set(ids)]) await watch(id);
+  for (const [id, token] of linked()) await watch(id, token);
 }
 
 form.addEventListener("submit", submit);

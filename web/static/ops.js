@@ -1,6 +1,8 @@
 // The operator dashboard: one EventSource on /ops/stream, each snapshot redraws the page.
 // Everything is drawn here from the stream's data (sparklines as SVG paths); text goes in
 // through textContent only, so error messages from tasks cannot inject markup.
+// An open feed (no JOBCAST_OPS_TOKEN) says `redacted: true` and carries a short label in
+// place of each job id: an id would let anyone watch, cancel and download the job.
 
 const $ = (id) => document.getElementById(id);
 const SILENT_MS = 5000; // no snapshot for this long: the monitor is not publishing
@@ -48,7 +50,8 @@ function render(snap) {
   $("spark-queue-now").textContent = last(snap.hist.q);
   $("spark-done-now").textContent = `${last(snap.hist.done)}/s`;
   renderWorkers(snap);
-  renderFailures(snap.failures);
+  renderFailures(snap.failures, snap.redacted);
+  $("ids-note").hidden = !snap.redacted;
 }
 
 function renderStats(snap) {
@@ -85,19 +88,19 @@ function sparkline(svg, values) {
 
 function renderWorkers(snap) {
   const body = $("workers").tBodies[0];
-  const rows = snap.workers.map((w) => workerRow(w, snap.at));
+  const rows = snap.workers.map((w) => workerRow(w, snap.at, snap.redacted));
   body.replaceChildren(...rows);
   $("workers-empty").hidden = rows.length > 0;
 }
 
-function workerRow(w, at) {
+function workerRow(w, at, redacted) {
   const tr = el("tr", { className: w.up ? "up" : "down" });
   tr.dataset.worker = w.name;
   const badge = el("span", { className: `badge ${w.up ? "online" : "offline"}`, textContent: w.up ? "online" : "offline" });
   tr.append(
     cell(badge, "status"),
     cell(el("span", { className: "host", textContent: w.name, title: w.name })),
-    cell(jobs(w), "job-col"),
+    cell(jobs(w, redacted), "job-col"),
     cell(w.processed, "num", "Processed"),
     cell(w.failed, `num${w.failed ? " bad" : ""}`, "Failed"),
     cell(w.load.length ? w.load.map((x) => x.toFixed(2)).join(" ") : "–", "num wide", "Load"),
@@ -106,13 +109,13 @@ function workerRow(w, at) {
   return tr;
 }
 
-function jobs(w) {
+function jobs(w, redacted) {
   if (!w.up) return el("span", { className: "muted", textContent: "—" });
   if (!w.jobs.length) return el("span", { className: "muted", textContent: "idle" });
   const box = el("div", { className: "jobs" });
   for (const job of w.jobs) {
     const pct = job.pct ?? 0;
-    const row = el("div", { className: "job", title: `${job.task} ${job.id}` });
+    const row = el("div", { className: "job", title: `${job.task} ${idText(job.id, redacted)}` });
     const bar = el("div", { className: "bar" });
     bar.setAttribute("role", "progressbar");
     bar.setAttribute("aria-valuenow", pct);
@@ -131,14 +134,14 @@ function jobs(w) {
   return box;
 }
 
-function renderFailures(failures) {
+function renderFailures(failures, redacted) {
   const items = failures.map((f) => {
     const li = el("li");
     const head = el("div", { className: "head" });
     head.append(
       el("time", { textContent: new Date(f.at).toLocaleTimeString(), dateTime: new Date(f.at).toISOString() }),
       el("strong", { textContent: f.task }),
-      el("code", { textContent: f.id, className: "id" }),
+      el("code", { textContent: f.id, className: "id", title: idText(f.id, redacted) }),
       el("span", { className: "muted", textContent: f.worker ? `on ${f.worker}` : "" }),
     );
     li.append(head, el("pre", { className: "error", textContent: f.error }));
@@ -146,6 +149,10 @@ function renderFailures(failures) {
   });
   $("failures").replaceChildren(...items);
   $("failures-empty").hidden = items.length > 0;
+}
+
+function idText(id, redacted) {
+  return redacted ? `label ${id} (job ids need the ops token)` : id;
 }
 
 function el(tag, props = {}) {
