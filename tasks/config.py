@@ -139,6 +139,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "ops_interval": (0.1, 60),
     "sweep_seconds": (1, 24 * 3600),
     "ghost_grace_seconds": (1, 24 * 3600),
+    "trusted_proxies": (0, 10),
+    "job_lease_seconds": (1, 3600),
+    "monitor_watchdog_seconds": (0, 24 * 3600),  # 0: no watchdog
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tasks.app import create_celery
@@ -63,3 +65,14 @@ def test_the_celery_factory_refuses_bad_settings() -> None:
     """Settings handed to the factory directly are checked too (web and monitor use it)."""
     with pytest.raises(SettingsError, match="JOBCAST_RETENTION_SECONDS"):
         create_celery(Settings(retention_seconds=0))
+
+
+def test_every_numeric_setting_is_bounded() -> None:
+    """A numeric field added to Settings without bounds would pass any value: refuse that."""
+    checked_elsewhere = {"default_side", "default_steps", "worker_timeout"}  # see validate()
+    numeric = {
+        f.name
+        for f in dataclasses.fields(Settings)
+        if isinstance(f.default, int | float) and not isinstance(f.default, bool)
+    }
+    assert numeric - checked_elsewhere - set(BOUNDS) == set()
