@@ -126,7 +126,12 @@ class Card {
     const data = event.data ? JSON.parse(event.data) : {};
     const id = event.lastEventId;
     const own = id !== "" && id !== this.lastId;
-    if (event.type === "reset") return this.reset(data);
+    if (event.type === "reset") {
+      // What follows is the log the server still has, possibly older than our last id
+      // (an id it never sent, e.g. after a Redis crash lost its last second): take it all.
+      this.lastId = "";
+      return this.reset(data);
+    }
     if (!own && event.type === "queued") return this.queued(data); // derived: no id of its own
     if (!own || !later(id, this.lastId)) return void debug.skipped++;
     this.lastId = id;
