@@ -135,7 +135,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "send_timeout_seconds": (1, 3600),
     "max_attempts": (1, 100),
     "publish_retry_seconds": (0, 3600),
-    "visibility_timeout": (5, 30 * 24 * 3600),
+    "visibility_timeout": (1, 30 * 24 * 3600),
     "ops_interval": (0.1, 60),
     "sweep_seconds": (1, 24 * 3600),
     "ghost_grace_seconds": (1, 24 * 3600),

@@ -96,7 +96,9 @@ def start_stream(
         if opening.nothing_after(last):
             ext.hub.unwatch(watcher)
             return None
-        return Stream(ext, job_id, last, watcher, opening)
+        body = Stream(ext, job_id, last, watcher, opening)
+        body.prepare()
+        return body
     except BaseException:
         ext.hub.unwatch(watcher)
         raise

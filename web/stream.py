@@ -135,7 +135,7 @@ class Stream:
     """A job stream's WSGI body: iterate it for the frames; :meth:`close` releases its
     watcher, whether or not it was ever iterated (HEAD, a client gone at once)."""
 
-    __slots__ = ("ext", "finished", "job_id", "opening", "sent", "watcher")
+    __slots__ = ("ext", "finished", "head", "job_id", "opening", "sent", "watcher")
 
     def __init__(
         self, ext: Jobcast, job_id: str, last: EventId | None, watcher: Watcher, opening: Opening
@@ -146,13 +146,24 @@ class Stream:
         self.watcher: Watcher | None = watcher
         self.opening = opening
         self.finished = False
+        self.head: bytes | None = None
+
+    def prepare(self) -> None:
+        """Build the first chunk now, before the status line goes out: a Redis error while
+        reading the backlog is then a JSON 503 the client retries, not a server's 500."""
+        self.head = self._first()
+
+    def _first(self) -> bytes:
+        return Event(retry=self.ext.settings.retry_ms).encode() + self._start()
 
     def __iter__(self) -> Iterator[bytes]:
         watcher = self.watcher
         if watcher is None:
             return  # closed before the first byte
         try:
-            yield Event(retry=self.ext.settings.retry_ms).encode() + self._start()
+            head = self.head if self.head is not None else self._first()
+            self.head = None
+            yield head
             while not self.finished:
                 yield self._live(watcher.drain())
         finally:

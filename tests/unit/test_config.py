@@ -23,7 +23,7 @@ def test_defaults_are_valid() -> None:
         ("JOBCAST_MAX_STEPS", "0", "JOBCAST_MAX_STEPS must be from 1 to 1000"),
         ("JOBCAST_MAX_SIDE", "32", "JOBCAST_MAX_SIDE must be from 64 to 4096"),
         ("JOBCAST_HEARTBEAT_SECONDS", "0", "JOBCAST_HEARTBEAT_SECONDS must be from 0.1"),
-        ("JOBCAST_VISIBILITY_TIMEOUT", "1", "JOBCAST_VISIBILITY_TIMEOUT must be from 5"),
+        ("JOBCAST_VISIBILITY_TIMEOUT", "0", "JOBCAST_VISIBILITY_TIMEOUT must be from 1"),
         ("JOBCAST_SWEEP_SECONDS", "0", "JOBCAST_SWEEP_SECONDS must be from 1"),
         ("JOBCAST_MAX_QUEUE", "-1", "JOBCAST_MAX_QUEUE must be from 0"),
         ("JOBCAST_WORKER_TIMEOUT", "0.5", "JOBCAST_WORKER_TIMEOUT must be from 1"),
