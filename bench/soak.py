@@ -482,10 +482,13 @@ class Soak:
         """A valid id newer than the log: whatever the answer, the stream must end."""
         path = f"/imagine/{job.id}/stream"
         status, _, reader, writer = await self.http.open("GET", path, {"Last-Event-ID": FUTURE_ID})
+        opened = time.monotonic()
         self.record.statuses[f"future id {status}"] += 1
         try:
             while await _read_some(reader, 1.0) is not None:
-                if job.ended is not None and time.monotonic() - job.ended > END_GRACE:
+                # The grace runs from the later of the job's end and the stream's opening: a
+                # job that ended long ago gets its whole log at once, then the end of the body.
+                if job.ended is not None and time.monotonic() - max(job.ended, opened) > END_GRACE:
                     self.record.violation(
                         "future_id_no_end",
                         f"{job.id} ({job.state}): stream with Last-Event-ID {FUTURE_ID} still "

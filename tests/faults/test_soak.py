@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import redis
 from support import ROOT
+
+from bench.soak import END_GRACE, Job, Options, Soak, Stack
+from tasks.events import JobEvents
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +53,31 @@ def test_a_minute_of_chaos_breaks_no_guarantee(tmp_path: Path, artifacts: Path) 
     assert all(summary["faults"].get(kind) for kind in FAULT_KINDS), summary["faults"]
     assert summary["violations"] == {}, output[-8000:]
     assert proc.returncode == 0, output[-5000:]
+
+
+def test_the_future_id_probe_gives_a_stream_its_grace_from_when_it_opened(
+    web: str, rds: redis.Redis, tmp_path: Path
+) -> None:
+    """The soak's Last-Event-ID-from-the-future probe of a job that ended longer ago than
+    the grace gets the reset, the whole log and the end of the body, and blames no one: a
+    stream only hangs if it is still open the grace after its job ended AND after it opened."""
+    events = JobEvents(rds)
+    job_id = secrets.token_urlsafe(16)
+    events.enqueue(job_id, {"prompt": "a job that ended before the probe"})
+    events.publish(job_id, "started")
+    events.publish(job_id, "done", {"url": "/nowhere.png"})
+    stack = Stack(tmp_path, 3600)  # never started: the probe only needs the web's port
+    stack.web_port = urlsplit(web).port or 80
+    soak = Soak(Options(), stack)
+    now = time.monotonic()
+    job = Job(job_id, now - END_GRACE - 10, state="succeeded", ended=now - END_GRACE - 5)
+    # Its own thread and loop: a browser test may leave an event loop running in this one.
+    probe = threading.Thread(target=asyncio.run, args=(soak._future_id(job),), daemon=True)
+    probe.start()
+    probe.join(30)
+    assert not probe.is_alive(), "the probe did not see the end of the body"
+    assert soak.record.statuses["future id 200"] == 1
+    assert soak.record.violations == {}, soak.record.examples
 
 
 FAULT_KINDS = ("pool_kill", "worker_kill", "web_worker_kill", "redis_restart", "pubsub_kill")
