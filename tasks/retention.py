@@ -23,7 +23,7 @@ import json
 import logging
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,19 +155,29 @@ class Sweeper:
         broker = self._broker()
         if broker is None:
             return set()  # not a Redis broker: no way to tell a ghost from a waiting job
-        return waiting - set(self._message_ids(broker))
+        return set(waiting) - set(self._message_ids(broker, self._queues(waiting.values())))
 
-    def _waiting_longer_than(self, seconds: float) -> set[str]:
+    def _waiting_longer_than(self, seconds: float) -> dict[str, str]:
+        """Job id → task name of the jobs queued longer than ``seconds``."""
         members = [m.decode() for m in self.redis.zrange(self.keys.queue, 0, -1)]
         pipe = self.redis.pipeline(transaction=False)
         for job_id in members:
-            pipe.hmget(self.keys.job(job_id), "state", "created")
+            pipe.hmget(self.keys.job(job_id), "state", "created", "task")
         cutoff = now_ms() - seconds * 1000
         return {
-            job_id
-            for job_id, (state, created) in zip(members, pipe.execute(), strict=True)
+            job_id: (task or b"").decode(errors="replace")
+            for job_id, (state, created, task) in zip(members, pipe.execute(), strict=True)
             if state == b"queued" and created and int(created) < cutoff
         }
+
+    def _queues(self, tasks: Iterable[str]) -> set[str]:
+        """The default queue and every queue Celery routes these tasks to."""
+        queues = {self.app.conf.task_default_queue}
+        for name in set(tasks) - {""}:
+            queue = self.app.amqp.router.route({}, name, (), {}, None).get("queue")
+            if queue is not None:
+                queues.add(queue.name)
+        return queues
 
     def _broker(self) -> redis.Redis | None:
         """A client of the broker's Redis; None for a broker whose messages we cannot read."""
@@ -182,16 +192,16 @@ class Sweeper:
             self._broker_client = redis.Redis.from_url(url)
         return self._broker_client
 
-    def _message_ids(self, broker: redis.Redis) -> Iterator[str]:
-        """Task ids of every message waiting in the queue's lists or delivered unacked."""
+    def _message_ids(self, broker: redis.Redis, queues: set[str]) -> Iterator[str]:
+        """Task ids of every message waiting in these queues' lists or delivered unacked."""
         options = self.app.conf.broker_transport_options or {}
         prefix = options.get("global_keyprefix", "")
-        queue = prefix + self.app.conf.task_default_queue
         steps = [p for p in options.get("priority_steps", PRIORITY_STEPS) if p]
-        for key in [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in steps)]:
-            for start in range(0, broker.llen(key), PAGE):
-                for raw in broker.lrange(key, start, start + PAGE - 1):
-                    yield _task_id(raw)
+        for queue in sorted(prefix + name for name in queues):
+            for key in [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in steps)]:
+                for start in range(0, broker.llen(key), PAGE):
+                    for raw in broker.lrange(key, start, start + PAGE - 1):
+                        yield _task_id(raw)
         unacked = prefix + options.get("unacked_key", UNACKED)
         for _, raw in broker.hscan_iter(unacked, count=PAGE):
             yield _task_id(raw, unacked=True)
