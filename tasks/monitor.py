@@ -496,6 +496,8 @@ class Monitor:
                 for message in messages.get(task_id, []):
                     restore(channel, message.tag)
                     log.warning("monitor: worker gone; %s %s runs again", message.task, task_id)
+                if task_id not in messages:
+                    self.sweeper.resend_stranded(task_id)
 
     def keep_visible(self) -> None:
         """Keep kombu from handing out a second copy of a job a live attempt runs.

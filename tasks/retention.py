@@ -34,6 +34,7 @@ from celery import Celery
 from tasks.config import Settings
 from tasks.events import JobEvents, now_ms
 from tasks.keys import Keys
+from tasks.lease import lease_key
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,16 @@ if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 local n = redis.call('HINCRBY', KEYS[1], 'resent', 1)
 if n > tonumber(ARGV[3]) then return -1 end
 if ARGV[2] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[2]) end
+return n
+"""
+
+# KEYS: job hash, lease; ARGV: max. A running job whose attempt is gone (no lease) may be
+# sent again, at most ARGV[1] times.
+RESEND_RUNNING_LUA = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local n = redis.call('HINCRBY', KEYS[1], 'resent', 1)
+if n > tonumber(ARGV[1]) then return -1 end
 return n
 """
 
@@ -124,6 +135,7 @@ class Sweeper:
         self._app = app
         self._broker_client: redis.Redis | None = None
         self._resend = client.register_script(RESEND_LUA)
+        self._resend_running = client.register_script(RESEND_RUNNING_LUA)
         self.suspects: set[str] = set()  # ghosts seen on the previous sweep
 
     @property
@@ -230,6 +242,28 @@ class Sweeper:
             self.app.send_task(task, kwargs=kwargs, task_id=job_id)
         log.warning("sweep: job %s was in line with no task message; sent it again", job_id)
         return "resent"
+
+    def resend_stranded(self, job_id: str) -> bool:
+        """Send again a running job whose attempt died with no message left to restore.
+
+        A second copy that found the job's lease held acked its message; if the holder
+        then dies, no broker holds the job any more. True if it was sent.
+        """
+        broker = self._broker()
+        if broker is None:
+            return False
+        task, kwargs = _task_of(self.redis.hmget(self.keys.job(job_id), "task", "kwargs"))
+        if task is None or job_id in set(self._message_ids(broker, self._queues([task]))):
+            return False  # a copy waits in a queue: a worker will take it
+        keys = [self.keys.job(job_id), lease_key(self.keys, job_id)]
+        count = int(self._resend_running(keys=keys, args=[MAX_RESENDS]))
+        if count <= 0:
+            return False  # ended, taken over, or sent too often (max_attempts ends it)
+        self.app.send_task(task, kwargs=kwargs, task_id=job_id)
+        log.warning(
+            "monitor: job %s ran on a dead worker with no message left; sent it again", job_id
+        )
+        return True
 
     def _fail(self, job_id: str, message: str) -> str:
         failed = self.events.publish(
