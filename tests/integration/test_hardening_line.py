@@ -223,3 +223,30 @@ def test_the_sweep_finds_messages_in_the_queue_a_task_is_routed_to(
     assert _state(rds, job_id) == "queued"
     assert rds.hget(f"jobcast:job:{{{job_id}}}", "resent") is None
     assert rds.llen("images") == 1
+
+
+def test_a_process_keeps_reporting_its_streams_after_redis_refuses_a_write(
+    tmp_path: Path,
+) -> None:
+    """Redis refusing writes for a while (maxmemory reached, `noeviction`) does not stop a
+    web process from reporting its streams: once Redis takes writes again, its field in
+    `web:streams` is fresh again (it used to freeze, then vanish from /metrics for good)."""
+    redis_server = RedisServer(tmp_path / "redis").start()  # its own: no other reporters
+    env = {**os.environ, "REDIS_URL": redis_server.url, "JOBCAST_MEDIA_DIR": str(tmp_path)}
+    proc, _ = gunicorn_web(env, tmp_path / "web.log")
+    rds = redis_server.client()
+    try:
+        wait_until(lambda: rds.hlen("jobcast:web:streams") == 1, 30, "the first report")
+        rds.config_set("maxmemory-policy", "noeviction")
+        rds.config_set("maxmemory", "1")
+        try:
+            wait_until(lambda: "maxmemory" in proc.output(), 30, "a report refused")
+        finally:
+            rds.config_set("maxmemory", "0")
+        frozen = rds.hgetall("jobcast:web:streams")
+        wait_until(
+            lambda: rds.hgetall("jobcast:web:streams") not in ({}, frozen), 30, "a fresh report"
+        )
+    finally:
+        proc.stop()
+        redis_server.stop()
