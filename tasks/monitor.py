@@ -496,6 +496,8 @@ class Monitor:
                 for message in messages.get(task_id, []):
                     restore(channel, message.tag)
                     log.warning("monitor: worker gone; %s %s runs again", message.task, task_id)
+                if task_id not in messages:
+                    self.sweeper.resend_stranded(task_id)
 
     def keep_visible(self) -> None:
         """Keep kombu from handing out a second copy of a job a live attempt runs.
@@ -638,8 +640,9 @@ class Monitor:
                     receiver.on_iteration = self._iteration(receiver, stop)
                     for _ in receiver.consume(safety_interval=TICK_SECONDS, wakeup=True):
                         backoff = 0.5
-            except (OperationalError, redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                # The broker/Redis went away: keep the state, reconnect, ask for heartbeats.
+            except (OperationalError, redis.RedisError, OSError) as exc:
+                # The broker/Redis went away or refused a write (maxmemory, READONLY): keep
+                # the state, reconnect, ask for heartbeats.
                 log.warning("monitor: connection lost (%s); reconnecting", exc)
                 time.sleep(backoff)  # backing off from a broker that is down
                 backoff = min(backoff * 2, 5.0)

@@ -23,7 +23,7 @@ import json
 import logging
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from celery import Celery
 from tasks.config import Settings
 from tasks.events import JobEvents, now_ms
 from tasks.keys import Keys
+from tasks.lease import lease_key
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,16 @@ if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 local n = redis.call('HINCRBY', KEYS[1], 'resent', 1)
 if n > tonumber(ARGV[3]) then return -1 end
 if ARGV[2] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[2]) end
+return n
+"""
+
+# KEYS: job hash, lease; ARGV: max. A running job whose attempt is gone (no lease) may be
+# sent again, at most ARGV[1] times.
+RESEND_RUNNING_LUA = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local n = redis.call('HINCRBY', KEYS[1], 'resent', 1)
+if n > tonumber(ARGV[1]) then return -1 end
 return n
 """
 
@@ -124,6 +135,7 @@ class Sweeper:
         self._app = app
         self._broker_client: redis.Redis | None = None
         self._resend = client.register_script(RESEND_LUA)
+        self._resend_running = client.register_script(RESEND_RUNNING_LUA)
         self.suspects: set[str] = set()  # ghosts seen on the previous sweep
 
     @property
@@ -155,19 +167,29 @@ class Sweeper:
         broker = self._broker()
         if broker is None:
             return set()  # not a Redis broker: no way to tell a ghost from a waiting job
-        return waiting - set(self._message_ids(broker))
+        return set(waiting) - set(self._message_ids(broker, self._queues(waiting.values())))
 
-    def _waiting_longer_than(self, seconds: float) -> set[str]:
+    def _waiting_longer_than(self, seconds: float) -> dict[str, str]:
+        """Job id → task name of the jobs queued longer than ``seconds``."""
         members = [m.decode() for m in self.redis.zrange(self.keys.queue, 0, -1)]
         pipe = self.redis.pipeline(transaction=False)
         for job_id in members:
-            pipe.hmget(self.keys.job(job_id), "state", "created")
+            pipe.hmget(self.keys.job(job_id), "state", "created", "task")
         cutoff = now_ms() - seconds * 1000
         return {
-            job_id
-            for job_id, (state, created) in zip(members, pipe.execute(), strict=True)
+            job_id: (task or b"").decode(errors="replace")
+            for job_id, (state, created, task) in zip(members, pipe.execute(), strict=True)
             if state == b"queued" and created and int(created) < cutoff
         }
+
+    def _queues(self, tasks: Iterable[str]) -> set[str]:
+        """The default queue and every queue Celery routes these tasks to."""
+        queues = {self.app.conf.task_default_queue}
+        for name in set(tasks) - {""}:
+            queue = self.app.amqp.router.route({}, name, (), {}, None).get("queue")
+            if queue is not None:
+                queues.add(queue.name)
+        return queues
 
     def _broker(self) -> redis.Redis | None:
         """A client of the broker's Redis; None for a broker whose messages we cannot read."""
@@ -182,16 +204,16 @@ class Sweeper:
             self._broker_client = redis.Redis.from_url(url)
         return self._broker_client
 
-    def _message_ids(self, broker: redis.Redis) -> Iterator[str]:
-        """Task ids of every message waiting in the queue's lists or delivered unacked."""
+    def _message_ids(self, broker: redis.Redis, queues: set[str]) -> Iterator[str]:
+        """Task ids of every message waiting in these queues' lists or delivered unacked."""
         options = self.app.conf.broker_transport_options or {}
         prefix = options.get("global_keyprefix", "")
-        queue = prefix + self.app.conf.task_default_queue
         steps = [p for p in options.get("priority_steps", PRIORITY_STEPS) if p]
-        for key in [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in steps)]:
-            for start in range(0, broker.llen(key), PAGE):
-                for raw in broker.lrange(key, start, start + PAGE - 1):
-                    yield _task_id(raw)
+        for queue in sorted(prefix + name for name in queues):
+            for key in [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in steps)]:
+                for start in range(0, broker.llen(key), PAGE):
+                    for raw in broker.lrange(key, start, start + PAGE - 1):
+                        yield _task_id(raw)
         unacked = prefix + options.get("unacked_key", UNACKED)
         for _, raw in broker.hscan_iter(unacked, count=PAGE):
             yield _task_id(raw, unacked=True)
@@ -220,6 +242,28 @@ class Sweeper:
             self.app.send_task(task, kwargs=kwargs, task_id=job_id)
         log.warning("sweep: job %s was in line with no task message; sent it again", job_id)
         return "resent"
+
+    def resend_stranded(self, job_id: str) -> bool:
+        """Send again a running job whose attempt died with no message left to restore.
+
+        A second copy that found the job's lease held acked its message; if the holder
+        then dies, no broker holds the job any more. True if it was sent.
+        """
+        broker = self._broker()
+        if broker is None:
+            return False
+        task, kwargs = _task_of(self.redis.hmget(self.keys.job(job_id), "task", "kwargs"))
+        if task is None or job_id in set(self._message_ids(broker, self._queues([task]))):
+            return False  # a copy waits in a queue: a worker will take it
+        keys = [self.keys.job(job_id), lease_key(self.keys, job_id)]
+        count = int(self._resend_running(keys=keys, args=[MAX_RESENDS]))
+        if count <= 0:
+            return False  # ended, taken over, or sent too often (max_attempts ends it)
+        self.app.send_task(task, kwargs=kwargs, task_id=job_id)
+        log.warning(
+            "monitor: job %s ran on a dead worker with no message left; sent it again", job_id
+        )
+        return True
 
     def _fail(self, job_id: str, message: str) -> str:
         failed = self.events.publish(

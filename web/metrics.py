@@ -101,7 +101,7 @@ class WebStats:
             gevent.sleep(FLUSH_SECONDS)
             try:
                 self.flush()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except redis.RedisError as exc:  # also OOM or READONLY: never stop reporting
                 log.info("metrics: could not report this process's numbers (%s)", exc)
 
 

@@ -26,6 +26,7 @@ from web.hub import RESYNC, TERMINAL_PHASES, Item, Watcher
 from web.sse import Event, frame
 
 PAGE = 500
+LAST_ID = (2**64 - 1, 2**64 - 1)  # the largest stream id Redis can hold
 
 
 STATE_AFTER = {
@@ -115,15 +116,26 @@ def after(items: list[Item], last: EventId | None) -> list[Item]:
 def read_opening(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
     """State, last logged id, oldest id and first backlog page: one round trip."""
     state, last_logged, oldest, backlog = ext.events.read(
-        job_id, "-" if last is None else "(" + format_id(last), PAGE, oldest=last is not None
+        job_id, _after_bound(last), PAGE, oldest=last is not None
     )
     return Opening(
         state=state.decode() if state is not None else None,
         last_logged=parse_id(last_logged),
         oldest=parse_id(oldest),
-        backlog=[_item(entry) for entry in backlog],
+        backlog=after([_item(entry) for entry in backlog], last),
         more=len(backlog) >= PAGE,
     )
+
+
+def _after_bound(last: EventId | None) -> str:
+    """The XRANGE start for entries after ``last``."""
+    if last is None:
+        return "-"
+    if last >= LAST_ID:
+        # Redis refuses an exclusive bound at its largest id; "+" reads at most that
+        # one entry, which after() drops.
+        return "+"
+    return "(" + format_id(last)
 
 
 def _item(entry: list[Any]) -> Item:

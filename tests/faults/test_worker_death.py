@@ -30,7 +30,7 @@ from support import (
 pytestmark = pytest.mark.slow
 
 MEDIUM = {"prompt": "a medium one", "width": 320, "height": 320, "steps": 20}
-LONG = {"prompt": "longer than the visibility timeout", "width": 640, "height": 640, "steps": 24}
+LONG = {"prompt": "longer than the visibility timeout", "width": 1024, "height": 1024, "steps": 24}
 
 
 @dataclass
@@ -107,9 +107,10 @@ def test_dead_workers_job_runs_again_within_seconds(stack: Stack) -> None:
 
 
 def test_visibility_timeout_shorter_than_a_job_runs_it_once(stack: Stack) -> None:
-    """With a 2 s visibility timeout, kombu hands a longer job's message out again while it
-    runs; the copy finds the job's lease held and does nothing: one ``started``, one run."""
-    stack.env["JOBCAST_VISIBILITY_TIMEOUT"] = "2"
+    """With a 5 s visibility timeout (the lowest allowed), kombu hands a longer job's message
+    out again while it runs; the copy finds the job's lease held and does nothing: one
+    ``started``, one run."""
+    stack.env["JOBCAST_VISIBILITY_TIMEOUT"] = "5"
     base = stack.web()
     first, second = stack.worker("first"), stack.worker("second")
     client = stack.client()
@@ -123,3 +124,25 @@ def test_visibility_timeout_shorter_than_a_job_runs_it_once(stack: Stack) -> Non
     assert log.count("started") == 1 and log.count("done") == 1
     percents = [e.data["percent"] for e in events if e.event == "progress"]
     assert percents == sorted(set(percents))  # one run: no step reported twice
+
+
+def test_a_job_whose_copy_gave_up_runs_again_when_its_holder_dies(stack: Stack) -> None:
+    """A 10 s visibility timeout and no monitor: a second copy of a running job's message
+    finds the lease held and acks it, so no broker holds the job any more. The holder is
+    then SIGKILLed; with a monitor started, the job still runs again and ends `done`
+    (attempt 2) instead of staying `running` with a frozen bar until the retention."""
+    stack.env["JOBCAST_VISIBILITY_TIMEOUT"] = "10"
+    stack.env["JOBCAST_WORKER_TIMEOUT"] = "5"
+    base = stack.web()
+    first, second = stack.worker("first"), stack.worker("second")
+    client = stack.client()
+    job_id = post_job(base, **{**LONG, "steps": 40})["jobId"]
+    wait_until(lambda: started_on(client, job_id), 60, "the job to start")
+    holder, other = (first, second) if started_on(client, job_id).startswith("first@") else (second, first)  # type: ignore[union-attr]  # fmt: skip
+    gave_up = f"Task jobcast.imagine[{job_id}] succeeded"
+    wait_until(lambda: gave_up in other.output(), 90, "the copy to find the lease held")
+    assert client.hget(f"jobcast:job:{{{job_id}}}", "state") == b"running"
+    holder.kill()
+    stack.monitor()
+    wait_until(lambda: client.hget(f"jobcast:job:{{{job_id}}}", "state") == b"succeeded", 120, "done")  # fmt: skip
+    assert [phase for _, phase in logged(client, job_id)].count("started") == 2

@@ -24,7 +24,7 @@ from tasks.app import create_celery
 from tasks.config import Settings
 from tasks.events import JobEvents
 from tasks.retention import Sweeper
-from tasks.submit import broker_message, task_fields
+from tasks.submit import broker_message, submit, task_fields
 
 SMALL = {"prompt": "a small one", "width": 64, "height": 64, "steps": 2, "seed": 7}
 
@@ -200,3 +200,53 @@ def test_the_sweep_never_sends_again_a_job_whose_message_a_worker_holds(
         rds.hdel("unacked", tag)
     assert rds.hget(f"jobcast:job:{{{held}}}", "resent") is None
     assert rds.hget(f"jobcast:job:{{{ghost}}}", "resent") == b"1"
+
+
+def test_the_sweep_finds_messages_in_the_queue_a_task_is_routed_to(
+    redis_server: RedisServer, rds: redis.Redis
+) -> None:
+    """With `task_routes` sending jobs to their own queue, a job waiting there with its
+    message is no ghost: however many sweeps run, it is never sent again nor failed, and
+    its queue holds exactly its one message."""
+    settings = Settings.from_env(
+        {"REDIS_URL": redis_server.url, "JOBCAST_GHOST_GRACE_SECONDS": "1"}
+    )
+    app = create_celery(settings, task_routes={"jobcast.imagine": {"queue": "images"}})
+    sweeper = Sweeper(settings, rds, app)
+    job_id = secrets.token_urlsafe(16)
+    kwargs = {"job_id": job_id, **SMALL}
+    submit(app, JobEvents(rds), settings, job_id, "jobcast.imagine", kwargs, {"prompt": "x"})
+    assert rds.llen("images") == 1
+    wait_until(lambda: len(sweeper._waiting_longer_than(1)) == 1, 30, "the grace time")
+    for _ in range(8):  # enough to send it again three times and then fail it
+        sweeper.heal_line()
+    assert _state(rds, job_id) == "queued"
+    assert rds.hget(f"jobcast:job:{{{job_id}}}", "resent") is None
+    assert rds.llen("images") == 1
+
+
+def test_a_process_keeps_reporting_its_streams_after_redis_refuses_a_write(
+    tmp_path: Path,
+) -> None:
+    """Redis refusing writes for a while (maxmemory reached, `noeviction`) does not stop a
+    web process from reporting its streams: once Redis takes writes again, its field in
+    `web:streams` is fresh again (it used to freeze, then vanish from /metrics for good)."""
+    redis_server = RedisServer(tmp_path / "redis").start()  # its own: no other reporters
+    env = {**os.environ, "REDIS_URL": redis_server.url, "JOBCAST_MEDIA_DIR": str(tmp_path)}
+    proc, _ = gunicorn_web(env, tmp_path / "web.log")
+    rds = redis_server.client()
+    try:
+        wait_until(lambda: rds.hlen("jobcast:web:streams") == 1, 30, "the first report")
+        rds.config_set("maxmemory-policy", "noeviction")
+        rds.config_set("maxmemory", "1")
+        try:
+            wait_until(lambda: "maxmemory" in proc.output(), 30, "a report refused")
+        finally:
+            rds.config_set("maxmemory", "0")
+        frozen = rds.hgetall("jobcast:web:streams")
+        wait_until(
+            lambda: rds.hgetall("jobcast:web:streams") not in ({}, frozen), 30, "a fresh report"
+        )
+    finally:
+        proc.stop()
+        redis_server.stop()

@@ -248,6 +248,19 @@ def test_last_event_id_newer_than_the_log_resets_then_streams_to_the_end(
     assert head.status_code == 200
 
 
+def test_the_largest_stream_id_resets_like_any_newer_id(web: str, rds: redis.Redis) -> None:
+    """`Last-Event-ID: 18446744073709551615-18446744073709551615`, the largest id Redis can
+    hold, is newer than the log like any other: `reset`, the whole log, the end; never a
+    500 (Redis refuses it as an exclusive XRANGE bound)."""
+    largest = f"{2**64 - 1}-{2**64 - 1}"
+    events = JobEvents(rds)
+    job = running_job(events, progress=2)
+    events.publish(job, "done", {"url": "/nowhere.png"})
+    received = collect(web, job, largest, timeout=10)
+    assert received[0].event == "reset" and received[0].data["state"] == "succeeded"
+    assert durable(received[1:]) == logged(rds, job) and received[-1].event == "done"
+
+
 @pytest.fixture
 def own_stack(tmp_path: Path) -> Iterator[tuple[RedisServer, str, Proc]]:
     """A Redis and a web server of this test's own, to break freely."""

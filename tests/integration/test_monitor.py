@@ -19,7 +19,15 @@ import httpx
 import pytest
 import redis
 from httpx_sse import connect_sse
-from support import Proc, RedisServer, celery_worker, collect, post_job, wait_until
+from support import (
+    Proc,
+    RedisServer,
+    celery_worker,
+    collect,
+    jobcast_monitor,
+    post_job,
+    wait_until,
+)
 
 from tasks.app import create_celery
 from tasks.config import Settings
@@ -393,6 +401,33 @@ def test_monitor_with_a_watchdog_exits_when_redis_stays_away(tmp_path: Path) -> 
         assert proc.popen is not None and proc.popen.returncode == 3
         assert time.monotonic() - stopped >= 2
         assert "exiting to be restarted" in proc.output()
+    finally:
+        proc.stop()
+        server.stop()
+
+
+def test_the_monitor_outlives_redis_refusing_writes(tmp_path: Path) -> None:
+    """Redis refusing writes for a while (maxmemory reached, `noeviction`) does not end the
+    monitor: once Redis takes writes again, it is still running and publishes snapshots."""
+    server = RedisServer(tmp_path / "redis").start()
+    env = {**os.environ, "REDIS_URL": server.url, "JOBCAST_MEDIA_DIR": str(tmp_path)}
+    proc = jobcast_monitor(env, tmp_path / "monitor.log")
+    rds = server.client()
+
+    def published_at() -> int:
+        return int(json.loads(rds.get("jobcast:ops:snapshot") or b'{"at": 0}')["at"])
+
+    try:
+        wait_until(lambda: published_at() > 0, 30, "a first snapshot")
+        rds.config_set("maxmemory-policy", "noeviction")
+        rds.config_set("maxmemory", "1")
+        try:
+            wait_until(lambda: "maxmemory" in proc.output() or not proc.alive(), 30, "a refusal")
+        finally:
+            rds.config_set("maxmemory", "0")
+        refused = published_at()
+        wait_until(lambda: published_at() > refused or not proc.alive(), 30, "a fresh snapshot")
+        assert proc.alive(), proc.output()[-2000:]
     finally:
         proc.stop()
         server.stop()
