@@ -13,7 +13,11 @@ itself. What needs a sweep, which the monitor's leader runs every ``sweep_second
   ``ghost_grace_seconds`` whose id is in no broker list and not in kombu's ``unacked``
   hash, on two sweeps in a row (a worker's BRPOP and its HSET to ``unacked`` are two
   commands), is sent again from its record, at most ``MAX_RESENDS`` times; a record that
-  cannot be sent again ends ``failed`` with a clear error.
+  cannot be sent again ends ``failed`` with a clear error;
+* messages a consumer fetched more than ``ghost_grace_seconds`` ago but never started
+  (a worker killed between its fetch and its first event, before the monitor heard of
+  it), on two sweeps in a row and with no live lease: put back on their queue with
+  kombu's own restore instead of waiting out the visibility timeout.
 """
 
 from __future__ import annotations
@@ -137,6 +141,7 @@ class Sweeper:
         self._resend = client.register_script(RESEND_LUA)
         self._resend_running = client.register_script(RESEND_RUNNING_LUA)
         self.suspects: set[str] = set()  # ghosts seen on the previous sweep
+        self.stalled: set[tuple[str, bytes]] = set()  # (job, tag) fetched, never started
 
     @property
     def app(self) -> Celery:
@@ -157,7 +162,44 @@ class Sweeper:
         ghosts = self.find_ghosts()
         confirmed, self.suspects = ghosts & self.suspects, ghosts - self.suspects
         outcomes = [self._heal(job_id) for job_id in sorted(confirmed)]
-        return outcomes.count("resent"), outcomes.count("failed")
+        restored = self.restore_stalled()
+        return outcomes.count("resent") + restored, outcomes.count("failed")
+
+    def restore_stalled(self) -> int:
+        """Hand out again messages delivered longer than the grace time ago to a consumer
+        that never started them (a worker killed between its fetch and its first event,
+        before the monitor heard of it): seen on two sweeps in a row, and with no live
+        attempt holding the job. Return how many were put back on their queue."""
+        grace = self.settings.ghost_grace_seconds
+        waiting = self._waiting_longer_than(grace)
+        broker = self._broker()
+        if not waiting or broker is None or broker is not self.redis:
+            self.stalled = set()  # only kombu's Redis transport, on the jobs' own Redis
+            return 0
+        from tasks.unacked import broker_channel, in_flight, restore
+
+        with broker_channel(self.app) as channel:
+            index = (getattr(channel, "global_keyprefix", "") or "") + channel.unacked_index_key
+            flights = [
+                (j, m.tag) for j, ms in in_flight(channel).items() if j in waiting for m in ms
+            ]
+            pipe = broker.pipeline(transaction=False)
+            for job_id, tag in flights:
+                pipe.zscore(index, tag).exists(lease_key(self.keys, job_id))
+            replies = pipe.execute()
+            cutoff = time.time() - grace
+            stalled = {
+                flight
+                for flight, delivered, held in zip(
+                    flights, replies[::2], replies[1::2], strict=True
+                )
+                if delivered is not None and delivered < cutoff and not held
+            }
+            confirmed, self.stalled = stalled & self.stalled, stalled - self.stalled
+            for job_id, tag in sorted(confirmed):
+                restore(channel, tag)
+                log.warning("sweep: %s was fetched but never started; handed out again", job_id)
+        return len(confirmed)
 
     def find_ghosts(self) -> set[str]:
         """Jobs in line longer than the grace time whose id is in no broker message."""

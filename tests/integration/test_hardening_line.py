@@ -18,7 +18,16 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from support import Proc, RedisServer, collect, gunicorn_web, logged, post_job, wait_until
+from support import (
+    Proc,
+    RedisServer,
+    celery_worker,
+    collect,
+    gunicorn_web,
+    logged,
+    post_job,
+    wait_until,
+)
 
 from tasks.app import create_celery
 from tasks.config import Settings
@@ -26,6 +35,13 @@ from tasks.events import JobEvents
 from tasks.retention import Sweeper
 from tasks.submit import broker_message, submit, task_fields
 
+FETCH_AND_DIE = """
+import os
+from tasks.app import create_celery
+message = create_celery().connection_for_write().default_channel.basic_get("jobcast", no_ack=False)
+print(message.headers["id"], flush=True)
+os._exit(0)
+"""
 SMALL = {"prompt": "a small one", "width": 64, "height": 64, "steps": 2, "seed": 7}
 
 
@@ -250,3 +266,42 @@ def test_a_process_keeps_reporting_its_streams_after_redis_refuses_a_write(
     finally:
         proc.stop()
         redis_server.stop()
+
+
+def test_a_message_fetched_by_a_consumer_that_died_before_starting_runs_again(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A worker killed between fetching a job's message and its first event leaves the
+    message in kombu's unacked hash and the job queued, unknown to the monitor (the soak
+    found it): the sweep hands the message out again (kombu's own restore), and a worker
+    runs the job, instead of the line waiting out the visibility timeout (an hour)."""
+    server = RedisServer(tmp_path / "redis").start()  # no session worker may take it first
+    rds = server.client()
+    env = {**stack_env, "REDIS_URL": server.url}
+    try:
+        settings = Settings.from_env(env)
+        app = create_celery(settings)
+        job_id = secrets.token_urlsafe(16)
+        kwargs = {"job_id": job_id, **SMALL}
+        fields = {"prompt": SMALL["prompt"]}
+        assert submit(app, JobEvents(rds), settings, job_id, "jobcast.imagine", kwargs, fields)
+        # A consumer that takes the message and dies (a clean close would give it back).
+        took = Proc([sys.executable, "-c", FETCH_AND_DIE], env, tmp_path / "fetch.log").start()
+        wait_until(lambda: not took.alive(), 30, "the consumer to take the message and die")
+        assert job_id in took.output()
+        assert rds.llen("jobcast") == 0 and rds.hlen("unacked") == 1
+        monitor = _monitor(env, tmp_path / "monitor.log")
+        try:
+            wait_until(lambda: rds.llen("jobcast") == 1, 30, "the message back on its queue")
+            assert _state(rds, job_id) == "queued"
+            worker = celery_worker(env, tmp_path / "worker.log", "stalled")
+            try:
+                wait_until(lambda: _state(rds, job_id) == "succeeded", 60, "the job to run")
+            finally:
+                worker.stop()
+        finally:
+            monitor.stop()
+        assert [phase for _, phase in logged(rds, job_id)].count("started") == 1
+    finally:
+        rds.close()
+        server.stop()
