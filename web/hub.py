@@ -48,6 +48,7 @@ class Item:
     terminal: bool
     frame: bytes
     phase: bytes = b""
+    position: int | None = None  # a derived queue position's value
 
 
 RESYNC = Item(None, False, b"")

@@ -53,7 +53,8 @@ class Place:
         }
 
     def item(self) -> Item:
-        return Item(None, False, Event(event="queued", data=dumps(self.as_data())).encode())
+        frame = Event(event="queued", data=dumps(self.as_data())).encode()
+        return Item(None, False, frame, position=self.position)
 
 
 def eta_seconds(position: int, avg_ms: float | None, busy: int) -> int | None:

@@ -147,7 +147,7 @@ class Stream:
     """A job stream's WSGI body: iterate it for the frames; :meth:`close` releases its
     watcher, whether or not it was ever iterated (HEAD, a client gone at once)."""
 
-    __slots__ = ("ext", "finished", "head", "job_id", "opening", "sent", "watcher")
+    __slots__ = ("ext", "finished", "head", "job_id", "opening", "position", "sent", "watcher")
 
     def __init__(
         self, ext: Jobcast, job_id: str, last: EventId | None, watcher: Watcher, opening: Opening
@@ -159,6 +159,9 @@ class Stream:
         self.opening = opening
         self.finished = False
         self.head: bytes | None = None
+        # The place this connection last got: the line's flusher may have put an older,
+        # higher one in the mailbox between the watch and the place read at the start.
+        self.position: int | None = None
 
     def prepare(self) -> None:
         """Build the first chunk now, before the status line goes out: a Redis error while
@@ -197,8 +200,17 @@ class Stream:
         if not self.finished and opening.state == "queued":
             place = self.ext.line.track(self.job_id)
             if place is not None:
-                parts.append(place.item().frame)
+                parts.append(self._place(place.item()))
         return b"".join(parts)
+
+    def _place(self, item: Item) -> bytes:
+        """A derived frame, unless it would move this connection back in line."""
+        if item.position is None:
+            return item.frame
+        if self.position is not None and item.position >= self.position:
+            return b""
+        self.position = item.position
+        return item.frame
 
     def _trimmed(self, oldest: EventId | None) -> bool:
         """Whether the client's last id is older than anything left in the log."""
@@ -240,7 +252,7 @@ class Stream:
                 if not self.finished and not self.ext.redis.exists(self.ext.keys.job(self.job_id)):
                     self.finished = True  # Redis lost the job: end; a reconnect gets 404
             elif item.key is None:
-                parts.append(item.frame)  # derived (queue position): never replayed
+                parts.append(self._place(item))  # derived: never replayed
             elif sent is None or item.key > sent:
                 parts.append(item.frame)
                 sent = item.key
