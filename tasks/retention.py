@@ -159,19 +159,19 @@ class Sweeper:
 
     def heal_line(self) -> tuple[int, int]:
         """Send again (or fail) ghosts seen twice in a row; return (re-sent, failed)."""
-        ghosts = self.find_ghosts()
+        waiting = self._waiting_longer_than(self.settings.ghost_grace_seconds)
+        ghosts = self.find_ghosts(waiting)
         confirmed, self.suspects = ghosts & self.suspects, ghosts - self.suspects
         outcomes = [self._heal(job_id) for job_id in sorted(confirmed)]
-        restored = self.restore_stalled()
+        restored = self.restore_stalled(waiting)
         return outcomes.count("resent") + restored, outcomes.count("failed")
 
-    def restore_stalled(self) -> int:
+    def restore_stalled(self, waiting: dict[str, str]) -> int:
         """Hand out again messages delivered longer than the grace time ago to a consumer
         that never started them (a worker killed between its fetch and its first event,
         before the monitor heard of it): seen on two sweeps in a row, and with no live
         attempt holding the job. Return how many were put back on their queue."""
         grace = self.settings.ghost_grace_seconds
-        waiting = self._waiting_longer_than(grace)
         broker = self._broker()
         if not waiting or broker is None or broker is not self.redis:
             self.stalled = set()  # only kombu's Redis transport, on the jobs' own Redis
@@ -201,9 +201,8 @@ class Sweeper:
                 log.warning("sweep: %s was fetched but never started; handed out again", job_id)
         return len(confirmed)
 
-    def find_ghosts(self) -> set[str]:
-        """Jobs in line longer than the grace time whose id is in no broker message."""
-        waiting = self._waiting_longer_than(self.settings.ghost_grace_seconds)
+    def find_ghosts(self, waiting: dict[str, str]) -> set[str]:
+        """Of the jobs in line longer than the grace time, those in no broker message."""
         if not waiting:
             return set()  # the usual case: no broker scan at all
         broker = self._broker()
