@@ -46,7 +46,7 @@ def create_celery(settings: Settings | None = None, **conf: Any) -> Celery:
         # Redelivered jobs must not be deduplicated away by Celery's memory of them.
         worker_deduplicate_successful_tasks=False,
         task_default_queue="jobcast",
-        imports=["tasks.image"],
+        imports=["tasks.demo.image"],
     )
     app.conf.update(conf)
     app.jobcast = build_context(settings)

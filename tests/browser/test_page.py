@@ -22,7 +22,7 @@ from PIL import Image
 from playwright.sync_api import Locator, Page, expect
 from support import Proc, free_port, gunicorn_web, logged, post_job, wait_until
 
-from tasks.generator import generate
+from tasks.demo.generator import generate
 
 pytestmark = pytest.mark.browser
 

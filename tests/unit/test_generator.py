@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from tasks.generator import Frame, generate, scene_for
+from tasks.demo.generator import Frame, generate, scene_for
 
 W, H = 96, 64
 

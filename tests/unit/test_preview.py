@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.generator import generate
+from tasks.demo.generator import generate
 from tasks.preview import blurhash_of, components_for
 
 

@@ -8,8 +8,8 @@ from typing import Any
 from celery import Task, shared_task
 
 from tasks.app import context
+from tasks.demo.generator import generate
 from tasks.errors import JobCancelled
-from tasks.generator import generate
 from tasks.lease import JobLease, LeaseLost, held
 from tasks.media import image_path, save_png
 from tasks.reporter import Reporter
