@@ -33,6 +33,8 @@ class Settings:
     default_steps: int = 20
     max_body_bytes: int = 16 * 1024
     stream_maxlen: int = 1000
+    # The largest event data (JSON bytes) a task may log; larger output belongs in a file.
+    max_event_bytes: int = 64 * 1024
     # Connections a web process may hold besides the hub's pub/sub one; requests wait
     # for a free one (BlockingConnectionPool) instead of failing.
     redis_pool_size: int = 32
@@ -128,6 +130,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_steps": (1, 1000),
     "max_body_bytes": (1024, 16 * 1024 * 1024),
     "stream_maxlen": (10, 1_000_000),
+    "max_event_bytes": (1024, 1024 * 1024),
     "redis_pool_size": (2, 10_000),
     "redis_pool_timeout": (0.1, 300),
     "watcher_queue_size": (8, 1_000_000),
