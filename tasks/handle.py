@@ -149,7 +149,7 @@ def submit(
     for a bad key or metadata.
     """
     name, args, kwargs, options, app = _resolve(target, args, kwargs, app)
-    queue = queue or options.get("queue")
+    queue = queue or _routed_queue(app, name, args, kwargs, options)
     ctx = context(app)
     settings = ctx.settings
     job_id = job_id or secrets.token_urlsafe(16)
@@ -236,6 +236,18 @@ def _resolve(
         raise TypeError(f"submit takes a signature, a task or a task name, not {target!r}")
     app = app or celery_current_app
     return name, list(args or ()), dict(kwargs or {}), options, app
+
+
+def _routed_queue(
+    app: Celery, name: str, args: list[Any], kwargs: dict[str, Any], options: dict[str, Any]
+) -> str | None:
+    """The Celery queue the message goes to (the signature's, the app's routes, or its
+    default): the job waits in that queue's line."""
+    wanted = options.get("queue")
+    if isinstance(wanted, str):
+        return wanted
+    route = app.amqp.router.route(dict(options), name, args, kwargs, None).get("queue")
+    return getattr(route, "name", None) or None
 
 
 def _checked_key(key: str) -> str:
