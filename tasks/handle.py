@@ -259,7 +259,10 @@ def _checked_key(key: str) -> str:
 def _meta_json(metadata: dict[str, Any]) -> str:
     if not isinstance(metadata, dict):
         raise ValueError("metadata must be a dict (a JSON object)")
-    encoded = dumps(metadata)
+    try:
+        encoded = dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata must be JSON: {exc}") from None
     if len(encoded.encode()) > MAX_META_BYTES:
         raise ValueError(f"metadata takes at most {MAX_META_BYTES} bytes as JSON")
     return encoded

@@ -206,3 +206,16 @@ def _active(rds: redis.Redis, job_id: str) -> dict[str, Any] | None:
             if job["id"] == job_id:
                 return dict(job)
     return None
+
+
+def test_text_longer_than_an_event_is_split_and_an_oversized_result_fails_cleanly(
+    web: str, user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """A 200 KB delta goes out as several events that concatenate to it; a result past
+    the 64 KiB event limit fails the job with a message saying so (not a hung job)."""
+    handle = submit(user_app, "user.oversize", text_bytes=200_000, result_bytes=70_000)
+    events = collect(web, handle.id)
+    text = "".join(e.data["text"] for e in events if e.event == "delta")
+    assert text == "é" * 100_000 and sum(e.event == "delta" for e in events) >= 4
+    assert events[-1].event == "failed"
+    assert events[-1].data["error"] == "The job's result is too large to send; save it as a file."
