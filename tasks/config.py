@@ -33,6 +33,8 @@ class Settings:
     default_steps: int = 20
     max_body_bytes: int = 16 * 1024
     stream_maxlen: int = 1000
+    # The largest event data (JSON bytes) a task may log; larger output belongs in a file.
+    max_event_bytes: int = 64 * 1024
     # Connections a web process may hold besides the hub's pub/sub one; requests wait
     # for a free one (BlockingConnectionPool) instead of failing.
     redis_pool_size: int = 32
@@ -60,6 +62,9 @@ class Settings:
     # A job in line this long with no Celery message is sent again by the sweep.
     ghost_grace_seconds: float = 30.0
     signing_key: str = ""
+    # Where browsers reach the web service (e.g. https://jobs.example.com): the start of
+    # the stream/status URLs a submit from Python hands out; empty gives paths.
+    public_url: str = ""
     # A running attempt holds its job's lease this long between refreshes; a second copy
     # of its message waits this long for a dead holder's lease to run out.
     job_lease_seconds: float = 6.0
@@ -128,6 +133,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_steps": (1, 1000),
     "max_body_bytes": (1024, 16 * 1024 * 1024),
     "stream_maxlen": (10, 1_000_000),
+    "max_event_bytes": (1024, 1024 * 1024),
     "redis_pool_size": (2, 10_000),
     "redis_pool_timeout": (0.1, 300),
     "watcher_queue_size": (8, 1_000_000),

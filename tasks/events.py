@@ -31,6 +31,10 @@ from tasks.keys import Keys
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 PHASES = frozenset({"queued", "started", "progress", "preview", *TERMINAL})
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+# Names a task may not emit as a custom kind: the phases, and what streams send themselves.
+RESERVED = frozenset({*PHASES, "reset", "error", "message", "heartbeat"})
+KIND = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
+MAX_EVENT_BYTES = 64 * 1024
 
 EventId = tuple[int, int]
 _ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
@@ -43,7 +47,7 @@ end
 
 # KEYS: job hash, events stream, queue zset, running zset, stats hash, queue version
 # ARGV: channel, phase, data, maxlen, ttl, queue channel, job id, now (ms), expected state,
-#       token (unique per publish, the same across its retries)
+#       token (unique per publish, the same across its retries), "1" for a built-in phase
 PUBLISH_LUA = (
     _COMMON_LUA
     + """
@@ -51,6 +55,7 @@ local job, events, queue, running, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], K
 local qversion = KEYS[6]
 local channel, phase, data, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local qchannel, jobid, now, expect, token = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local builtin = ARGV[11]
 -- A retried call whose first try did run (its reply was lost): answer with that event.
 if redis.call('HGET', job, 'lastToken') == token then return redis.call('HGET', job, 'lastEventId') end
 local state = redis.call('HGET', job, 'state')
@@ -88,7 +93,7 @@ elseif phase == 'done' or phase == 'failed' or phase == 'cancelled' then
     redis.call('HINCRBY', stats, 'done', 1)
   end
 end
-if phase ~= 'progress' and phase ~= 'preview' and phase ~= 'queued' then
+if phase == 'started' or phase == 'done' or phase == 'failed' or phase == 'cancelled' then
   -- The job leaves the line: one message tells every web process how it moved.
   local ticket = redis.call('ZSCORE', queue, jobid)
   if ticket then
@@ -103,7 +108,10 @@ end
 local id = redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'phase', phase, 'data', data)
 table.insert(fields, 'lastEventId'); table.insert(fields, id)
 table.insert(fields, 'lastToken'); table.insert(fields, token)
-table.insert(fields, 'last:' .. phase); table.insert(fields, data)
+if builtin == '1' then
+  -- The snapshot (GET /jobs/<id>) keeps the latest of each phase; custom kinds only log.
+  table.insert(fields, 'last:' .. phase); table.insert(fields, data)
+end
 redis.call('HSET', job, unpack(fields))
 redis.call('EXPIRE', job, ttl)
 redis.call('EXPIRE', events, ttl)
@@ -114,7 +122,7 @@ return id
 )
 
 # KEYS: job hash, events stream, queue zset, ticket counter, stats hash, running zset,
-#       broker list (Celery's queue)
+#       broker list (Celery's queue), [idempotency key: the job it names, if given]
 # ARGV: channel, max queue (0 = no limit), maxlen, ttl, job id, now (ms),
 #       broker message ('' = the caller sends it), field/value pairs...
 ENQUEUE_LUA = (
@@ -125,6 +133,12 @@ local job, events, queue, ticket = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local avg = redis.call('HGET', KEYS[5], 'avgMs') or ''
 local busy = redis.call('ZCARD', KEYS[6])
 local channel, maxq, maxlen, ttl, jobid, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local idem = KEYS[8]
+if idem then
+  -- The same key names the same job while it is kept: answer it, write nothing.
+  local known = redis.call('GET', idem)
+  if known then return {-3, 0, known, avg, busy} end
+end
 if redis.call('EXISTS', job) == 1 then return {-2, 0, '', avg, busy} end
 local waiting = redis.call('ZCARD', queue)
 if maxq > 0 and waiting >= maxq then return {-1, waiting, '', avg, busy} end
@@ -141,6 +155,7 @@ redis.call('EXPIRE', job, ttl)
 redis.call('EXPIRE', events, ttl)
 -- The task message with the record: a job in line always has one (tasks/submit.py).
 if ARGV[7] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[7]) end
+if idem then redis.call('SET', idem, jobid, 'EX', ttl) end
 redis.call('PUBLISH', channel, frame(id, 'queued', data))
 return {pos, waiting + 1, id, avg, busy}
 """
@@ -181,7 +196,38 @@ def format_id(event_id: EventId) -> str:
 
 def dumps(data: dict[str, Any]) -> str:
     """Compact one-line JSON, as every event carries it."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+class EventTooLarge(ValueError):
+    """An event's data is larger than the log takes; nothing was written."""
+
+
+def check_kind(kind: str) -> str:
+    """``kind`` if it can name a custom event; ``ValueError`` saying why otherwise."""
+    if not isinstance(kind, str) or not KIND.fullmatch(kind):
+        raise ValueError(
+            f"event kind {kind!r} must match [a-z][a-z0-9_.-]{{0,31}} (e.g. 'log', 'tool_call')"
+        )
+    if kind in RESERVED:
+        raise ValueError(f"event kind {kind!r} is reserved for Jobcast's own phases")
+    return kind
+
+
+def encode_data(data: dict[str, Any] | None, limit: int, kind: str = "event") -> str:
+    """The event's data as compact JSON, checked: an object, at most ``limit`` bytes."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise TypeError(f"{kind} data must be a dict (a JSON object), got {type(data).__name__}")
+    encoded = dumps(data)
+    size = len(encoded.encode())
+    if size > limit:
+        raise EventTooLarge(
+            f"{kind} data is {size} bytes as JSON; events take at most {limit} bytes "
+            "(save large output as a file with job.save_file)"
+        )
+    return encoded
 
 
 def now_ms() -> int:
@@ -199,8 +245,10 @@ class JobEvents:
         maxlen: int = 1000,
         retention_seconds: int = 24 * 3600,
         retry_seconds: float = 0.0,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self.redis = redis_client
+        self.max_event_bytes = max_event_bytes
         self.retry_seconds = retry_seconds
         self.keys = Keys(prefix)
         self.maxlen = maxlen
@@ -217,6 +265,7 @@ class JobEvents:
             prefix=settings.prefix,
             maxlen=settings.stream_maxlen,
             retention_seconds=settings.retention_seconds,
+            max_event_bytes=settings.max_event_bytes,
             **options,
         )
 
@@ -225,17 +274,21 @@ class JobEvents:
     ) -> str | None:
         """Append one event and announce it; return its id, or ``None`` if the job had ended.
 
-        With ``expect`` (states separated by commas), the event is only appended while
-        the job is in one of them. Only ``queued`` and ``started`` may create a job's
-        record; other phases of a job whose record is gone (expired) are dropped.
+        ``phase`` is a built-in phase or a custom kind (:func:`check_kind`). With ``expect``
+        (states separated by commas), the event is only appended while the job is in one
+        of them. Only ``queued`` and ``started`` may create a job's record; other phases
+        of a job whose record is gone (expired) are dropped. Data past ``max_event_bytes``
+        encoded raises :class:`EventTooLarge`; nothing is written then.
         """
-        if phase not in PHASES:
-            raise ValueError(f"unknown phase {phase!r}")
+        builtin = phase in PHASES
+        if not builtin:
+            check_kind(phase)
+        encoded = encode_data(data, self.max_event_bytes, phase)
         k = self.keys
         keys = [k.job(job_id), k.events(job_id), k.queue, k.running, k.stats, k.queue_version]
         args = [
-            k.channel(job_id), phase, dumps(data or {}), self.maxlen, self.retention_seconds,
-            k.queue, job_id, now_ms(), expect, secrets.token_hex(8),
+            k.channel(job_id), phase, encoded, self.maxlen, self.retention_seconds,
+            k.queue, job_id, now_ms(), expect, secrets.token_hex(8), "1" if builtin else "0",
         ]  # fmt: skip
         result = self.retrying(lambda: self._publish(keys=keys, args=args))
         return _text(result) if result else None
@@ -272,11 +325,13 @@ class JobEvents:
         *,
         max_queue: int = 0,
         message: tuple[str, str] | None = None,
+        key: str | None = None,
     ) -> Enqueued:
         """Record a new job, put it in line and log its ``queued`` event (one round trip).
 
         ``message`` (broker list key, payload) is pushed in the same call. ``position``
-        -1 means the line is full (nothing was written), -2 that the id exists already;
+        -1 means the line is full (nothing was written), -2 that the id exists already,
+        -3 that idempotency ``key`` named a job already (``event_id`` is that job's id);
         ``avg_ms`` and ``busy`` come along for an ETA either way.
         """
         k = self.keys
@@ -284,8 +339,11 @@ class JobEvents:
         for name, value in fields.items():
             flat += [name, value]
         broker, payload = message or (k.queue, "")
+        names = [k.job(job_id), k.events(job_id), k.queue, k.ticket, k.stats, k.running, broker]
+        if key is not None:
+            names.append(k.idempotency(key))
         pos, length, event_id, avg, busy = self._enqueue(
-            keys=[k.job(job_id), k.events(job_id), k.queue, k.ticket, k.stats, k.running, broker],
+            keys=names,
             args=[
                 k.channel(job_id),
                 max_queue,

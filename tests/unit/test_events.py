@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import redis
 from support import logged
 
-from tasks.events import JobEvents, parse_id
+from tasks.events import EventTooLarge, JobEvents, parse_id
 from tasks.reporter import Reporter
 
 
@@ -106,3 +107,57 @@ def test_reporter_every_five_percent_when_slow(rds: redis.Redis) -> None:
     sent = [p for p in range(1, 101) if reporter.progress(p, 100)]
     assert sent == [1, *range(5, 101, 5)]
     reporter.done()
+
+
+def test_custom_kinds_are_logged_in_order_without_touching_the_snapshot(rds: redis.Redis) -> None:
+    """A task's own kinds (log, tool_call, …) join the log like phases, but leave the
+    job's state and its per-phase snapshot alone, and never move the line."""
+    events = JobEvents(rds)
+    events.publish("c1", "started", {})
+    version = rds.get("jobcast:queue:version")
+    events.publish("c1", "log", {"message": "Reading file 1 of 12"})
+    events.publish("c1", "tool_call", {"name": "search"})
+    events.publish("c1", "step.sub-1", {"name": "palette"})
+    assert [p for _, p in logged(rds, "c1")] == ["started", "log", "tool_call", "step.sub-1"]
+    record = rds.hgetall("jobcast:job:{c1}")
+    assert record[b"state"] == b"running"
+    assert not any(k.startswith(b"last:log") or k.startswith(b"last:tool") for k in record)
+    assert rds.get("jobcast:queue:version") == version
+
+
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [
+        ("Log", "must match"),
+        ("9lives", "must match"),
+        ("a" * 33, "must match"),
+        ("with space", "must match"),
+        ("", "must match"),
+        ("reset", "reserved"),
+        ("heartbeat", "reserved"),
+        ("error", "reserved"),
+    ],
+)
+def test_bad_or_reserved_kind_names_are_refused(rds: redis.Redis, kind: str, why: str) -> None:
+    """A kind outside ``[a-z][a-z0-9_.-]{0,31}``, or one of Jobcast's own names, raises
+    a ValueError saying which rule it broke, and writes nothing (the phases
+    themselves are published as phases)."""
+    events = JobEvents(rds)
+    events.publish("c2", "started", {})
+    with pytest.raises(ValueError, match=why):
+        events.publish("c2", kind, {"x": 1})
+    assert [p for _, p in logged(rds, "c2")] == ["started"]
+
+
+def test_oversized_event_data_is_refused_with_the_limit_named(rds: redis.Redis) -> None:
+    """Data past ``max_event_bytes`` of JSON raises EventTooLarge naming both sizes;
+    exactly at the limit it is logged."""
+    events = JobEvents(rds, max_event_bytes=2048)
+    events.publish("c3", "started", {})
+    overhead = len('{"text":""}')
+    assert events.publish("c3", "delta", {"text": "x" * (2048 - overhead)})
+    with pytest.raises(EventTooLarge, match=r"2049 bytes.*at most 2048"):
+        events.publish("c3", "delta", {"text": "x" * (2049 - overhead)})
+    with pytest.raises(ValueError, match="Out of range float"):
+        events.publish("c3", "metric", {"value": float("nan")})
+    assert [p for _, p in logged(rds, "c3")] == ["started", "delta"]
