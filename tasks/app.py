@@ -31,7 +31,7 @@ def create_celery(settings: Settings | None = None, **conf: Any) -> Celery:
     app.conf.update(
         task_ignore_result=True,
         task_default_queue="jobcast",
-        imports=["tasks.demo.image"],
+        imports=["tasks.demo.image", *settings.import_list],
     )
     app.conf.update(conf)
     return app
