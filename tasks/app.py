@@ -10,6 +10,7 @@ from celery import Celery
 
 from tasks.config import Settings
 from tasks.events import JobEvents
+from tasks.keys import DEFAULT_QUEUE
 
 
 @dataclass
@@ -45,7 +46,7 @@ def create_celery(settings: Settings | None = None, **conf: Any) -> Celery:
         worker_hijack_root_logger=False,
         # Redelivered jobs must not be deduplicated away by Celery's memory of them.
         worker_deduplicate_successful_tasks=False,
-        task_default_queue="jobcast",
+        task_default_queue=DEFAULT_QUEUE,  # its line keeps the old key names (tasks.keys)
         imports=["tasks.demo.image"],
     )
     app.conf.update(conf)

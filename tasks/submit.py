@@ -29,6 +29,7 @@ from kombu.utils.json import dumps as kombu_json
 
 from tasks.config import Settings
 from tasks.events import Enqueued, JobEvents
+from tasks.keys import check_queue
 
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
 
@@ -50,8 +51,11 @@ def shares_broker(app: Celery, settings: Settings) -> bool:
     return url == settings.redis_url and urllib.parse.urlsplit(url).scheme in REDIS_SCHEMES
 
 
-def broker_message(app: Celery, name: str, task_id: str, kwargs: dict[str, Any]) -> tuple[str, str]:
-    """The list key and payload ``send_task(name, kwargs=..., task_id=...)`` would LPUSH.
+def broker_message(
+    app: Celery, name: str, task_id: str, kwargs: dict[str, Any], queue: str | None = None
+) -> tuple[str, str]:
+    """The list key and payload ``send_task(name, kwargs=..., task_id=..., queue=...)``
+    would LPUSH (``queue`` None: where Celery's routing sends the task).
 
     Celery builds the protocol 2 message (``as_task_v2``); kombu serializes the body,
     wraps it as its virtual transport does (``prepare_message`` and
@@ -60,13 +64,14 @@ def broker_message(app: Celery, name: str, task_id: str, kwargs: dict[str, Any])
     Raises ``ValueError`` for a configuration this does not reproduce.
     """
     conf = app.conf
-    options = app.amqp.router.route({}, name, (), kwargs, None)
-    queue = options.pop("queue", None)
+    asked = {"queue": queue} if queue is not None else {}
+    options = app.amqp.router.route(asked, name, (), kwargs, None)
+    target = options.pop("queue", None)
     transport = conf.broker_transport_options or {}
     if (
-        queue is None
+        target is None
         or options
-        or queue.exchange.type != "direct"
+        or target.exchange.type != "direct"
         or conf.task_compression
         or transport.get("global_keyprefix")
         or transport.get("body_encoding", "base64") != "base64"
@@ -78,9 +83,9 @@ def broker_message(app: Celery, name: str, task_id: str, kwargs: dict[str, Any])
     content_type, content_encoding, data = serialize(body, serializer=conf.task_serializer)
     properties.update(
         delivery_mode=maybe_delivery_mode(
-            queue.exchange.delivery_mode or conf.task_default_delivery_mode
+            target.exchange.delivery_mode or conf.task_default_delivery_mode
         ),
-        delivery_info={"exchange": "", "routing_key": queue.name},
+        delivery_info={"exchange": "", "routing_key": target.name},
         priority=0,
         body_encoding="base64",
         delivery_tag=str(uuid.uuid4()),
@@ -92,7 +97,13 @@ def broker_message(app: Celery, name: str, task_id: str, kwargs: dict[str, Any])
         "headers": headers,
         "properties": properties,
     }
-    return queue.name, kombu_json(message)
+    return target.name, kombu_json(message)
+
+
+def queue_of(app: Celery, name: str) -> str:
+    """The Celery queue ``send_task(name)`` would use: ``task_routes``, else the default."""
+    target = app.amqp.router.route({}, name, (), {}, None).get("queue")
+    return str(target.name if target is not None else app.conf.task_default_queue)
 
 
 def task_fields(name: str, kwargs: dict[str, Any]) -> dict[str, str]:
@@ -108,29 +119,37 @@ def submit(
     name: str,
     kwargs: dict[str, Any],
     fields: dict[str, str],
+    *,
+    queue: str | None = None,
 ) -> Enqueued:
     """Record, line up and send a job in one round trip when the broker allows it.
 
-    Otherwise the task is sent after the script (and a failed send fails the job).
+    ``queue`` is the Celery queue the task goes to, and so the line the job waits in
+    (None: where Celery routes the task, :func:`queue_of`); the record keeps it. A name that cannot be a line
+    raises ValueError before anything is written. Otherwise the task is sent after the
+    script (and a failed send fails the job).
     """
+    line_name = check_queue(queue if queue is not None else queue_of(app, name))
     record = {**fields, **task_fields(name, kwargs)}
-    message = _atomic_message(app, settings, job_id, name, kwargs)
-    line = events.enqueue(job_id, record, max_queue=settings.max_queue, message=message)
+    message = _atomic_message(app, settings, job_id, name, kwargs, line_name)
+    line = events.enqueue(
+        job_id, record, max_queue=settings.max_queue, message=message, queue=line_name
+    )
     if line.position >= 1:
         _crash_for_tests()
         if message is None:
-            _send_task(app, events, job_id, name, kwargs)
+            _send_task(app, events, job_id, name, kwargs, line_name)
     return line
 
 
 def _atomic_message(
-    app: Celery, settings: Settings, job_id: str, name: str, kwargs: dict[str, Any]
+    app: Celery, settings: Settings, job_id: str, name: str, kwargs: dict[str, Any], queue: str
 ) -> tuple[str, str] | None:
     """The message for the enqueue script to push, or None to send it after."""
     if not shares_broker(app, settings):
         return None
     try:
-        return broker_message(app, name, job_id, kwargs)
+        return broker_message(app, name, job_id, kwargs, queue)
     except ValueError:
         return None  # a routing or encoding we do not rebuild: Celery sends it
 
@@ -143,10 +162,10 @@ def _crash_for_tests() -> None:
 
 
 def _send_task(
-    app: Celery, events: JobEvents, job_id: str, name: str, kwargs: dict[str, Any]
+    app: Celery, events: JobEvents, job_id: str, name: str, kwargs: dict[str, Any], queue: str
 ) -> None:
     try:
-        app.send_task(name, kwargs=kwargs, task_id=job_id)
+        app.send_task(name, kwargs=kwargs, task_id=job_id, queue=queue)
     except Exception:
         # Never leave a queued job that no worker will ever see.
         events.publish(
