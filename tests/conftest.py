@@ -89,7 +89,8 @@ def _quiesce(client: redis.Redis) -> None:
     for line in lines:
         for job_id in client.zrange(line.running, 0, -1):
             client.hset(f"jobcast:job:{{{job_id.decode()}}}", "cancel", "1")
-    client.delete("jobcast")  # Celery's list of waiting task messages
+    # Celery's lists of waiting task messages, one per queue
+    client.delete("jobcast", *(line.name for line in lines))
     if any(proc.alive() for proc in _workers):
         wait_until(lambda: client.zcard("jobcast:running") == 0, 30, "running jobs to stop")
     # The lines' counters only ever grow, as in production: web processes rely on it.
