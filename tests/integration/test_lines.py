@@ -261,3 +261,23 @@ def test_the_sweep_heals_every_line(redis_server: RedisServer, rds: redis.Redis)
     rds.zadd(B.queue, {"a-job-without-record": 1})
     assert sweep(rds, Keys(), str(Path(redis_server.directory) / "media"), 60).ghosts == 1
     assert rds.zcard(B.queue) == 0 and rds.zcard(A.queue) == 1
+
+
+def test_a_task_sent_after_the_script_goes_to_the_queue_of_its_line(
+    redis_server: RedisServer, rds: redis.Redis
+) -> None:
+    """With Celery's broker apart from the job records (another Redis db), the message
+    Celery sends after the enqueue script still goes to the job's queue, "a"."""
+    settings = Settings.from_env({"REDIS_URL": redis_server.url})
+    broker_url = redis_server.url.rsplit("/", 1)[0] + "/1"
+    app = create_celery(settings, broker_url=broker_url)
+    broker = redis.Redis.from_url(broker_url)
+    try:
+        job_id, line = enqueue(app, "a")
+        assert line.position == 1 and rds.zscore(A.queue, job_id) is not None
+        assert broker.llen("a") == 1 and broker.llen("jobcast") == 0
+        assert json.loads(broker.lindex("a", 0) or b"{}")["headers"]["id"] == job_id
+        assert rds.llen("a") == 0  # not pushed by the script on the records' Redis
+    finally:
+        broker.delete("a")
+        broker.close()
