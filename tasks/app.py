@@ -11,6 +11,7 @@ from celery import Celery
 
 from tasks.config import Settings
 from tasks.events import JobEvents
+from tasks.keys import DEFAULT_QUEUE
 
 
 @dataclass
@@ -30,7 +31,7 @@ def create_celery(settings: Settings | None = None, **conf: Any) -> Celery:
     configure_celery(app, settings)
     app.conf.update(
         task_ignore_result=True,
-        task_default_queue="jobcast",
+        task_default_queue=DEFAULT_QUEUE,  # its line keeps the old key names (tasks.keys)
         imports=["tasks.demo.image", *settings.import_list],
     )
     app.conf.update(conf)

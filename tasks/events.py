@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import redis
 
 from tasks.config import Settings
-from tasks.keys import Keys
+from tasks.keys import DEFAULT_QUEUE, Keys
 
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 PHASES = frozenset({"queued", "started", "progress", "preview", *TERMINAL})
@@ -47,7 +47,12 @@ end
 
 # KEYS: job hash, events stream, queue zset, running zset, stats hash, queue version
 # ARGV: channel, phase, data, maxlen, ttl, queue channel, job id, now (ms), expected state,
-#       token (unique per publish, the same across its retries), "1" for a built-in phase
+#       token (unique per publish, the same across its retries),
+#       [lines] line key head (``Keys.line_head``), default queue name,
+#       "1" for a built-in phase (custom kinds are not kept as last:<kind>)
+# KEYS 3-6 and ARGV 6 are the default line's; a job whose record names another queue
+# moves that queue's line instead (see "the job's line" below). A caller without the two
+# [lines] ARGV (older code) always moves the default line.
 PUBLISH_LUA = (
     _COMMON_LUA
     + """
@@ -55,7 +60,7 @@ local job, events, queue, running, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], K
 local qversion = KEYS[6]
 local channel, phase, data, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local qchannel, jobid, now, expect, token = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local builtin = ARGV[11]
+local builtin = ARGV[13]
 -- A retried call whose first try did run (its reply was lost): answer with that event.
 if redis.call('HGET', job, 'lastToken') == token then return redis.call('HGET', job, 'lastEventId') end
 local state = redis.call('HGET', job, 'state')
@@ -64,6 +69,17 @@ if expect ~= '' and not string.find(',' .. expect .. ',', ',' .. (state or '') .
   return false
 end
 if not state and phase ~= 'queued' and phase ~= 'started' then return false end
+-- [lines] The job's line: the record names its Celery queue; a queue other than the
+-- default has keys of its own, derived here from the name (tasks/keys.py), so that no
+-- publisher (worker, web, sweep) needs to know it. Standalone Redis lets a script build
+-- key names; Redis Cluster does not, and a line's keys never share the job's slot
+-- anyway: the Cluster issue redesigns this part.
+local line = ARGV[11] and redis.call('HGET', job, 'queue')
+if line and line ~= ARGV[12] and #line <= 64 and string.find(line, '^[%w_.-]+$') then
+  local head = ARGV[11] .. '{' .. line .. '}:'
+  queue, running, stats = head .. 'queue', head .. 'running', head .. 'stats'
+  qversion, qchannel = head .. 'queue:version', head .. 'queue'
+end
 local fields = {'updated', now}
 if phase == 'started' then
   local attempt = redis.call('HINCRBY', job, 'attempt', 1)
@@ -116,13 +132,16 @@ redis.call('HSET', job, unpack(fields))
 redis.call('EXPIRE', job, ttl)
 redis.call('EXPIRE', events, ttl)
 redis.call('PUBLISH', channel, frame(id, phase, data))
-redis.call('HINCRBY', stats, 'published', 1)
+-- [lines] Events of every line are counted in one place: the default line's stats.
+redis.call('HINCRBY', KEYS[5], 'published', 1)
 return id
 """
 )
 
 # KEYS: job hash, events stream, queue zset, ticket counter, stats hash, running zset,
-#       broker list (Celery's queue), [idempotency key: the job it names, if given]
+#       broker list (Celery's queue), [lines] the set of line names,
+#       [idempotency key: the job it names, if given]
+# KEYS 3-6 are those of the job's line (Keys.line); the record's `queue` field names it.
 # ARGV: channel, max queue (0 = no limit), maxlen, ttl, job id, now (ms),
 #       broker message ('' = the caller sends it), field/value pairs...
 ENQUEUE_LUA = (
@@ -133,7 +152,7 @@ local job, events, queue, ticket = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local avg = redis.call('HGET', KEYS[5], 'avgMs') or ''
 local busy = redis.call('ZCARD', KEYS[6])
 local channel, maxq, maxlen, ttl, jobid, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local idem = KEYS[8]
+local idem = KEYS[9]
 if idem then
   -- The same key names the same job while it is kept: answer it, write nothing.
   local known = redis.call('GET', idem)
@@ -153,6 +172,11 @@ for i = 8, #ARGV do table.insert(fields, ARGV[i]) end
 redis.call('HSET', job, unpack(fields))
 redis.call('EXPIRE', job, ttl)
 redis.call('EXPIRE', events, ttl)
+-- [lines] Remember the line's name, for whoever must visit every line (monitor, sweep).
+if KEYS[8] then
+  local line = redis.call('HGET', job, 'queue')
+  if line then redis.call('SADD', KEYS[8], line) end
+end
 -- The task message with the record: a job in line always has one (tasks/submit.py).
 if ARGV[7] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[7]) end
 if idem then redis.call('SET', idem, jobid, 'EX', ttl) end
@@ -163,15 +187,16 @@ return {pos, waiting + 1, id, avg, busy}
 
 
 # KEYS: job hash, events stream; ARGV: range start, page size, "1" to also get the oldest id
+# Answers state, last id, oldest id, entries, and the job's queue (its line).
 READ_LUA = """
-local head = redis.call('HMGET', KEYS[1], 'state', 'lastEventId')
+local head = redis.call('HMGET', KEYS[1], 'state', 'lastEventId', 'queue')
 local entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
 local oldest = false
 if ARGV[3] == '1' then
   local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
   if first[1] then oldest = first[1][1] end
 end
-return {head[1], head[2], oldest, entries}
+return {head[1], head[2], oldest, entries, head[3]}
 """
 
 
@@ -288,7 +313,8 @@ class JobEvents:
         keys = [k.job(job_id), k.events(job_id), k.queue, k.running, k.stats, k.queue_version]
         args = [
             k.channel(job_id), phase, encoded, self.maxlen, self.retention_seconds,
-            k.queue, job_id, now_ms(), expect, secrets.token_hex(8), "1" if builtin else "0",
+            k.queue, job_id, now_ms(), expect, secrets.token_hex(8), k.line_head, DEFAULT_QUEUE,
+            "1" if builtin else "0",
         ]  # fmt: skip
         result = self.retrying(lambda: self._publish(keys=keys, args=args))
         return _text(result) if result else None
@@ -307,7 +333,7 @@ class JobEvents:
                 delay = min(delay * 2, 1.0)
 
     def read(self, job_id: str, start: str, count: int, *, oldest: bool = False) -> list[Any]:
-        """One round trip: ``[state, lastEventId, oldest id, entries]`` of a job.
+        """One round trip: ``[state, lastEventId, oldest id, entries, queue]`` of a job.
 
         ``start`` is an XRANGE bound (``-`` or ``(<id>``); entries are raw
         ``[id, [b"phase", phase, b"data", data]]`` pairs, in log order.
@@ -325,25 +351,34 @@ class JobEvents:
         *,
         max_queue: int = 0,
         message: tuple[str, str] | None = None,
+        queue: str | None = None,
         key: str | None = None,
     ) -> Enqueued:
         """Record a new job, put it in line and log its ``queued`` event (one round trip).
 
-        ``message`` (broker list key, payload) is pushed in the same call. ``position``
-        -1 means the line is full (nothing was written), -2 that the id exists already,
-        -3 that idempotency ``key`` named a job already (``event_id`` is that job's id);
-        ``avg_ms`` and ``busy`` come along for an ETA either way.
+        ``queue`` names the Celery queue, whose line the job joins (None: the default
+        line, and no ``queue`` field unless ``fields`` has one); ``max_queue`` bounds that
+        line. ``message`` (broker list key, payload) is pushed in the same call.
+        ``position`` -1 means the line is full (nothing was written), -2 that the id
+        exists already, -3 that idempotency ``key`` named a job already (``event_id`` is
+        that job's id); ``avg_ms`` and ``busy`` come along for an ETA either way.
         """
         k = self.keys
+        line = k.line(queue if queue is not None else fields.get("queue"))
+        if queue is not None:
+            fields = {**fields, "queue": queue}
         flat: list[str] = []
         for name, value in fields.items():
             flat += [name, value]
-        broker, payload = message or (k.queue, "")
-        names = [k.job(job_id), k.events(job_id), k.queue, k.ticket, k.stats, k.running, broker]
+        broker, payload = message or (line.queue, "")
+        keys = [
+            k.job(job_id), k.events(job_id), line.queue, line.ticket, line.stats, line.running,
+            broker, k.lines,
+        ]  # fmt: skip
         if key is not None:
-            names.append(k.idempotency(key))
+            keys.append(k.idempotency(key))
         pos, length, event_id, avg, busy = self._enqueue(
-            keys=names,
+            keys=keys,
             args=[
                 k.channel(job_id),
                 max_queue,

@@ -25,6 +25,7 @@ from celery import current_app as celery_current_app
 from tasks.app import Context, context
 from tasks.errors import JobCancelled, JobError, QueueFull
 from tasks.events import TERMINAL, dumps
+from tasks.keys import LINE_NAME, Keys, LineKeys
 from tasks.submit import cancel
 from tasks.submit import submit as submit_message
 from tasks.tokens import job_token
@@ -167,7 +168,7 @@ def submit(
     created = line.position != -3
     if not created:
         job_id = line.event_id or job_id
-        position = _position(ctx, job_id)
+        position = _position(ctx, job_id, queue)
     else:
         position = line.position
     return JobHandle(
@@ -187,13 +188,11 @@ def submit(
 def read_status(ctx: Context, job_id: str) -> dict[str, Any]:
     """A job's record as a status dict, in one round trip."""
     k = ctx.events.keys
-    pipe = ctx.redis.pipeline(transaction=False)
-    pipe.hgetall(k.job(job_id))
-    pipe.zrank(k.queue, job_id)
-    record, rank = pipe.execute()
+    record = ctx.redis.hgetall(k.job(job_id))
     if not record:
         return {"jobId": job_id, "state": None}
     rec = {key.decode(): value.decode() for key, value in record.items()}
+    rank = ctx.redis.zrank(_line_of(k, rec.get("queue")).queue, job_id)
     last = {name[5:]: json.loads(v) for name, v in rec.items() if name.startswith("last:")}
     state = rec.get("state")
     status: dict[str, Any] = {
@@ -268,9 +267,14 @@ def _meta_json(metadata: dict[str, Any]) -> str:
     return encoded
 
 
-def _position(ctx: Context, job_id: str) -> int:
-    rank = ctx.redis.zrank(ctx.events.keys.queue, job_id)
+def _position(ctx: Context, job_id: str, queue: str | None) -> int:
+    rank = ctx.redis.zrank(_line_of(ctx.events.keys, queue).queue, job_id)
     return 0 if rank is None else int(rank) + 1
+
+
+def _line_of(keys: Keys, queue: str | None) -> LineKeys:
+    """The line of a queue (the default one for no name, or one that cannot be a line)."""
+    return keys.line(queue if queue and LINE_NAME.fullmatch(queue) else None)
 
 
 def _ending(job_id: str, phase: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,56 @@
 """Redis key and channel names, in one place.
 
 A job's keys share the hash tag ``{<id>}`` so they land in one Redis Cluster slot.
+
+Lines: every Celery queue has its own line (waiting jobs, their positions, ETAs). The
+default queue's line (:data:`DEFAULT_QUEUE`, Celery's ``task_default_queue``) keeps the
+names it always had; a line for queue ``Q`` lives under ``line:{Q}:`` (a hash tag, so a
+line's keys share a Cluster slot)::
+
+    default line              line of queue Q
+    queue                     line:{Q}:queue            zset of waiting ids; "moved" channel
+    queue:ticket              line:{Q}:queue:ticket     INCR counter scoring the zset
+    queue:version             line:{Q}:queue:version    departures, orders the messages
+    running                   line:{Q}:running          zset of running ids (start ms)
+    stats                     line:{Q}:stats            hash: avgMs, done, failed, cancelled
+
+``lines`` is a set of every line name a job was enqueued to, for whoever must visit them
+all (monitor, sweep, metrics). The ``published`` counter of all events stays in the
+default line's ``stats``.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+DEFAULT_QUEUE = "jobcast"
+"""Celery's default queue (``task_default_queue``), whose line keeps the old key names."""
+
+LINE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+"""What a queue name may be to get a line: Celery queue names as people write them."""
+
+
+def check_queue(name: str) -> str:
+    """``name`` if it can name a line; ValueError saying why otherwise."""
+    if not isinstance(name, str) or not LINE_NAME.fullmatch(name):
+        raise ValueError(
+            f"queue name {name!r} is not 1-64 characters of letters, digits, '_', '.' or '-'"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class LineKeys:
+    """The keys of one line; ``queue`` is also its "the line moved" channel."""
+
+    name: str
+    queue: str
+    ticket: str
+    version: str
+    running: str
+    stats: str
 
 
 @dataclass(frozen=True)
@@ -49,6 +94,36 @@ class Keys:
     def idempotency(self, key: str) -> str:
         """The job a caller's idempotency key names (``key`` is scoped by the caller)."""
         return f"{self.prefix}idem:{key}"
+
+    @property
+    def lines(self) -> str:
+        """Set of every line (queue) name jobs were enqueued to."""
+        return f"{self.prefix}lines"
+
+    @property
+    def line_head(self) -> str:
+        """What every non-default line's keys start with (the publish script builds them)."""
+        return f"{self.prefix}line:"
+
+    def line(self, name: str | None = None) -> LineKeys:
+        """The keys of the line of Celery queue ``name`` (None: the default queue)."""
+        if name is None or name == DEFAULT_QUEUE:
+            return LineKeys(
+                DEFAULT_QUEUE, self.queue, self.ticket, self.queue_version, self.running,
+                self.stats,
+            )  # fmt: skip
+        head = f"{self.line_head}{{{check_queue(name)}}}:"
+        return LineKeys(
+            name, f"{head}queue", f"{head}queue:ticket", f"{head}queue:version",
+            f"{head}running", f"{head}stats",
+        )  # fmt: skip
+
+    def all_lines(self, names: Iterable[bytes | str]) -> list[LineKeys]:
+        """The default line, then those named (the members of :attr:`lines`) in order,
+        each once; a name that cannot be a line's is skipped."""
+        text = {n.decode(errors="replace") if isinstance(n, bytes) else n for n in names}
+        others = sorted(n for n in text - {DEFAULT_QUEUE} if LINE_NAME.fullmatch(n))
+        return [self.line(None), *(self.line(name) for name in others)]
 
     @property
     def ops(self) -> str:

@@ -54,9 +54,9 @@ from kombu.exceptions import OperationalError
 
 from tasks.app import create_celery
 from tasks.config import Settings
-from tasks.keys import Keys
+from tasks.keys import DEFAULT_QUEUE, Keys
 from tasks.lease import lease_key
-from tasks.retention import Sweeper
+from tasks.retention import Sweeper, lines
 from tasks.unacked import broker_channel, in_flight, keep_visible, restore
 
 log = logging.getLogger("jobcast.monitor")
@@ -534,8 +534,10 @@ class Monitor:
 
     def seed(self, names: dict[str, str]) -> None:
         """Learn from Redis what runs where: a monitor that just started saw no start events."""
-        ids = [m.decode() for m in self.redis.zrange(self.keys.running, 0, -1)]
         pipe = self.redis.pipeline(transaction=False)
+        for line in lines(self.redis, self.keys):
+            pipe.zrange(line.running, 0, -1)
+        ids = [m.decode() for running in pipe.execute() for m in running]
         for task_id in ids:
             pipe.hmget(self.keys.job(task_id), "state", "last:started")
         now = self.clock()
@@ -593,20 +595,31 @@ class Monitor:
         return len(payload)
 
     def _read_queue(self) -> dict[str, Any]:
+        """Totals of every line, and per line (its broker list is its Celery queue's)."""
         running = [t for w in self.workers.values() for t in w.jobs]
+        every = lines(self.redis, self.keys)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.llen(self.broker_queue)
-        pipe.zcard(self.keys.queue)
-        pipe.zcard(self.keys.running)
+        for line in every:
+            broker = self.broker_queue if line.name == DEFAULT_QUEUE else line.name
+            pipe.llen(broker).zcard(line.queue).zcard(line.running)
         for task_id in running:
             pipe.hmget(self.keys.job(task_id), "state", "last:progress")
-        broker, waiting, busy, *records = pipe.execute()
+        replies = pipe.execute()
+        counts, records = replies[: 3 * len(every)], replies[3 * len(every) :]
         self.percents = {t: _percent(raw) for t, (_, raw) in zip(running, records, strict=True)}
         for task_id, (state, _) in zip(running, records, strict=True):
             if state in ENDED:  # we missed its end event
                 for worker in self.workers.values():
                     worker.forget(task_id)
-        return {"broker": int(broker), "waiting": int(waiting), "running": int(busy)}
+        per = {
+            line.name: {"broker": int(b), "waiting": int(w), "running": int(r)}
+            for line, b, w, r in zip(every, counts[::3], counts[1::3], counts[2::3], strict=True)
+        }
+        totals = {
+            field: sum(numbers[field] for numbers in per.values())
+            for field in ("broker", "waiting", "running")
+        }
+        return {**totals, "lines": per}
 
     def snapshot(self, now: float, queue: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -18,6 +18,9 @@ itself. What needs a sweep, which the monitor's leader runs every ``sweep_second
   (a worker killed between its fetch and its first event, before the monitor heard of
   it), on two sweeps in a row and with no live lease: put back on their queue with
   kombu's own restore instead of waiting out the visibility timeout.
+
+Every line (one per Celery queue, :mod:`tasks.keys`) is swept; a job's record names its
+queue, which is where its message must be and where it is sent again.
 """
 
 from __future__ import annotations
@@ -30,14 +33,14 @@ import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from celery import Celery
 
 from tasks.config import Settings
 from tasks.events import JobEvents, now_ms
-from tasks.keys import Keys
+from tasks.keys import LINE_NAME, Keys, LineKeys
 from tasks.lease import lease_key
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,13 @@ local n = redis.call('HINCRBY', KEYS[1], 'resent', 1)
 if n > tonumber(ARGV[1]) then return -1 end
 return n
 """
+
+
+class Waiting(NamedTuple):
+    """A job waiting in some line: its task name and its queue ("" if unknown)."""
+
+    task: str
+    queue: str
 
 
 @dataclass(frozen=True)
@@ -142,22 +152,28 @@ def _sweep_old(folder: Path, cutoff: float) -> int:
     return removed
 
 
+def lines(client: redis.Redis, keys: Keys) -> list[LineKeys]:
+    """Every line jobs were enqueued to (the default one always)."""
+    return keys.all_lines(client.smembers(keys.lines))
+
+
 def _sweep_ghosts(client: redis.Redis, keys: Keys) -> int:
     removed = 0
-    for zset in (keys.queue, keys.running):
-        members = [m.decode() for m in client.zrange(zset, 0, -1)]
-        if not members:
-            continue
-        pipe = client.pipeline(transaction=False)
-        for job_id in members:
-            pipe.exists(keys.job(job_id))
-        gone = [m for m, alive in zip(members, pipe.execute(), strict=True) if not alive]
-        if gone:
-            removed += client.zrem(zset, *gone)
-            if zset == keys.queue:
-                # The line moved in no simple way: web processes recompute positions.
-                version = client.incr(keys.queue_version)
-                client.publish(keys.queue, f"{version} *")
+    for line in lines(client, keys):
+        for zset in (line.queue, line.running):
+            members = [m.decode() for m in client.zrange(zset, 0, -1)]
+            if not members:
+                continue
+            pipe = client.pipeline(transaction=False)
+            for job_id in members:
+                pipe.exists(keys.job(job_id))
+            gone = [m for m, alive in zip(members, pipe.execute(), strict=True) if not alive]
+            if gone:
+                removed += client.zrem(zset, *gone)
+                if zset == line.queue:
+                    # The line moved in no simple way: web processes recompute positions.
+                    version = client.incr(line.version)
+                    client.publish(line.queue, f"{version} *")
     return removed
 
 
@@ -199,7 +215,7 @@ class Sweeper:
         restored = self.restore_stalled(waiting)
         return outcomes.count("resent") + restored, outcomes.count("failed")
 
-    def restore_stalled(self, waiting: dict[str, str]) -> int:
+    def restore_stalled(self, waiting: dict[str, Waiting]) -> int:
         """Hand out again messages delivered longer than the grace time ago to a consumer
         that never started them (a worker killed between its fetch and its first event,
         before the monitor heard of it): seen on two sweeps in a row, and with no live
@@ -234,35 +250,42 @@ class Sweeper:
                 log.warning("sweep: %s was fetched but never started; handed out again", job_id)
         return len(confirmed)
 
-    def find_ghosts(self, waiting: dict[str, str]) -> set[str]:
+    def find_ghosts(self, waiting: dict[str, Waiting]) -> set[str]:
         """Of the jobs in line longer than the grace time, those in no broker message."""
         if not waiting:
             return set()  # the usual case: no broker scan at all
         broker = self._broker()
         if broker is None:
             return set()  # not a Redis broker: no way to tell a ghost from a waiting job
-        return set(waiting) - set(self._message_ids(broker, self._queues(waiting.values())))
+        queues = self._queues(waiting.values())
+        return set(waiting) - set(self._message_ids(broker, queues))
 
-    def _waiting_longer_than(self, seconds: float) -> dict[str, str]:
-        """Job id → task name of the jobs queued longer than ``seconds``."""
-        members = [m.decode() for m in self.redis.zrange(self.keys.queue, 0, -1)]
+    def _waiting_longer_than(self, seconds: float) -> dict[str, Waiting]:
+        """The jobs queued longer than ``seconds``, in every line: id → task, queue."""
         pipe = self.redis.pipeline(transaction=False)
+        for line in lines(self.redis, self.keys):
+            pipe.zrange(line.queue, 0, -1)
+        members = [m.decode() for ids in pipe.execute() for m in ids]
         for job_id in members:
-            pipe.hmget(self.keys.job(job_id), "state", "created", "task")
+            pipe.hmget(self.keys.job(job_id), "state", "created", "task", "queue")
         cutoff = now_ms() - seconds * 1000
         return {
-            job_id: (task or b"").decode(errors="replace")
-            for job_id, (state, created, task) in zip(members, pipe.execute(), strict=True)
+            job_id: Waiting(_decode(task), _decode(queue))
+            for job_id, (state, created, task, queue) in zip(members, pipe.execute(), strict=True)
             if state == b"queued" and created and int(created) < cutoff
         }
 
-    def _queues(self, tasks: Iterable[str]) -> set[str]:
-        """The default queue and every queue Celery routes these tasks to."""
+    def _queues(self, waiting: Iterable[Waiting]) -> set[str]:
+        """The default queue, the jobs' own queues and every queue Celery routes their
+        tasks to (a record written before jobs kept their queue)."""
         queues = {self.app.conf.task_default_queue}
-        for name in set(tasks) - {""}:
-            queue = self.app.amqp.router.route({}, name, (), {}, None).get("queue")
-            if queue is not None:
-                queues.add(queue.name)
+        for task, queue in set(waiting):
+            if queue:
+                queues.add(queue)
+            elif task:
+                routed = self.app.amqp.router.route({}, task, (), {}, None).get("queue")
+                if routed is not None:
+                    queues.add(routed.name)
         return queues
 
     def _broker(self) -> redis.Redis | None:
@@ -295,28 +318,26 @@ class Sweeper:
     def _heal(self, job_id: str) -> str:
         from tasks.submit import broker_message, shares_broker
 
-        sent = _task_of(self.redis.hmget(self.keys.job(job_id), *SENT_FIELDS))
-        if sent is None:
+        task, args, kwargs, named = self._task_of(job_id)
+        if task is None:
             return self._fail(job_id, "The job's task message was lost and cannot be sent again.")
-        task, args, kwargs, route = sent
-        queue, payload = route or self.app.conf.task_default_queue, ""
+        queue, payload = named or self.app.conf.task_default_queue, ""
         if shares_broker(self.app, self.settings):
             try:
                 queue, payload = broker_message(
-                    self.app, task, job_id, kwargs, args=args, queue=route
+                    self.app, task, job_id, kwargs, args=args, queue=named
                 )
             except ValueError:
                 pass  # a routing we do not rebuild: Celery sends it below
         k = self.keys
-        count = int(
-            self._resend(keys=[k.job(job_id), k.queue, queue], args=[job_id, payload, MAX_RESENDS])
-        )
+        keys = [k.job(job_id), k.line(named if _is_line(named) else None).queue, queue]
+        count = int(self._resend(keys=keys, args=[job_id, payload, MAX_RESENDS]))
         if count == -1:
             return self._fail(job_id, f"The job's task message was lost {MAX_RESENDS} times.")
         if count == 0:
             return "gone"  # it started, ended or expired meanwhile
         if not payload:
-            self.app.send_task(task, args=args, kwargs=kwargs, task_id=job_id, queue=route)
+            self.app.send_task(task, args=args, kwargs=kwargs, task_id=job_id, queue=named)
         log.warning("sweep: job %s was in line with no task message; sent it again", job_id)
         return "resent"
 
@@ -329,21 +350,29 @@ class Sweeper:
         broker = self._broker()
         if broker is None:
             return False
-        sent = _task_of(self.redis.hmget(self.keys.job(job_id), *SENT_FIELDS))
-        if sent is None:
+        task, args, kwargs, named = self._task_of(job_id)
+        if task is None:
             return False
-        task, args, kwargs, route = sent
-        if job_id in set(self._message_ids(broker, self._queues([task]))):
+        queues = self._queues([Waiting(task, named or "")])
+        if job_id in set(self._message_ids(broker, queues)):
             return False  # a copy waits in a queue: a worker will take it
         keys = [self.keys.job(job_id), lease_key(self.keys, job_id)]
         count = int(self._resend_running(keys=keys, args=[MAX_RESENDS]))
         if count <= 0:
             return False  # ended, taken over, or sent too often (max_attempts ends it)
-        self.app.send_task(task, args=args, kwargs=kwargs, task_id=job_id, queue=route)
+        self.app.send_task(task, args=args, kwargs=kwargs, task_id=job_id, queue=named)
         log.warning(
             "monitor: job %s ran on a dead worker with no message left; sent it again", job_id
         )
         return True
+
+    def _task_of(self, job_id: str) -> tuple[str | None, list[Any], dict[str, Any], str | None]:
+        """The job's task name, arguments and queue (None: not recorded)."""
+        task, kwargs, args, queue = self.redis.hmget(
+            self.keys.job(job_id), "task", "kwargs", "args", "queue"
+        )
+        name, positional, arguments = _task_of([task, kwargs, args])
+        return name, positional, arguments, _decode(queue) or None
 
     def _fail(self, job_id: str, message: str) -> str:
         failed = self.events.publish(
@@ -353,22 +382,25 @@ class Sweeper:
         return "failed" if failed else "gone"
 
 
-SENT_FIELDS = ("task", "kwargs", "args", "queue")
-
-
-def _task_of(
-    fields: list[bytes | None],
-) -> tuple[str, list[Any], dict[str, Any], str | None] | None:
-    """The task name, arguments and queue a job record keeps; None if unusable."""
-    task, kwargs_json, args_json, queue = fields
+def _task_of(fields: list[bytes | None]) -> tuple[str | None, list[Any], dict[str, Any]]:
+    """The task name and arguments a job record keeps; (None, [], {}) if unusable."""
+    task, kwargs_json, args_json = fields
     try:
         kwargs = json.loads(kwargs_json or b"")
         args = json.loads(args_json or b"[]")
     except ValueError:
-        return None  # a record written before tasks kept them, or damaged
+        return None, [], {}  # a record written before tasks kept them, or damaged
     if not task or not isinstance(kwargs, dict) or not isinstance(args, list):
-        return None
-    return task.decode(errors="replace"), args, kwargs, queue.decode() if queue else None
+        return None, [], {}
+    return task.decode(errors="replace"), args, kwargs
+
+
+def _decode(raw: bytes | None) -> str:
+    return (raw or b"").decode(errors="replace")
+
+
+def _is_line(name: str | None) -> bool:
+    return name is not None and LINE_NAME.fullmatch(name) is not None
 
 
 def _task_id(raw: bytes, *, unacked: bool = False) -> str:

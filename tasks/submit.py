@@ -29,6 +29,7 @@ from kombu.utils.json import dumps as kombu_json
 
 from tasks.config import Settings
 from tasks.events import TERMINAL_STATES, Enqueued, JobEvents
+from tasks.keys import check_queue
 
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
 
@@ -104,6 +105,12 @@ def broker_message(
     return route.name, kombu_json(message)
 
 
+def queue_of(app: Celery, name: str) -> str:
+    """The Celery queue ``send_task(name)`` would use: ``task_routes``, else the default."""
+    target = app.amqp.router.route({}, name, (), {}, None).get("queue")
+    return str(target.name if target is not None else app.conf.task_default_queue)
+
+
 def task_fields(
     name: str, kwargs: dict[str, Any], args: tuple[Any, ...] | list[Any] = ()
 ) -> dict[str, str]:
@@ -129,19 +136,22 @@ def submit(
 ) -> Enqueued:
     """Record, line up and send a job in one round trip when the broker allows it.
 
-    Otherwise the task is sent after the script (and a failed send fails the job).
-    ``queue`` is the Celery queue; ``key`` an idempotency key (position -3: it named a
-    job already, whose id is ``event_id``).
+    ``queue`` is the Celery queue the task goes to, and so the line the job waits in
+    (None: where Celery routes the task, :func:`queue_of`); the record keeps it. A name
+    that cannot be a line raises ValueError before anything is written. Otherwise the
+    task is sent after the script (and a failed send fails the job). ``key`` is an
+    idempotency key (position -3: it named a job already, whose id is ``event_id``).
     """
+    line_name = check_queue(queue if queue is not None else queue_of(app, name))
     record = {**fields, **task_fields(name, kwargs, args)}
-    if queue:
-        record["queue"] = queue
-    message = _atomic_message(app, settings, job_id, name, kwargs, args, queue)
-    line = events.enqueue(job_id, record, max_queue=settings.max_queue, message=message, key=key)
+    message = _atomic_message(app, settings, job_id, name, kwargs, args, line_name)
+    line = events.enqueue(
+        job_id, record, max_queue=settings.max_queue, message=message, queue=line_name, key=key
+    )
     if line.position >= 1:
         _crash_for_tests()
         if message is None:
-            _send_task(app, events, job_id, name, kwargs, args, queue)
+            _send_task(app, events, job_id, name, kwargs, args, line_name)
     return line
 
 

@@ -82,15 +82,20 @@ def rds(redis_server: RedisServer) -> Iterator[redis.Redis]:
 def _quiesce(client: redis.Redis) -> None:
     """Cancel what waits or runs (open streams end), wait for it to stop, drop every key."""
     events = JobEvents(client)
-    for job_id in client.zrange("jobcast:queue", 0, -1):
-        events.publish(job_id.decode(), "cancelled", {"reason": "test over"}, expect="queued")
-    for job_id in client.zrange("jobcast:running", 0, -1):
-        client.hset(f"jobcast:job:{{{job_id.decode()}}}", "cancel", "1")
-    client.delete("jobcast")  # Celery's list of waiting task messages
+    lines = events.keys.all_lines(client.smembers(events.keys.lines))  # one per Celery queue
+    for line in lines:
+        for job_id in client.zrange(line.queue, 0, -1):
+            events.publish(job_id.decode(), "cancelled", {"reason": "test over"}, expect="queued")
+    for line in lines:
+        for job_id in client.zrange(line.running, 0, -1):
+            client.hset(f"jobcast:job:{{{job_id.decode()}}}", "cancel", "1")
+    # Celery's lists of waiting task messages, one per queue
+    client.delete("jobcast", *(line.name for line in lines))
     if any(proc.alive() for proc in _workers):
         wait_until(lambda: client.zcard("jobcast:running") == 0, 30, "running jobs to stop")
-    # The line's counters only ever grow, as in production: web processes rely on it.
-    counters = {b"jobcast:queue:ticket", b"jobcast:queue:version"}
+    # The lines' counters only ever grow, as in production: web processes rely on it.
+    counters = {c.encode() for line in lines for c in (line.ticket, line.version)}
+    counters.add(events.keys.lines.encode())  # and so do the names of the lines
     keys = [k for k in client.scan_iter("jobcast:*", count=1000) if k not in counters]
     if keys:
         client.delete(*keys)

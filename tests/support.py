@@ -160,7 +160,10 @@ class RedisServer:
         self.start()
 
 
-def celery_worker(env: dict[str, str], log: Path, name: str, concurrency: int = 1) -> Proc:
+def celery_worker(
+    env: dict[str, str], log: Path, name: str, concurrency: int = 1, queues: str = ""
+) -> Proc:
+    """A worker consuming ``queues`` (comma-separated Celery queues; "": the default)."""
     argv = worker_argv(
         concurrency,
         "-P",
@@ -168,6 +171,7 @@ def celery_worker(env: dict[str, str], log: Path, name: str, concurrency: int = 
         f"--hostname={name}@%h",
         "--without-mingle",
         "--without-gossip",
+        *(["-Q", queues] if queues else []),
     )
     proc = Proc(argv, env, log).start()
     wait_until(lambda: "ready." in proc.output() or not proc.alive(), 60, "celery worker ready")

@@ -167,7 +167,8 @@ def healthz() -> tuple[Response, int]:
         "ok": redis_ok and hub_ok,
         "redis": "ok" if redis_ok else "unreachable",
         "hub": ext.hub.stats(),
-        "line": ext.line.stats(),
+        "line": ext.lines.stats(),  # every line's added up
+        "lines": ext.lines.per_line(),
     }
     return jsonify(body), 200 if redis_ok and hub_ok else 503
 

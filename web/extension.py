@@ -13,7 +13,7 @@ from tasks.config import Settings
 from tasks.events import JobEvents
 from tasks.keys import Keys
 from web.hub import Hub
-from web.line import Line
+from web.line import Line, Lines
 
 
 @dataclass
@@ -23,8 +23,13 @@ class Jobcast:
     events: JobEvents
     keys: Keys
     hub: Hub
-    line: Line
+    lines: Lines  # one per Celery queue: a job's is ``lines.of(job_id, its queue)``
     celery: Celery
+
+    @property
+    def line(self) -> Line:
+        """The default queue's line (a job's own line: :attr:`lines`)."""
+        return self.lines.default
 
 
 def init_app(app: Flask, settings: Settings) -> Jobcast:
@@ -54,7 +59,7 @@ def init_app(app: Flask, settings: Settings) -> Jobcast:
         events=JobEvents.for_settings(client, settings),
         keys=keys,
         hub=hub,
-        line=Line(hub, client, keys),
+        lines=Lines(hub, client, keys),
         celery=create_celery(settings),
     )
     app.extensions["jobcast"] = ext

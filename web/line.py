@@ -20,6 +20,11 @@ Watchers get a derived ``queued`` event (no ``id:``) at most once per ``interval
 job, always with the latest value; positions never go up. ETA = position × moving average
 run time ÷ busy workers (both kept in Redis by the publish script); none while nothing
 runs (idle workers take the job at once, or there are none: we cannot tell which).
+
+Every Celery queue has its own line (:mod:`tasks.keys`): a :class:`Line` follows one,
+on that line's channel, with that line's average and busy count. :class:`Lines` holds
+one per line name, made when a job of that line is first watched; a job's line is the
+``queue`` field of its record (the stream's opening read brings it along).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import redis
 
 from tasks.events import dumps
 from tasks.handle import eta_seconds
-from tasks.keys import Keys
+from tasks.keys import DEFAULT_QUEUE, LINE_NAME, Keys
 from web.hub import Hub, Item
 from web.sse import Event
 
@@ -95,10 +100,13 @@ class Line:
         keys: Keys,
         interval: float = 0.25,
         max_updates_per_second: int = 2000,
+        name: str | None = None,
     ) -> None:
         self.hub = hub
         self.redis = client
         self.keys = keys
+        self.line_keys = keys.line(name)  # None: the default line
+        self.name = self.line_keys.name
         self.interval = interval
         # A departure moves every job behind it, so one flush writes to every waiting
         # stream: past a few hundred of them, stretch the interval to bound the CPU.
@@ -128,7 +136,7 @@ class Line:
 
     def track(self, job_id: str) -> Place | None:
         """Follow ``job_id`` for this process's watchers; return its place now, or ``None``."""
-        self.hub.listen(self.keys.queue, self._on_message)
+        self.hub.listen(self.line_keys.queue, self._on_message)
         for _ in range(TRACK_TRIES):
             epoch = self.epoch
             reading = self._read([job_id])[job_id]
@@ -282,9 +290,9 @@ class Line:
 
     def _read(self, job_ids: list[str]) -> dict[str, _Tracked | None]:
         """Read places atomically (MULTI) with the departure counter and the line's stats."""
-        k = self.keys
+        k = self.line_keys
         pipe = self.redis.pipeline(transaction=True)
-        pipe.get(k.queue_version).zcard(k.queue).zcard(k.running).hget(k.stats, "avgMs")
+        pipe.get(k.version).zcard(k.queue).zcard(k.running).hget(k.stats, "avgMs")
         for job_id in job_ids:
             pipe.zrank(k.queue, job_id).zscore(k.queue, job_id)
         version, length, busy, avg, *places = pipe.execute()
@@ -298,3 +306,60 @@ class Line:
                 else _Tracked(ticket, int(version or 0), rank + 1, sent=rank + 1)
             )
         return result
+
+
+class Lines:
+    """One :class:`Line` per line (Celery queue) name in this process, made on demand."""
+
+    def __init__(self, hub: Hub, client: redis.Redis, keys: Keys, **options: Any) -> None:
+        self.hub = hub
+        self.redis = client
+        self.keys = keys
+        self.options = options
+        self.lines: dict[str, Line] = {}
+        self.default = self.get(DEFAULT_QUEUE)
+
+    def get(self, name: str | None) -> Line:
+        """The line of queue ``name``; the default line for None or a name that cannot be
+        one (as the publish script does: such a job moves the default line)."""
+        if name is None or not LINE_NAME.fullmatch(name):
+            name = DEFAULT_QUEUE
+        line = self.lines.get(name)
+        if line is None:
+            line = self.lines[name] = Line(
+                self.hub, self.redis, self.keys, name=name, **self.options
+            )
+        return line
+
+    def of(self, job_id: str, queue: str | None) -> Line:
+        """The line of a job whose record names ``queue``; None if not known here: then
+        a line tracking it, else its record tells (one read)."""
+        if queue is not None:
+            return self.get(queue)
+        for line in self.lines.values():
+            if job_id in line.tracked:
+                return line
+        raw = self.redis.hget(self.keys.job(job_id), "queue")
+        return self.get(raw.decode(errors="replace") if raw else None)
+
+    def track(self, job_id: str, queue: str | None) -> Place | None:
+        """:meth:`Line.track` on the job's line."""
+        return self.of(job_id, queue).track(job_id)
+
+    def place(self, job_id: str, queue: str | None) -> Place | None:
+        """:meth:`Line.place` on the job's line."""
+        return self.of(job_id, queue).place(job_id)
+
+    def stats(self) -> dict[str, Any]:
+        """Every line's numbers added up (``interval``: the longest)."""
+        total: dict[str, Any] = {}
+        for numbers in self.per_line().values():
+            for field, value in numbers.items():
+                if field == "interval":
+                    total[field] = max(total.get(field, 0.0), value)
+                else:
+                    total[field] = total.get(field, 0) + value
+        return total
+
+    def per_line(self) -> dict[str, dict[str, Any]]:
+        return {name: line.stats() for name, line in sorted(self.lines.items())}

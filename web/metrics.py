@@ -3,7 +3,8 @@
 Gunicorn runs several processes and any one answers a scrape, so nothing is counted in
 a per-process registry. Every number is read from Redis at scrape time:
 
-* queue depth, jobs queued/running and finished, events published: Jobcast's own keys;
+* queue depth, jobs queued/running and finished, events published: Jobcast's own keys,
+  added up over every line, and per line (``jobcast_line_*{queue="<Celery queue>"}``);
 * workers, task outcomes and the task run time histogram: what the monitor keeps
   (its snapshot, and the counters it writes while it holds the lease);
 * open SSE streams and delivered frames live in each process's hub, so each process
@@ -25,7 +26,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import gevent
 import redis
@@ -39,7 +40,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from tasks.keys import Keys
+from tasks.keys import DEFAULT_QUEUE, Keys
 from tasks.monitor import RUNTIME_BUCKETS, OpsKeys
 from web.extension import Jobcast
 from web.ops import require_token
@@ -116,25 +117,37 @@ class JobcastCollector:
 
     def collect(self) -> Iterator[Metric]:
         k, o, stats = self.keys, self.ops_keys, self.stats
+        lines = k.all_lines(self.ext.redis.smembers(k.lines))
         pipe = self.ext.redis.pipeline(transaction=False)
-        pipe.zcard(k.queue)
-        pipe.zcard(k.running)
-        pipe.llen(self.ext.celery.conf.task_default_queue)
-        pipe.hgetall(k.stats)
+        for line in lines:
+            pipe.zcard(line.queue).zcard(line.running).llen(self._broker_list(line.name))
+            pipe.hgetall(line.stats)
         pipe.get(k.ops_snapshot)
         pipe.hgetall(o.tasks)
         pipe.hgetall(o.runtime)
         pipe.hgetall(stats.counters_key)
         pipe.hgetall(stats.streams_key)
-        queued, running, broker, job_stats, snap, tasks, runtime, web, streams = pipe.execute()
-        yield from self._jobs(queued, running, broker, _text(job_stats))
+        *per_line, snap, tasks, runtime, web, streams = pipe.execute()
+        numbers = [
+            LineNumbers(line.name, int(queued), int(busy), int(broker), _text(line_stats))
+            for line, queued, busy, broker, line_stats in zip(
+                lines, per_line[::4], per_line[1::4], per_line[2::4], per_line[3::4], strict=True
+            )
+        ]
+        yield from self._jobs(numbers)
         yield from self._workers(json.loads(snap) if snap else None)
         yield from self._tasks(_text(tasks), _text(runtime))
         yield from self._web(_text(web), _text(streams))
 
-    def _jobs(self, queued: int, running: int, broker: int, st: dict[str, str]) -> Iterator[Metric]:
+    def _broker_list(self, line: str) -> str:
+        """The broker list of a line's Celery queue."""
+        return str(self.ext.celery.conf.task_default_queue) if line == DEFAULT_QUEUE else line
+
+    def _jobs(self, lines: list[LineNumbers]) -> Iterator[Metric]:
+        queued = sum(line.queued for line in lines)
+        running = sum(line.running for line in lines)
         jobs = GaugeMetricFamily(
-            "jobcast_jobs", "Jobs waiting in line or running.", labels=["state"]
+            "jobcast_jobs", "Jobs waiting in line or running, every line.", labels=["state"]
         )
         jobs.add_metric(["queued"], queued)
         jobs.add_metric(["running"], running)
@@ -142,18 +155,35 @@ class JobcastCollector:
         finished = CounterMetricFamily(
             "jobcast_jobs_finished", "Jobs that reached a final state.", labels=["state"]
         )
-        finished.add_metric(["succeeded"], float(st.get("done", 0)))
+        finished.add_metric(["succeeded"], sum(float(x.stats.get("done", 0)) for x in lines))
         for state in ("failed", "cancelled"):
-            if state in st:  # counted only where the event log counts them
-                finished.add_metric([state], float(st[state]))
+            counted = [float(x.stats[state]) for x in lines if state in x.stats]
+            if counted:  # counted only where the event log counts them
+                finished.add_metric([state], sum(counted))
         yield finished
         depth = GaugeMetricFamily("jobcast_queue_depth", "Waiting work.", labels=["queue"])
-        depth.add_metric(["broker"], broker)  # Celery messages not yet taken by a worker
-        depth.add_metric(["waiting"], queued)  # jobs in line (the sorted set)
+        # Celery messages not yet taken by a worker, and jobs in line (the sorted sets).
+        depth.add_metric(["broker"], sum(line.broker for line in lines))
+        depth.add_metric(["waiting"], queued)
         yield depth
+        per_line = GaugeMetricFamily(
+            "jobcast_line_jobs", "Jobs waiting or running, per line (Celery queue).",
+            labels=["queue", "state"],
+        )  # fmt: skip
+        broker = GaugeMetricFamily(
+            "jobcast_line_broker_messages", "Celery messages waiting in a line's queue.",
+            labels=["queue"],
+        )  # fmt: skip
+        for line in lines:
+            per_line.add_metric([line.name, "queued"], line.queued)
+            per_line.add_metric([line.name, "running"], line.running)
+            broker.add_metric([line.name], line.broker)
+        yield per_line
+        yield broker
+        published = lines[0].stats.get("published", 0)  # all events count in the default's
         yield CounterMetricFamily(
             "jobcast_events_published", "Job events appended and published.",
-            value=float(st.get("published", 0)),
+            value=float(published),
         )  # fmt: skip
 
     def _workers(self, snap: dict[str, Any] | None) -> Iterator[Metric]:
@@ -205,6 +235,14 @@ class JobcastCollector:
             "jobcast_events_delivered", "SSE frames handed to streams, all web processes.",
             value=float(web.get("delivered", 0)),
         )  # fmt: skip
+
+
+class LineNumbers(NamedTuple):
+    name: str
+    queued: int
+    running: int
+    broker: int
+    stats: dict[str, str]
 
 
 def _text(raw: dict[bytes, bytes]) -> dict[str, str]:

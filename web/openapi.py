@@ -491,6 +491,10 @@ def _job_status() -> Doc:
         "properties": {
             "jobId": {"type": "string"},
             "state": {"enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+            "queue": {
+                "type": "string",
+                "description": "The Celery queue, whose line `position` counts in.",
+            },
             "position": NULLABLE_INT,
             "queueLength": NULLABLE_INT,
             "etaSeconds": NULLABLE_INT,

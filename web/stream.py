@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tasks.events import TERMINAL_STATES, EventId, dumps, format_id, parse_id
+from tasks.keys import DEFAULT_QUEUE
 from web.extension import Jobcast
 from web.hub import RESYNC, TERMINAL_PHASES, Item, Watcher
 from web.sse import Event, frame
@@ -47,6 +48,7 @@ class Opening:
     backlog: list[Item]  # the log after the client's last id (a first page of it)
     more: bool = False  # the page was full: the log may go on after the backlog
     unknown_last: bool = False  # the client's id is newer than the log: not from it
+    queue: str | None = None  # the job's line, from the record (None: not read)
 
     def nothing_after(self, last: EventId | None) -> bool:
         """Whether a client that saw ``last`` of a finished job has nothing to get (→ 204)."""
@@ -115,7 +117,7 @@ def after(items: list[Item], last: EventId | None) -> list[Item]:
 
 def read_opening(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
     """State, last logged id, oldest id and first backlog page: one round trip."""
-    state, last_logged, oldest, backlog = ext.events.read(
+    state, last_logged, oldest, backlog, queue = ext.events.read(
         job_id, _after_bound(last), PAGE, oldest=last is not None
     )
     return Opening(
@@ -124,6 +126,8 @@ def read_opening(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
         oldest=parse_id(oldest),
         backlog=after([_item(entry) for entry in backlog], last),
         more=len(backlog) >= PAGE,
+        # A record without the field is one of the default line (written before lines).
+        queue=queue.decode(errors="replace") if queue else DEFAULT_QUEUE,
     )
 
 
@@ -198,7 +202,7 @@ class Stream:
         if opening.more and not self.finished:
             parts.append(self._catch_up())
         if not self.finished and opening.state == "queued":
-            place = self.ext.line.track(self.job_id)
+            place = self.ext.lines.track(self.job_id, opening.queue)
             if place is not None:
                 parts.append(self._place(place.item()))
         return b"".join(parts)
@@ -276,6 +280,7 @@ def snapshot(ext: Jobcast, job_id: str) -> dict[str, Any] | None:
     snap: dict[str, Any] = {
         "jobId": job_id,
         "state": state,
+        "queue": record.get("queue", DEFAULT_QUEUE),
         "position": None,
         "queueLength": None,
         "etaSeconds": None,
@@ -290,7 +295,7 @@ def snapshot(ext: Jobcast, job_id: str) -> dict[str, Any] | None:
         "height": _int(record.get("height")),
     }
     if state == "queued":
-        place = ext.line.place(job_id)
+        place = ext.lines.place(job_id, snap["queue"])
         if place is not None:
             snap.update(place.as_data())
     return snap

@@ -60,7 +60,13 @@ function renderStats(snap) {
   $("workers-known").textContent = snap.workers.length > online ? ` / ${snap.workers.length}` : "";
   const q = snap.queue;
   $("queue-depth").textContent = Math.max(q.waiting, q.broker);
-  $("queue-detail").textContent = `${q.running} running · ${q.broker} in broker`;
+  // With several lines (one per Celery queue): those that hold anything, waiting/running.
+  const all = Object.entries(q.lines || {});
+  const lines = all.length < 2 ? [] : all
+    .filter(([, n]) => n.waiting + n.running + n.broker > 0)
+    .map(([name, n]) => `${name} ${n.waiting}/${n.running}`);
+  $("queue-detail").textContent =
+    `${q.running} running · ${q.broker} in broker` + (lines.length ? ` · ${lines.join(" · ")}` : "");
   $("rate-1").textContent = fmt(snap.rate.m1);
   $("rate-detail").textContent = `5 m ${fmt(snap.rate.m5)} · 15 m ${fmt(snap.rate.m15)}`;
   $("runtime-p50").textContent = snap.runtime.p50 == null ? "–" : seconds(snap.runtime.p50);
