@@ -41,15 +41,36 @@ local function frame(id, phase, data)
 end
 """
 
+# [lines] The keys of a job's line (tasks/keys.py) when its record names a queue other
+# than the default one: '<prefix>line:{<queue>}:...', the prefix being the job key's
+# ('<prefix>job:{<id>}'). Scripts derive them, so no caller passes (or needs to know)
+# them and the scripts' KEYS/ARGV stay as they were. Standalone Redis lets a script name
+# keys it was not given; Redis Cluster does not, and a line's keys never share the job's
+# slot anyway: the Cluster issue redesigns this part.
+_LINES_LUA = (
+    """
+local function key_prefix(job, jobid)
+  return string.sub(job, 1, #job - #jobid - 6)
+end
+local function line_head(job, jobid, name)
+  if not name or name == '"""
+    + DEFAULT_QUEUE
+    + """' or #name > 64 or not string.find(name, '^[%w_.-]+$') then
+    return nil
+  end
+  return key_prefix(job, jobid) .. 'line:{' .. name .. '}:'
+end
+"""
+)
+
 # KEYS: job hash, events stream, queue zset, running zset, stats hash, queue version
 # ARGV: channel, phase, data, maxlen, ttl, queue channel, job id, now (ms), expected state,
-#       token (unique per publish, the same across its retries),
-#       [lines] line key head (``Keys.line_head``), default queue name
+#       token (unique per publish, the same across its retries)
 # KEYS 3-6 and ARGV 6 are the default line's; a job whose record names another queue
-# moves that queue's line instead (see "the job's line" below). A caller without the two
-# [lines] ARGV (older code) always moves the default line.
+# moves that queue's line instead ([lines] below).
 PUBLISH_LUA = (
     _COMMON_LUA
+    + _LINES_LUA
     + """
 local job, events, queue, running, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local qversion = KEYS[6]
@@ -63,14 +84,10 @@ if expect ~= '' and not string.find(',' .. expect .. ',', ',' .. (state or '') .
   return false
 end
 if not state and phase ~= 'queued' and phase ~= 'started' then return false end
--- [lines] The job's line: the record names its Celery queue; a queue other than the
--- default has keys of its own, derived here from the name (tasks/keys.py), so that no
--- publisher (worker, web, sweep) needs to know it. Standalone Redis lets a script build
--- key names; Redis Cluster does not, and a line's keys never share the job's slot
--- anyway: the Cluster issue redesigns this part.
-local line = ARGV[11] and redis.call('HGET', job, 'queue')
-if line and line ~= ARGV[12] and #line <= 64 and string.find(line, '^[%w_.-]+$') then
-  local head = ARGV[11] .. '{' .. line .. '}:'
+-- [lines] The job's line, from the queue its record names: no publisher (worker, web,
+-- sweep) needs to know it.
+local head = line_head(job, jobid, redis.call('HGET', job, 'queue'))
+if head then
   queue, running, stats = head .. 'queue', head .. 'running', head .. 'stats'
   qversion, qchannel = head .. 'queue:version', head .. 'queue'
 end
@@ -130,12 +147,13 @@ return id
 )
 
 # KEYS: job hash, events stream, queue zset, ticket counter, stats hash, running zset,
-#       broker list (Celery's queue), [lines] the set of line names (optional)
+#       broker list (Celery's queue)
 # KEYS 3-6 are those of the job's line (Keys.line); the record's `queue` field names it.
 # ARGV: channel, max queue (0 = no limit), maxlen, ttl, job id, now (ms),
 #       broker message ('' = the caller sends it), field/value pairs...
 ENQUEUE_LUA = (
     _COMMON_LUA
+    + _LINES_LUA
     + """
 local job, events, queue, ticket = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 -- What an ETA needs, read here so the caller needs no second round trip.
@@ -157,10 +175,8 @@ redis.call('HSET', job, unpack(fields))
 redis.call('EXPIRE', job, ttl)
 redis.call('EXPIRE', events, ttl)
 -- [lines] Remember the line's name, for whoever must visit every line (monitor, sweep).
-if KEYS[8] then
-  local line = redis.call('HGET', job, 'queue')
-  if line then redis.call('SADD', KEYS[8], line) end
-end
+local line = redis.call('HGET', job, 'queue')
+if line then redis.call('SADD', key_prefix(job, jobid) .. 'lines', line) end
 -- The task message with the record: a job in line always has one (tasks/submit.py).
 if ARGV[7] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[7]) end
 redis.call('PUBLISH', channel, frame(id, 'queued', data))
@@ -258,7 +274,7 @@ class JobEvents:
         keys = [k.job(job_id), k.events(job_id), k.queue, k.running, k.stats, k.queue_version]
         args = [
             k.channel(job_id), phase, dumps(data or {}), self.maxlen, self.retention_seconds,
-            k.queue, job_id, now_ms(), expect, secrets.token_hex(8), k.line_head, DEFAULT_QUEUE,
+            k.queue, job_id, now_ms(), expect, secrets.token_hex(8),
         ]  # fmt: skip
         result = self.retrying(lambda: self._publish(keys=keys, args=args))
         return _text(result) if result else None
@@ -315,7 +331,7 @@ class JobEvents:
         broker, payload = message or (line.queue, "")
         keys = [
             k.job(job_id), k.events(job_id), line.queue, line.ticket, line.stats, line.running,
-            broker, k.lines,
+            broker,
         ]  # fmt: skip
         pos, length, event_id, avg, busy = self._enqueue(
             keys=keys,

@@ -16,7 +16,8 @@ line's keys share a Cluster slot)::
 
 ``lines`` is a set of every line name a job was enqueued to, for whoever must visit them
 all (monitor, sweep, metrics). The ``published`` counter of all events stays in the
-default line's ``stats``.
+default line's ``stats``. The Lua scripts derive a line's names (and ``lines``) from the
+job key's prefix (:mod:`tasks.events`): change the two together.
 """
 
 from __future__ import annotations
@@ -96,11 +97,6 @@ class Keys:
         """Set of every line (queue) name jobs were enqueued to."""
         return f"{self.prefix}lines"
 
-    @property
-    def line_head(self) -> str:
-        """What every non-default line's keys start with (the publish script builds them)."""
-        return f"{self.prefix}line:"
-
     def line(self, name: str | None = None) -> LineKeys:
         """The keys of the line of Celery queue ``name`` (None: the default queue)."""
         if name is None or name == DEFAULT_QUEUE:
@@ -108,7 +104,8 @@ class Keys:
                 DEFAULT_QUEUE, self.queue, self.ticket, self.queue_version, self.running,
                 self.stats,
             )  # fmt: skip
-        head = f"{self.line_head}{{{check_queue(name)}}}:"
+        # The enqueue and publish scripts build the same names (tasks/events.py).
+        head = f"{self.prefix}line:{{{check_queue(name)}}}:"
         return LineKeys(
             name, f"{head}queue", f"{head}queue:ticket", f"{head}queue:version",
             f"{head}running", f"{head}stats",

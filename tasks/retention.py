@@ -291,7 +291,7 @@ class Sweeper:
         queue, payload = named or self.app.conf.task_default_queue, ""
         if shares_broker(self.app, self.settings):
             try:
-                queue, payload = broker_message(self.app, task, job_id, kwargs, named)
+                queue, payload = broker_message(self.app, task, job_id, kwargs, queue=named)
             except ValueError:
                 pass  # a routing we do not rebuild: Celery sends it below
         k = self.keys

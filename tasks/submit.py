@@ -52,7 +52,7 @@ def shares_broker(app: Celery, settings: Settings) -> bool:
 
 
 def broker_message(
-    app: Celery, name: str, task_id: str, kwargs: dict[str, Any], queue: str | None = None
+    app: Celery, name: str, task_id: str, kwargs: dict[str, Any], *, queue: str | None = None
 ) -> tuple[str, str]:
     """The list key and payload ``send_task(name, kwargs=..., task_id=..., queue=...)``
     would LPUSH (``queue`` None: where Celery's routing sends the task).
@@ -131,25 +131,25 @@ def submit(
     """
     line_name = check_queue(queue if queue is not None else queue_of(app, name))
     record = {**fields, **task_fields(name, kwargs)}
-    message = _atomic_message(app, settings, job_id, name, kwargs, line_name)
+    message = _atomic_message(app, settings, job_id, name, kwargs, queue=line_name)
     line = events.enqueue(
         job_id, record, max_queue=settings.max_queue, message=message, queue=line_name
     )
     if line.position >= 1:
         _crash_for_tests()
         if message is None:
-            _send_task(app, events, job_id, name, kwargs, line_name)
+            _send_task(app, events, job_id, name, kwargs, queue=line_name)
     return line
 
 
 def _atomic_message(
-    app: Celery, settings: Settings, job_id: str, name: str, kwargs: dict[str, Any], queue: str
+    app: Celery, settings: Settings, job_id: str, name: str, kwargs: dict[str, Any], *, queue: str
 ) -> tuple[str, str] | None:
     """The message for the enqueue script to push, or None to send it after."""
     if not shares_broker(app, settings):
         return None
     try:
-        return broker_message(app, name, job_id, kwargs, queue)
+        return broker_message(app, name, job_id, kwargs, queue=queue)
     except ValueError:
         return None  # a routing or encoding we do not rebuild: Celery sends it
 
@@ -162,7 +162,7 @@ def _crash_for_tests() -> None:
 
 
 def _send_task(
-    app: Celery, events: JobEvents, job_id: str, name: str, kwargs: dict[str, Any], queue: str
+    app: Celery, events: JobEvents, job_id: str, name: str, kwargs: dict[str, Any], *, queue: str
 ) -> None:
     try:
         app.send_task(name, kwargs=kwargs, task_id=job_id, queue=queue)
