@@ -281,3 +281,24 @@ def test_a_task_sent_after_the_script_goes_to_the_queue_of_its_line(
     finally:
         broker.delete("a")
         broker.close()
+
+
+def test_the_scripts_name_a_line_as_keys_do_under_any_prefix(rds: redis.Redis) -> None:
+    """Under another prefix, the enqueue and publish scripts use the very keys
+    ``Keys(prefix).line("a")`` names: the job waits, runs and is counted in line a."""
+    prefix = f"other{secrets.token_hex(4)}:"
+    events, keys = JobEvents(rds, prefix=prefix), Keys(prefix)
+    line = keys.line("a")
+    job_id = secrets.token_urlsafe(16)
+    try:
+        assert events.enqueue(job_id, {"prompt": "p"}, queue="a").position == 1
+        assert rds.smembers(keys.lines) == {b"a"} and rds.zcard(line.queue) == 1
+        events.publish(job_id, "started", {"worker": "w"})
+        assert rds.zcard(line.queue) == 0 and rds.zcard(line.running) == 1
+        assert rds.get(line.version) == b"1"
+        events.publish(job_id, "failed", {"error": "no"})
+        assert rds.zcard(line.running) == 0 and rds.hget(line.stats, "failed") == b"1"
+        assert not rds.exists(keys.queue, keys.running, keys.queue_version)
+        assert rds.hget(keys.stats, "published") == b"2"  # every line's, in one place
+    finally:
+        rds.delete(*rds.scan_iter(f"{prefix}*"))
