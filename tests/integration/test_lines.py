@@ -55,7 +55,7 @@ def enqueue(app: Celery, queue: str | None, size: dict[str, int] = TINY) -> tupl
     params: dict[str, Any] = {"prompt": f"a lighthouse for {queue}", **size}
     ctx = app.jobcast
     fields = {k: str(v) for k, v in params.items()}
-    kwargs = {"job_id": job_id, **params}
+    kwargs = dict(params)
     line = submit(
         app, ctx.events, ctx.settings, job_id, "jobcast.imagine", kwargs, fields, queue=queue
     )
@@ -248,7 +248,7 @@ def test_the_sweep_heals_every_line(redis_server: RedisServer, rds: redis.Redis)
     app = create_celery(settings)
     sweeper = Sweeper(settings, rds, app)
     ghost = secrets.token_urlsafe(16)
-    kwargs = {"job_id": ghost, "prompt": "lost", **TINY}
+    kwargs = {"prompt": "lost", **TINY}
     JobEvents(rds).enqueue(ghost, task_fields("jobcast.imagine", kwargs), queue="a")
     assert rds.llen("a") == 0  # no message: what a crash between record and send leaves
     wait_until(lambda: len(sweeper._waiting_longer_than(1)) == 1, 30, "the grace time")
