@@ -12,6 +12,7 @@ from tasks.app import create_celery
 from tasks.config import Settings
 from tasks.events import JobEvents
 from tasks.keys import Keys
+from tasks.kinds import Registry, default_registry
 from web.hub import Hub
 from web.line import Line
 
@@ -25,10 +26,12 @@ class Jobcast:
     hub: Hub
     line: Line
     celery: Celery
+    kinds: Registry
 
 
-def init_app(app: Flask, settings: Settings) -> Jobcast:
-    """Build the Redis pool, event log, hub and Celery client for this app."""
+def init_app(app: Flask, settings: Settings, kinds: Registry | None = None) -> Jobcast:
+    """Build the Redis pool, event log, hub and Celery client for this app; ``kinds`` are
+    the job kinds it offers (the demo kinds when not given)."""
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url,
         # A bounded pool that waits for a free connection: under gevent, a pool that
@@ -56,6 +59,7 @@ def init_app(app: Flask, settings: Settings) -> Jobcast:
         hub=hub,
         line=Line(hub, client, keys),
         celery=create_celery(settings),
+        kinds=default_registry(settings) if kinds is None else kinds,
     )
     app.extensions["jobcast"] = ext
     return ext

@@ -1,4 +1,4 @@
-"""``GET /imagine/<id>/stream`` without Flask's request machinery.
+"""``GET /jobs/<id>/stream`` (and ``/imagine/<id>/stream``) without Flask's request machinery.
 
 Opening streams is the hot path of a busy web process (thousands of EventSources
 reconnecting), and Flask's dispatch was a fifth of a connect's CPU. This WSGI middleware
@@ -25,7 +25,7 @@ from web.hub import HubUnavailable
 
 log = logging.getLogger(__name__)
 
-STREAM_PATH = re.compile(rf"/imagine/({JOB_ID.pattern})/stream")
+STREAM_PATH = re.compile(rf"/(?:jobs|imagine)/({JOB_ID.pattern})/stream")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
