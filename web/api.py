@@ -144,7 +144,7 @@ def last_event_id(environ: dict[str, Any]) -> EventId | None:
     raw = environ.get("HTTP_LAST_EVENT_ID") or _query_value(environ, "lastEventId")
     if not raw:
         return None
-    parsed = parse_id(raw.strip()) if len(raw) <= MAX_LAST_ID else None
+    parsed = parse_id(raw) if len(raw) <= MAX_LAST_ID else None
     if parsed is None or max(parsed) > MAX_ID_PART:
         raise ApiError(400, "bad_last_event_id", "Last-Event-ID must be an id this stream sent.")
     return parsed

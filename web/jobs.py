@@ -25,12 +25,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, send_file, url_for
+from flask.blueprints import BlueprintSetupState
+from werkzeug.routing import BaseConverter
 
 from tasks.events import Enqueued
-from tasks.kinds import Kind
+from tasks.kinds import Kind, Registry
 from tasks.media import job_file, job_files
 from tasks.submit import request_cancel, submit
 from web.api import (
+    JOB_ID,
     STREAM_HEADERS,
     check_id,
     job_token,
@@ -50,6 +53,34 @@ from web.stream import is_terminal, snapshot
 from web.validate import validate_params
 
 bp = Blueprint("jobs", __name__)
+
+
+@bp.record_once
+def _add_converters(state: BlueprintSetupState) -> None:
+    """``<jobkind:…>`` matches the kinds offered over HTTP, ``<jobid:…>`` a job id that is not
+    one of them, so ``/jobs/imagine`` and ``/jobs/<id>`` are separate resources (each
+    answers OPTIONS and 405 with its own ``Allow``). Read from the registry when the
+    blueprint is registered: kinds registered later are not routed."""
+    kinds: Registry = state.app.extensions["jobcast"].kinds
+    state.app.url_map.converters.update(converters(kinds))
+
+
+def converters(kinds: Registry) -> dict[str, type[BaseConverter]]:
+    names = [re.escape(kind.name) for kind in kinds.all() if kind.over_http]
+    kind_regex = f"(?:{'|'.join(names)})" if names else "(?!)"
+    # A kind name can look like an id (16+ letters, digits and dashes): not one here.
+    exclude = f"(?!{kind_regex}(?![A-Za-z0-9_-]))" if names else ""
+
+    class KindName(BaseConverter):
+        regex = kind_regex
+        part_isolating = True
+
+    class JobId(BaseConverter):
+        regex = exclude + JOB_ID.pattern
+        part_isolating = True
+
+    return {"jobkind": KindName, "jobid": JobId}
+
 
 IMAGINE = "imagine"
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -84,7 +115,7 @@ def link(endpoint: str, job_id: str, token: str = "", **values: Any) -> str:
 # -- submit ----------------------------------------------------------------------------
 
 
-@bp.post("/jobs/<kind>")
+@bp.post("/jobs/<jobkind:kind>")
 def create(kind: str) -> tuple[Response, int, dict[str, str]]:
     job = accept(kind)
     body: dict[str, Any] = {
@@ -189,7 +220,7 @@ def _field(value: Any) -> str:
 # -- watch -----------------------------------------------------------------------------
 
 
-@bp.get("/jobs/<job_id>", endpoint="status")
+@bp.get("/jobs/<jobid:job_id>", endpoint="status")
 def status(job_id: str) -> Response:
     return jsonify(_snapshot(job_id, details=True))
 
@@ -212,7 +243,7 @@ def _snapshot(job_id: str, *, details: bool) -> dict[str, Any]:
     return snap
 
 
-@bp.get("/jobs/<job_id>/stream", endpoint="stream")
+@bp.get("/jobs/<jobid:job_id>/stream", endpoint="stream")
 @bp.get("/imagine/<job_id>/stream", endpoint="imagine_stream")
 def stream(job_id: str) -> Response:
     """The stream through Flask: used when job tokens are on (web/fastroute.py otherwise),
@@ -231,7 +262,7 @@ def stream(job_id: str) -> Response:
     return Response(body, status=200, headers=STREAM_HEADERS, direct_passthrough=True)
 
 
-@bp.delete("/jobs/<job_id>", endpoint="cancel")
+@bp.delete("/jobs/<jobid:job_id>", endpoint="cancel")
 @bp.delete("/imagine/<job_id>", endpoint="imagine_cancel")
 def cancel(job_id: str) -> tuple[Response, int]:
     ext = jobcast()
@@ -251,7 +282,7 @@ def cancel(job_id: str) -> tuple[Response, int]:
 # -- results ---------------------------------------------------------------------------
 
 
-@bp.get("/jobs/<job_id>/result", endpoint="result")
+@bp.get("/jobs/<jobid:job_id>/result", endpoint="result")
 def result(job_id: str) -> Response:
     ext = jobcast()
     check_id(job_id)
@@ -269,7 +300,7 @@ def result(job_id: str) -> Response:
     return jsonify(jobId=job_id, state="succeeded", result=data, files=files)
 
 
-@bp.get("/jobs/<job_id>/result/<name>", endpoint="result_file")
+@bp.get("/jobs/<jobid:job_id>/result/<name>", endpoint="result_file")
 def result_file(job_id: str, name: str) -> Response:
     return _saved_file(job_id, name)
 

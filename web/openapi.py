@@ -317,8 +317,24 @@ def _stream(description: str) -> Doc:
             "Cache-Control": {"schema": {"const": "no-cache"}},
             "X-Accel-Buffering": {"schema": {"const": "no"}},
         },
-        "content": {SSE: {"schema": {"type": "string"}}},
+        "content": {SSE: {"schema": SSE_EVENT}},
     }
+
+
+# One event of a stream (OpenAPI 3.1 reads a text/event-stream schema per event).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "pattern": "^[a-z][a-z0-9_.-]{0,31}$"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"type": "object"},
+        },
+        "id": {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"},  # (ours are smaller)
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
 
 
 def _other_paths() -> Doc:
@@ -526,19 +542,36 @@ def _parameters() -> Doc:
             "in": "query",
             "required": False,
             "description": "Resume after this event id (for clients that cannot set headers).",
-            "schema": {"type": "string", "pattern": EVENT_ID},
+            "schema": {"type": "string", "pattern": RESUME_ID},
         },
         "lastEventIdHeader": {
             "name": "Last-Event-ID",
             "in": "header",
             "required": False,
             "description": "Resume after this event id (EventSource sends it on reconnect).",
-            "schema": {"type": "string", "pattern": EVENT_ID},
+            "schema": {"type": "string", "pattern": RESUME_ID},
         },
     }
 
 
-EVENT_ID = "^[0-9]{1,20}-[0-9]{1,20}$"
+def at_most(bound: int) -> str:
+    """A regex for the decimal numbers from 0 to ``bound``, leading zeros allowed up to the
+    bound's width (as ``tasks.events.parse_id`` reads the parts of an id)."""
+    digits = str(bound)
+    width = len(digits)
+    options = [f"[0-9]{{1,{width - 1}}}"] if width > 1 else []
+    for i, digit in enumerate(digits):
+        if digit != "0":
+            low = f"[0-{int(digit) - 1}]" if digit != "1" else "0"
+            options.append(f"{digits[:i]}{low}[0-9]{{{width - i - 1}}}")
+    options.append(digits)
+    return f"(?:{'|'.join(options)})"
+
+
+ID_PART = at_most(2**64 - 1)  # Redis stream ids are two unsigned 64-bit numbers
+EVENT_ID = f"^{ID_PART}-{ID_PART}$"
+# What a client may send to resume: an id, or nothing (empty: from the start).
+RESUME_ID = f"^(?:{ID_PART}-{ID_PART})?$"
 NULLABLE_INT = {"type": ["integer", "null"], "minimum": 0}
 
 

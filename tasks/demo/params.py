@@ -23,22 +23,24 @@ from tasks.kinds import Kind, Missing
 TASK = "jobcast.imagine"
 MAX_SEED = 2**32 - 1
 
-# What the prompt may not contain (all BMP, written as escapes Python's re and ECMA-262
-# read alike): C0 controls but tab, LF and CR; DEL and the C1 controls (U+0080-U+009F);
-# format characters (soft hyphen, zero-width and bidi marks, BOM...); surrogates; and
-# private use.
+# What the prompt may not contain (all BMP, written as escapes that Python's re, ECMA-262
+# and Rust's regex read alike): C0 controls but tab, LF and CR; DEL and the C1 controls
+# (U+0080-U+009F); format characters (soft hyphen, zero-width and bidi marks, BOM...);
+# and private use. Unpaired surrogates (JSON can escape them, no text holds them) are
+# refused as well, apart: no regex but Python's can name them.
 FORBIDDEN = (
     r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f"
     r"\u0890\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
-    r"\ufeff\ufff9-\ufffb\ud800-\udfff\ue000-\uf8ff"
+    r"\ufeff\ufff9-\ufffb\ue000-\uf8ff"
 )
+SURROGATES = r"\ud800-\udfff"
 # The whitespace that is allowed (and collapses to one space): every character Python's
 # str.split() splits on that FORBIDDEN does not already refuse.
 SPACE = r"\t\n\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 # Only allowed characters, at least one of them not whitespace.
 PROMPT_PATTERN = rf"^[^{FORBIDDEN}]*[^{FORBIDDEN}{SPACE}][^{FORBIDDEN}]*$"
 _PROMPT = re.compile(PROMPT_PATTERN)
-_FORBIDDEN = re.compile(rf"[{FORBIDDEN}]")
+_FORBIDDEN = re.compile(rf"[{FORBIDDEN}{SURROGATES}]")
 
 
 class Limits(NamedTuple):
