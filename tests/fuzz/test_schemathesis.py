@@ -17,7 +17,7 @@ Nothing can hang. The server is configured with tiny limits (sides up to 64 px, 
 which the document shows and the fuzzer keeps to, so every job the fuzzer submits ends in
 milliseconds and so does its stream. ``JOBCAST_OPS_TOKEN`` is set, so the never-ending
 ``/ops/stream`` answers 401 to the fuzzer, which does not know it. Every call has a read
-timeout, and the whole run a time limit.
+timeout, and the whole run a time limit (the subprocess is killed past it).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import pytest
 from support import RedisServer, celery_worker, gunicorn_web
 
 EXAMPLES = int(os.environ.get("JOBCAST_FUZZ_EXAMPLES", "50"))
-SEED = os.environ.get("JOBCAST_FUZZ_SEED", "20261202")  # the same inputs every run
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 RUN_LIMIT = 1200  # seconds for the whole run
 PHASE = r"(✅|❌|⏭)\s+(Examples|Coverage|Fuzzing|Stateful)\b"  # the summary's phase lines
@@ -56,7 +55,7 @@ def fuzz_web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         JOBCAST_MAX_SIDE="64",
         JOBCAST_DEFAULT_SIDE="32",
         JOBCAST_MAX_STEPS="3",
-        JOBCAST_MAX_QUEUE="50",
+        JOBCAST_MAX_QUEUE="200",
         PYTHONUNBUFFERED="1",
     )
     try:
@@ -83,12 +82,9 @@ def schemathesis_argv(base: str) -> list[str]:
         "--exclude-checks", "use_after_free",
         "--phases", "examples,coverage,fuzzing,stateful",
         "--max-examples", str(EXAMPLES),
-        "--seed", SEED,
-        "--generation-deterministic",
-        "--generation-database", "none",
+        "--generation-deterministic",  # the same inputs every run
         "--workers", "1",  # two cores shared with the worker and the server
         "--request-timeout", "20",
-        "--max-time", str(RUN_LIMIT - 60),
         "--no-color",
     ]  # fmt: skip
 
@@ -103,7 +99,8 @@ def test_api_passes_every_schemathesis_check(
         schemathesis_argv(fuzz_web), capture_output=True, text=True, timeout=RUN_LIMIT
     )
     output = run.stdout + run.stderr
-    summary = output[output.find("=== SUMMARY") :] if "=== SUMMARY" in output else output[-3000:]
+    start = output.find("=== WARNINGS") if "=== WARNINGS" in output else output.find("=== SUMMARY")
+    summary = output[start:] if start >= 0 else output[-3000:]
     with capsys.disabled():  # the counts belong in every run's output, not only failures
         print("\n" + summary)
     assert run.returncode == 0, output[-20000:]
