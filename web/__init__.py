@@ -35,7 +35,7 @@ def create_app(
     ext = extension.init_app(app, settings, kinds)
     errors.init_app(app)
     app.register_blueprint(api.bp)
-    app.register_blueprint(jobs.bp)
+    jobs.init_app(app, ext.kinds)
     app.register_blueprint(pages.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(ops.bp)

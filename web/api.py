@@ -140,8 +140,14 @@ def queue_full(line: Enqueued) -> ApiError:
 
 
 def last_event_id(environ: dict[str, Any]) -> EventId | None:
-    """The client's last id, from the header or ``?lastEventId=``; 400 if it is not one."""
-    raw = environ.get("HTTP_LAST_EVENT_ID") or _query_value(environ, "lastEventId")
+    """The client's last id, from the header or else ``?lastEventId=``; 400 if either one
+    is given and is not an id (a bad one is refused even when the other would do)."""
+    header = _event_id(environ.get("HTTP_LAST_EVENT_ID"))
+    query = _event_id(_query_value(environ, "lastEventId"))
+    return header or query
+
+
+def _event_id(raw: str | None) -> EventId | None:
     if not raw:
         return None
     parsed = parse_id(raw) if len(raw) <= MAX_LAST_ID else None

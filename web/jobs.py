@@ -7,6 +7,7 @@
     GET    /jobs/<id>/result         once succeeded: the done data and the saved files' URLs
     GET    /jobs/<id>/result/<name>  one saved file
     /imagine, /imagine/<id>[/stream|/image]   the same for the imagine kind, as before
+                                     (blueprint ``alias``: only where the kind is offered)
 
 Errors, in the order they are decided: 404 unknown kind · 403 not allowed to submit it ·
 400 bad Idempotency-Key · 415/413/400 the body · 422 its fields · 429 the line is full.
@@ -24,7 +25,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, send_file, url_for
+from flask import Blueprint, Flask, Response, jsonify, request, send_file, url_for
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import BaseConverter
 
@@ -53,6 +54,8 @@ from web.stream import is_terminal, snapshot
 from web.validate import validate_params
 
 bp = Blueprint("jobs", __name__)
+# The imagine kind's routes from before /jobs; registered only when the kind is offered.
+alias = Blueprint("imagine", __name__)
 
 
 @bp.record_once
@@ -63,6 +66,14 @@ def _add_converters(state: BlueprintSetupState) -> None:
     blueprint is registered: kinds registered later are not routed."""
     kinds: Registry = state.app.extensions["jobcast"].kinds
     state.app.url_map.converters.update(converters(kinds))
+
+
+def init_app(app: Flask, kinds: Registry) -> None:
+    """Register the job routes, and the ``/imagine`` alias when that kind is offered."""
+    app.register_blueprint(bp)
+    imagine = kinds.get(IMAGINE)
+    if imagine is not None and imagine.over_http:
+        app.register_blueprint(alias)
 
 
 def converters(kinds: Registry) -> dict[str, type[BaseConverter]]:
@@ -131,15 +142,15 @@ def create(kind: str) -> tuple[Response, int, dict[str, str]]:
     return jsonify(body), 202, {"Location": body["status"]}
 
 
-@bp.post("/imagine")
+@alias.post("/imagine", endpoint="create")
 def create_imagine() -> tuple[Response, int, dict[str, str]]:
     """``POST /jobs/imagine`` with the answer ``POST /imagine`` has always given."""
     job = accept(IMAGINE)
     body: dict[str, Any] = {
         **job.common(),
-        "stream": link("jobs.imagine_stream", job.job_id, job.token),
-        "status": link("jobs.imagine_status", job.job_id, job.token),
-        "image": link("jobs.imagine_image", job.job_id, job.token),
+        "stream": link("imagine.stream", job.job_id, job.token),
+        "status": link("imagine.status", job.job_id, job.token),
+        "image": link("imagine.image", job.job_id, job.token),
     }
     if job.token:
         body["token"] = job.token
@@ -225,7 +236,7 @@ def status(job_id: str) -> Response:
     return jsonify(_snapshot(job_id, details=True))
 
 
-@bp.get("/imagine/<job_id>", endpoint="imagine_status")
+@alias.get("/imagine/<job_id>", endpoint="status")
 def imagine_status(job_id: str) -> Response:
     return jsonify(_snapshot(job_id, details=False))
 
@@ -244,7 +255,7 @@ def _snapshot(job_id: str, *, details: bool) -> dict[str, Any]:
 
 
 @bp.get("/jobs/<jobid:job_id>/stream", endpoint="stream")
-@bp.get("/imagine/<job_id>/stream", endpoint="imagine_stream")
+@alias.get("/imagine/<job_id>/stream", endpoint="stream")
 def stream(job_id: str) -> Response:
     """The stream through Flask: used when job tokens are on (web/fastroute.py otherwise),
     and for HEAD, which opens nothing: the status and headers a GET would get, no body."""
@@ -263,7 +274,7 @@ def stream(job_id: str) -> Response:
 
 
 @bp.delete("/jobs/<jobid:job_id>", endpoint="cancel")
-@bp.delete("/imagine/<job_id>", endpoint="imagine_cancel")
+@alias.delete("/imagine/<job_id>", endpoint="cancel")
 def cancel(job_id: str) -> tuple[Response, int]:
     ext = jobcast()
     check_id(job_id)
@@ -297,6 +308,8 @@ def result(job_id: str) -> Response:
         for name in job_files(ext.settings.media_dir, job_id)
     }
     data = json.loads(done) if done else {}
+    if token and isinstance(data.get("url"), str):
+        data["url"] = with_token(data["url"], token)  # as the status does: workers hold none
     return jsonify(jobId=job_id, state="succeeded", result=data, files=files)
 
 
@@ -305,7 +318,7 @@ def result_file(job_id: str, name: str) -> Response:
     return _saved_file(job_id, name)
 
 
-@bp.get("/imagine/<job_id>/image", endpoint="imagine_image")
+@alias.get("/imagine/<job_id>/image", endpoint="image")
 def imagine_image(job_id: str) -> Response:
     return _saved_file(job_id, "image.png", "No image for this job (yet).")
 

@@ -23,7 +23,7 @@ def client_key() -> str:
     return request.remote_addr or "unknown"
 
 
-SUBMITS = ("jobs.create", "jobs.create_imagine")
+SUBMITS = ("jobs.create", "imagine.create")
 
 
 def limited_endpoints(settings: Settings) -> dict[str, tuple[str, list[str] | None]]:
@@ -36,7 +36,11 @@ def limited_endpoints(settings: Settings) -> dict[str, tuple[str, list[str] | No
 
 
 def init_app(app: Flask, settings: Settings) -> Limiter | None:
-    endpoints = limited_endpoints(settings)
+    endpoints = {
+        name: limit
+        for name, limit in limited_endpoints(settings).items()
+        if name in app.view_functions
+    }  # (the /imagine alias exists only where that kind is offered)
     if not endpoints:
         return None
     limiter = Limiter(

@@ -36,6 +36,7 @@ from support import RedisServer, celery_worker, gunicorn_web
 EXAMPLES = int(os.environ.get("JOBCAST_FUZZ_EXAMPLES", "50"))
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 RUN_LIMIT = 1200  # seconds for the whole run
+PARTS = ("FAILURES", "WARNINGS", "SUMMARY")  # where the run's report begins
 PHASE = r"(✅|❌|⏭)\s+(Examples|Coverage|Fuzzing|Stateful)\b"  # the summary's phase lines
 
 
@@ -50,6 +51,7 @@ def fuzz_web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         REDIS_URL=server.url,
         JOBCAST_MEDIA_DIR=str(tmp / "media"),
         JOBCAST_POST_RATE_LIMIT="",
+        JOBCAST_OPS_LOGIN_RATE_LIMIT="",
         JOBCAST_OPS_TOKEN=secrets.token_urlsafe(16),
         JOBCAST_MIN_SIDE="8",
         JOBCAST_MAX_SIDE="64",
@@ -99,7 +101,7 @@ def test_api_passes_every_schemathesis_check(
         schemathesis_argv(fuzz_web), capture_output=True, text=True, timeout=RUN_LIMIT
     )
     output = run.stdout + run.stderr
-    start = output.find("=== WARNINGS") if "=== WARNINGS" in output else output.find("=== SUMMARY")
+    start = next((output.find(f"=== {part}") for part in PARTS if f"=== {part}" in output), -1)
     summary = output[start:] if start >= 0 else output[-3000:]
     with capsys.disabled():  # the counts belong in every run's output, not only failures
         print("\n" + summary)
