@@ -46,3 +46,20 @@ def save_png(image: Image.Image, path: Path) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def job_file(media_dir: str, job_id: str, name: str) -> Path | None:
+    """The saved file ``name`` of a job, if there is one (never a path outside its folder)."""
+    if not FILE_NAME.fullmatch(name) or name.endswith(".tmp"):  # .tmp: a write under way
+        return None
+    path = job_dir(media_dir, job_id) / name
+    return path if path.is_file() and not path.is_symlink() else None
+
+
+def job_files(media_dir: str, job_id: str) -> list[str]:
+    """The names of the files a job saved, sorted."""
+    folder = job_dir(media_dir, job_id)
+    names = set()
+    if folder.is_dir():
+        names = {p.name for p in folder.iterdir() if FILE_NAME.fullmatch(p.name)}
+    return sorted(n for n in names if job_file(media_dir, job_id, n) is not None)

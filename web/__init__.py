@@ -11,10 +11,14 @@ from typing import Any
 from flask import Flask
 
 from tasks.config import Settings
+from tasks.kinds import Registry
 
 
-def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
-    """Build the app: settings from the environment, then ``config`` on top."""
+def create_app(
+    config: dict[str, Any] | Settings | None = None, kinds: Registry | None = None
+) -> Flask:
+    """Build the app: settings from the environment, then ``config`` on top; ``kinds`` are
+    the job kinds ``POST /jobs/<kind>`` offers (the demo kinds when not given)."""
     settings = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -24,13 +28,14 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-    from web import api, errors, extension, limits, metrics, openapi, ops, pages
+    from web import api, errors, extension, jobs, limits, metrics, openapi, ops, pages
     from web.fastroute import StreamRoute
     from web.proxies import client_view
 
-    ext = extension.init_app(app, settings)
+    ext = extension.init_app(app, settings, kinds)
     errors.init_app(app)
     app.register_blueprint(api.bp)
+    jobs.init_app(app, ext.kinds)
     app.register_blueprint(pages.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(ops.bp)

@@ -12,6 +12,7 @@ from tasks.app import create_celery
 from tasks.config import Settings
 from tasks.events import JobEvents
 from tasks.keys import Keys
+from tasks.kinds import Registry, default_registry
 from web.hub import Hub
 from web.line import Line, Lines
 
@@ -25,6 +26,7 @@ class Jobcast:
     hub: Hub
     lines: Lines  # one per Celery queue: a job's is ``lines.of(job_id, its queue)``
     celery: Celery
+    kinds: Registry
 
     @property
     def line(self) -> Line:
@@ -32,8 +34,9 @@ class Jobcast:
         return self.lines.default
 
 
-def init_app(app: Flask, settings: Settings) -> Jobcast:
-    """Build the Redis pool, event log, hub and Celery client for this app."""
+def init_app(app: Flask, settings: Settings, kinds: Registry | None = None) -> Jobcast:
+    """Build the Redis pool, event log, hub and Celery client for this app; ``kinds`` are
+    the job kinds it offers (the demo kinds when not given)."""
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url,
         # A bounded pool that waits for a free connection: under gevent, a pool that
@@ -61,6 +64,7 @@ def init_app(app: Flask, settings: Settings) -> Jobcast:
         hub=hub,
         lines=Lines(hub, client, keys),
         celery=create_celery(settings),
+        kinds=default_registry(settings) if kinds is None else kinds,
     )
     app.extensions["jobcast"] = ext
     return ext

@@ -1,4 +1,4 @@
-"""``GET /imagine/<id>/stream`` without Flask's request machinery.
+"""``GET /jobs/<id>/stream`` (and ``/imagine/<id>/stream``) without Flask's request machinery.
 
 Opening streams is the hot path of a busy web process (thousands of EventSources
 reconnecting), and Flask's dispatch was a fifth of a connect's CPU. This WSGI middleware
@@ -25,7 +25,14 @@ from web.hub import HubUnavailable
 
 log = logging.getLogger(__name__)
 
-STREAM_PATH = re.compile(rf"/imagine/({JOB_ID.pattern})/stream")
+
+def stream_path(ext: Jobcast) -> re.Pattern[str]:
+    """``/jobs/<id>/stream``, and ``/imagine/<id>/stream`` where that alias is routed."""
+    imagine = ext.kinds.get("imagine")
+    roots = "jobs|imagine" if imagine is not None and imagine.over_http else "jobs"
+    return re.compile(rf"/(?:{roots})/({JOB_ID.pattern})/stream")
+
+
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -34,11 +41,12 @@ class StreamRoute:
         self.app = app
         self.ext = ext
         self.headers = list(STREAM_HEADERS.items())
+        self.path = stream_path(ext)
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        match = STREAM_PATH.fullmatch(environ.get("PATH_INFO", ""))
+        match = self.path.fullmatch(environ.get("PATH_INFO", ""))
         if match is None or environ["REQUEST_METHOD"] != "GET" or self.ext.settings.signing_key:
             return self.app(environ, start_response)
         try:

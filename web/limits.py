@@ -1,5 +1,5 @@
-"""Per-client rate limits (Flask-Limiter, counters in Redis): ``POST /imagine`` and the
-ops sign-in form.
+"""Per-client rate limits (Flask-Limiter, counters in Redis): job submits (``POST
+/jobs/<kind>`` and ``POST /imagine`` share one budget) and the ops sign-in form.
 
 Every web process shares the counters, so the limits hold across a cluster. Clients are
 told off with the usual JSON 429 and ``Retry-After`` (the sign-in form shows a message
@@ -23,17 +23,24 @@ def client_key() -> str:
     return request.remote_addr or "unknown"
 
 
+SUBMITS = ("jobs.create", "imagine.create")
+
+
 def limited_endpoints(settings: Settings) -> dict[str, tuple[str, list[str] | None]]:
     """Endpoint -> (limit, the methods it counts); endpoints with no limit left out."""
     limits = {
-        "api.create_job": (settings.post_rate_limit, None),
+        **dict.fromkeys(SUBMITS, (settings.post_rate_limit, None)),
         "ops.login": (settings.ops_login_rate_limit, ["POST"]),  # the form itself is free
     }
     return {endpoint: limit for endpoint, limit in limits.items() if limit[0]}
 
 
 def init_app(app: Flask, settings: Settings) -> Limiter | None:
-    endpoints = limited_endpoints(settings)
+    endpoints = {
+        name: limit
+        for name, limit in limited_endpoints(settings).items()
+        if name in app.view_functions
+    }  # (the /imagine alias exists only where that kind is offered)
     if not endpoints:
         return None
     limiter = Limiter(
@@ -51,6 +58,8 @@ def init_app(app: Flask, settings: Settings) -> Limiter | None:
     limiter.request_filter(lambda: request.endpoint not in endpoints)
     for endpoint, (limit, methods) in endpoints.items():
         view = app.view_functions[endpoint]
-        limited: Any = limiter.limit(limit, methods=methods)(view)
+        # Every way to submit a job draws on the same budget per client.
+        rule = limiter.shared_limit(limit, scope="submit") if endpoint in SUBMITS else None
+        limited: Any = (rule or limiter.limit(limit, methods=methods))(view)
         app.view_functions[endpoint] = limited
     return limiter

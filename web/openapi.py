@@ -1,13 +1,20 @@
 """``GET /openapi.json``: the whole HTTP API as an OpenAPI 3.1 document.
 
-Hand-written and small. ``tests/integration/test_openapi.py`` checks it against the
-app's URL map (every route documented with exactly its methods, nothing extra) and
+The job part is generated from the registry of job kinds (:mod:`tasks.kinds`): one
+``POST /jobs/<kind>`` path per kind offered over HTTP, its request body the JSON Schema
+of the kind's pydantic model (``model_json_schema``; its ``$defs`` become component
+schemas), so the document shows the limits this deployment is configured with. The rest
+(the shared ``/jobs/{job_id}`` routes, the ``/imagine`` aliases, ops, metrics, pages) is
+written here. ``tests/integration/test_openapi.py`` checks it against the app's URL map
+(every route documented with exactly its methods, nothing extra) and
 ``tests/fuzz/test_schemathesis.py`` fuzzes the live server from it, so it stays true.
 
-components:  schemas (Error, JobRequest, JobAccepted, JobStatus, Cancel, Health)
-             parameters (job_id, token, lastEventId, Last-Event-ID)
-             responses (one per error the routes share) · headers (Retry-After, Location)
-paths:       /imagine… (the job API) · /healthz · / · /ops… · /metrics · /openapi.json
+components:  schemas (Error, <Kind>Params, JobSubmitted, JobAccepted, JobStatus,
+             JobDetails, JobResult, Cancel, Health) · parameters (job_id, token,
+             fileName, lastEventId, Last-Event-ID, Idempotency-Key) · responses (one
+             per error the routes share) · headers (Retry-After, Location)
+paths:       /jobs/<kind> · /jobs/{job_id}… · /imagine… · /healthz · / · /ops… ·
+             /metrics · /openapi.json
 """
 
 from __future__ import annotations
@@ -15,6 +22,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
+
+from tasks.config import Settings
+from tasks.kinds import Kind, Registry, default_registry
+from tasks.media import FILE_NAME
+from web.extension import jobcast
 
 bp = Blueprint("openapi", __name__)
 
@@ -26,24 +38,38 @@ Doc = dict[str, Any]
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    return jsonify(document())
+    return jsonify(document(jobcast().kinds))
 
 
-def document() -> Doc:
-    """The OpenAPI 3.1 document (built per call: it is small and nothing mutates it)."""
+def document(kinds: Registry | None = None) -> Doc:
+    """The OpenAPI 3.1 document for ``kinds`` (the demo kinds at default settings when
+    not given); built per call: it is small and nothing mutates it."""
+    registry = default_registry(Settings()) if kinds is None else kinds
+    offered = [kind for kind in registry.all() if kind.over_http]
+    imagine = registry.get("imagine")
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Jobcast",
             "version": "0.1.0",
             "description": (
-                "Background jobs with live progress over Server-Sent Events. Every error is "
-                'JSON `{"error": {"code", "message", "fields"?}}`; a method a path does not '
-                "take is a 405 error with `Allow`; an unknown path is a 404 error."
+                "Background jobs with live progress over Server-Sent Events. Submit a job "
+                "of a kind with `POST /jobs/<kind>`, then follow it at `/jobs/{job_id}`. "
+                'Every error is JSON `{"error": {"code", "message", "fields"?}}`; a method '
+                "a path does not take is a 405 error with `Allow`; an unknown path is a 404 "
+                "error.\n\nCancelling (`DELETE`) does not delete: a cancelled job stays "
+                "readable (status, stream, its log) until its retention runs out, like any "
+                "finished job."
             ),
         },
-        "paths": {**_job_paths(), **_other_paths(), **_ops_paths()},
-        "components": _components(),
+        "paths": {
+            **{f"/jobs/{kind.name}": _submit_path(kind) for kind in offered},
+            **_job_paths(),
+            **(_imagine_paths(imagine) if imagine is not None and imagine.over_http else {}),
+            **_other_paths(),
+            **_ops_paths(),
+        },
+        "components": _components(offered),
     }
 
 
@@ -83,23 +109,173 @@ ERRORS = {
     503: "Unavailable",
 }
 JOB_PARAMS = [_ref("parameters", "job_id"), _ref("parameters", "token")]
+ACCESS = {
+    "public": "Anyone may submit it.",
+    "ops": "Only with the ops token (Bearer header or the `/ops/login` cookie); else 403.",
+}
+
+
+def params_schema(kind: Kind) -> str:
+    """The component name of a kind's parameters: ``analyze-text`` → ``AnalyzeTextParams``."""
+    return "".join(part.capitalize() for part in kind.name.split("-")) + "Params"
+
+
+def _operation(kind: Kind) -> str:
+    return "submit" + params_schema(kind).removesuffix("Params")
+
+
+def _links(prefix: str, *operations: str) -> Doc:
+    """Where a 202's ``jobId`` leads (the stateful fuzzer follows these)."""
+    job = {"job_id": "$response.body#/jobId"}
+    return {op: {"operationId": f"{op}{prefix}", "parameters": job} for op in operations}
+
+
+def _submit_path(kind: Kind) -> Doc:
+    per_request = "Whether a request may submit it is decided per request; else 403."
+    access = ACCESS.get(kind.access, per_request) if isinstance(kind.access, str) else per_request
+    notes = [
+        kind.description,
+        access,
+        "Rate limited per client (`JOBCAST_POST_RATE_LIMIT`, shared with `POST /imagine`).",
+    ]
+    if kind.result:
+        notes.append(f"Its result (`GET /jobs/{{job_id}}/result`): {kind.result}")
+    statuses = [400, 413, 415, 422, 429, 503] + ([] if kind.access == "public" else [403])
+    operation: Doc = {
+        "operationId": _operation(kind),
+        "summary": kind.title or f"Submit a {kind.name} job",
+        "description": " ".join(note for note in notes if note),
+        "tags": ["jobs"],
+        "parameters": [_ref("parameters", "idempotencyKey")],
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": _ref("schemas", params_schema(kind))}},
+        },
+        "responses": {
+            "202": _json(
+                _ref("schemas", "JobSubmitted"),
+                "Queued; follow `stream` for live events.",
+                headers={"Location": _ref("headers", "Location")},
+                links=_links("", "getJob", "streamJob", "cancelJob", "getResult"),
+            ),
+            "200": _json(
+                _ref("schemas", "JobSubmitted"),
+                "The `Idempotency-Key` named a job already: that job, as it is now "
+                "(`position` 0 once it left the line); nothing was written.",
+                headers={"Location": _ref("headers", "Location")},
+            ),
+            **_errors(*sorted(statuses)),
+        },
+    }
+    if kind.access == "ops":
+        operation["security"] = [{"opsBearer": []}, {"opsCookie": []}]
+    return {"post": operation}
 
 
 def _job_paths() -> Doc:
     return {
+        "/jobs/{job_id}": {
+            "parameters": JOB_PARAMS,
+            "get": {
+                "operationId": "getJob",
+                "summary": "The job's current state (the polling fallback)",
+                "tags": ["jobs"],
+                "responses": {
+                    "200": _json(_ref("schemas", "JobDetails"), "The job's snapshot."),
+                    **_errors(403, 404, 503),
+                },
+            },
+            "delete": _cancel("cancelJob"),
+        },
+        "/jobs/{job_id}/stream": {"parameters": JOB_PARAMS, "get": _stream_job("streamJob")},
+        "/jobs/{job_id}/result": {
+            "parameters": JOB_PARAMS,
+            "get": {
+                "operationId": "getResult",
+                "summary": "A succeeded job's result: the `done` data and its files",
+                "tags": ["jobs"],
+                "responses": {
+                    "200": _json(_ref("schemas", "JobResult"), "The result."),
+                    **_errors(403, 404, 503),
+                },
+            },
+        },
+        "/jobs/{job_id}/result/{name}": {
+            "parameters": [*JOB_PARAMS, _ref("parameters", "fileName")],
+            "get": {
+                "operationId": "getResultFile",
+                "summary": "A file a succeeded job saved, typed by its name's extension",
+                "tags": ["jobs"],
+                "responses": {
+                    "200": {
+                        "description": "The file.",
+                        "content": {"*/*": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(403, 404, 503),
+                },
+            },
+        },
+    }
+
+
+def _cancel(operation_id: str) -> Doc:
+    return {
+        "operationId": operation_id,
+        "summary": "Cancel: a queued job leaves the line now, a running one at its next step",
+        "description": "The job is not deleted: it stays readable, `cancelled`, until its retention runs out.",
+        "tags": ["jobs"],
+        "responses": {
+            "200": _json(_ref("schemas", "Cancel"), "Cancelled while queued."),
+            "202": _json(_ref("schemas", "Cancel"), "Running: it stops at its next step."),
+            **_errors(403, 404, 409, 503),
+        },
+    }
+
+
+def _stream_job(operation_id: str) -> Doc:
+    return {
+        "operationId": operation_id,
+        "summary": "The job's events as Server-Sent Events, resumable",
+        "tags": ["jobs"],
+        "parameters": [
+            _ref("parameters", "lastEventIdQuery"),
+            _ref("parameters", "lastEventIdHeader"),
+        ],
+        "responses": {
+            "200": _stream(
+                "`retry:`, then the events after the last id, live ones as they "
+                "happen, `: keep-alive` comments in silences; ends after a terminal event."
+            ),
+            "204": {"description": "The job has ended and nothing is left to send."},
+            **_errors(400, 403, 404, 503),
+        },
+    }
+
+
+def _imagine_paths(kind: Kind) -> Doc:
+    """``/imagine…``: the imagine kind's routes as they were before ``/jobs``."""
+    return {
         "/imagine": {
             "post": {
                 "operationId": "createJob",
-                "summary": "Queue an image job",
+                "summary": "Queue an image job (the same as `POST /jobs/imagine`)",
                 "description": "Rate limited per client (`JOBCAST_POST_RATE_LIMIT`).",
+                "tags": ["imagine"],
+                "parameters": [_ref("parameters", "idempotencyKey")],
                 "requestBody": {
                     "required": True,
-                    "content": {JSON: {"schema": _ref("schemas", "JobRequest")}},
+                    "content": {JSON: {"schema": _ref("schemas", params_schema(kind))}},
                 },
                 "responses": {
                     "202": _json(
                         _ref("schemas", "JobAccepted"),
                         "Queued; follow `stream` for live events.",
+                        headers={"Location": _ref("headers", "Location")},
+                        links=_links("Imagine", "get", "stream", "cancel", "image"),
+                    ),
+                    "200": _json(
+                        _ref("schemas", "JobAccepted"),
+                        "The `Idempotency-Key` named a job already: that job, as it is now.",
                         headers={"Location": _ref("headers", "Location")},
                     ),
                     **_errors(400, 413, 415, 422, 429, 503),
@@ -109,47 +285,26 @@ def _job_paths() -> Doc:
         "/imagine/{job_id}": {
             "parameters": JOB_PARAMS,
             "get": {
-                "operationId": "getJob",
+                "operationId": "getImagine",
                 "summary": "The job's current state (the polling fallback)",
+                "tags": ["imagine"],
                 "responses": {
                     "200": _json(_ref("schemas", "JobStatus"), "The job's snapshot."),
                     **_errors(403, 404, 503),
                 },
             },
-            "delete": {
-                "operationId": "cancelJob",
-                "summary": "Cancel: a queued job leaves the line now, a running one at its next step",
-                "responses": {
-                    "200": _json(_ref("schemas", "Cancel"), "Cancelled while queued."),
-                    "202": _json(_ref("schemas", "Cancel"), "Running: it stops at its next step."),
-                    **_errors(403, 404, 409, 503),
-                },
-            },
+            "delete": {**_cancel("cancelImagine"), "tags": ["imagine"]},
         },
         "/imagine/{job_id}/stream": {
             "parameters": JOB_PARAMS,
-            "get": {
-                "operationId": "streamJob",
-                "summary": "The job's events as Server-Sent Events, resumable",
-                "parameters": [
-                    _ref("parameters", "lastEventIdQuery"),
-                    _ref("parameters", "lastEventIdHeader"),
-                ],
-                "responses": {
-                    "200": _stream(
-                        "`retry:`, then the events after the last id, live ones as they "
-                        "happen, `: keep-alive` comments in silences; ends after a terminal event."
-                    ),
-                    "204": {"description": "The job has ended and nothing is left to send."},
-                    **_errors(400, 403, 404, 503),
-                },
-            },
+            "get": {**_stream_job("streamImagine"), "tags": ["imagine"]},
         },
         "/imagine/{job_id}/image": {
             "parameters": JOB_PARAMS,
             "get": {
-                "operationId": "getImage",
+                "operationId": "imageImagine",
                 "summary": "The finished image",
+                "tags": ["imagine"],
                 "responses": {
                     "200": {
                         "description": "The PNG.",
@@ -173,8 +328,24 @@ def _stream(description: str) -> Doc:
             "Cache-Control": {"schema": {"const": "no-cache"}},
             "X-Accel-Buffering": {"schema": {"const": "no"}},
         },
-        "content": {SSE: {"schema": {"type": "string"}}},
+        "content": {SSE: {"schema": SSE_EVENT}},
     }
+
+
+# One event of a stream (OpenAPI 3.1 reads a text/event-stream schema per event).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "pattern": "^[a-z][a-z0-9_.-]{0,31}$"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"type": "object"},
+        },
+        "id": {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"},  # (ours are smaller)
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
 
 
 def _other_paths() -> Doc:
@@ -257,6 +428,7 @@ def _ops_paths() -> Doc:
                     ),
                     "401": _html("Wrong token: the form again."),
                     "413": _ref("responses", "TooLarge"),
+                    "415": _ref("responses", "UnsupportedMediaType"),
                     "429": {
                         "description": "Too many attempts from this client "
                         "(`JOBCAST_OPS_LOGIN_RATE_LIMIT`): the form with a message for "
@@ -305,9 +477,9 @@ def _ops_paths() -> Doc:
     }
 
 
-def _components() -> Doc:
+def _components(kinds: list[Kind]) -> Doc:
     return {
-        "schemas": _schemas(),
+        "schemas": {**_schemas(), **kind_schemas(kinds)},
         "parameters": _parameters(),
         "headers": {
             "Retry-After": {
@@ -333,13 +505,13 @@ def _error_responses() -> Doc:
     error = _ref("schemas", "Error")
     retry = {"headers": {"Retry-After": _ref("headers", "Retry-After")}}
     return {
-        "BadRequest": _json(error, "Malformed: not JSON (`bad_json`), or a `Last-Event-ID` this stream never sent (`bad_last_event_id`)."),
+        "BadRequest": _json(error, "Malformed: not JSON (`bad_json`), a `Last-Event-ID` this stream never sent (`bad_last_event_id`), or a bad `Idempotency-Key` (`bad_idempotency_key`)."),
         "Unauthorized": _json(error, "The ops token is needed (`unauthorized`).", headers={"WWW-Authenticate": {"schema": {"type": "string"}}}),
-        "BadToken": _json(error, "Signing is on and the job's token is missing or wrong (`bad_token`)."),
-        "NotFound": _json(error, "No such job, or not an id (`not_found`); for an image: not finished yet."),
+        "BadToken": _json(error, "Signing is on and the job's token is missing or wrong (`bad_token`); or this client may not submit this kind (`forbidden`)."),
+        "NotFound": _json(error, "No such job, or not an id (`not_found`); for a result or file: not succeeded yet, or no such file; no such kind (`unknown_kind`)."),
         "AlreadyFinished": _json(error, "The job has already ended (`already_finished`)."),
         "TooLarge": _json(error, "The body is larger than the limit (`too_large`)."),
-        "UnsupportedMediaType": _json(error, "The body is not `application/json` (`unsupported_media_type`)."),
+        "UnsupportedMediaType": _json(error, "The body is not of the documented type (`unsupported_media_type`)."),
         "InvalidFields": _json(error, "Well-formed JSON, invalid job: `fields` names each bad field and why (`invalid_fields`)."),
         "TooManyRequests": _json(error, "The line is full (`queue_full`) or this client posts too fast (`too_many_requests`).", **retry),
         "Unavailable": _json(error, "Redis is unreachable (`unavailable`), or this process holds all the streams it can (`too_many_streams`).", **retry),
@@ -352,8 +524,22 @@ def _parameters() -> Doc:
             "name": "job_id",
             "in": "path",
             "required": True,
-            "description": "The job's id, as `POST /imagine` returned it; anything else is a 404.",
+            "description": "The job's id, as the submit returned it; anything else is a 404.",
             "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{16,64}$"},
+        },
+        "fileName": {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "description": "A file's name, as `GET /jobs/{job_id}/result` lists it.",
+            "schema": {"type": "string", "pattern": f"^{FILE_NAME.pattern}$"},
+        },
+        "idempotencyKey": {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": "A key the client chooses for this submit (1-128 of `A-Za-z0-9_.:-`); anything else is a 400.",
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"},
         },
         "token": {
             "name": "token",
@@ -367,19 +553,36 @@ def _parameters() -> Doc:
             "in": "query",
             "required": False,
             "description": "Resume after this event id (for clients that cannot set headers).",
-            "schema": {"type": "string", "pattern": EVENT_ID},
+            "schema": {"type": "string", "pattern": RESUME_ID},
         },
         "lastEventIdHeader": {
             "name": "Last-Event-ID",
             "in": "header",
             "required": False,
             "description": "Resume after this event id (EventSource sends it on reconnect).",
-            "schema": {"type": "string", "pattern": EVENT_ID},
+            "schema": {"type": "string", "pattern": RESUME_ID},
         },
     }
 
 
-EVENT_ID = "^[0-9]{1,20}-[0-9]{1,20}$"
+def at_most(bound: int) -> str:
+    """A regex for the decimal numbers from 0 to ``bound``, leading zeros allowed up to the
+    bound's width (as ``tasks.events.parse_id`` reads the parts of an id)."""
+    digits = str(bound)
+    width = len(digits)
+    options = [f"[0-9]{{1,{width - 1}}}"] if width > 1 else []
+    for i, digit in enumerate(digits):
+        if digit != "0":
+            low = f"[0-{int(digit) - 1}]" if digit != "1" else "0"
+            options.append(f"{digits[:i]}{low}[0-9]{{{width - i - 1}}}")
+    options.append(digits)
+    return f"(?:{'|'.join(options)})"
+
+
+ID_PART = at_most(2**64 - 1)  # Redis stream ids are two unsigned 64-bit numbers
+EVENT_ID = f"^{ID_PART}-{ID_PART}$"
+# What a client may send to resume: an id, or nothing (empty: from the start).
+RESUME_ID = f"^(?:{ID_PART}-{ID_PART})?$"
 NULLABLE_INT = {"type": ["integer", "null"], "minimum": 0}
 
 
@@ -406,9 +609,11 @@ def _schemas() -> Doc:
                 }
             },
         },
-        "JobRequest": _job_request(),
+        "JobSubmitted": _job_submitted(),
         "JobAccepted": _job_accepted(),
         "JobStatus": _job_status(),
+        "JobDetails": _job_details(),
+        "JobResult": _job_result(),
         "Cancel": {
             "type": "object",
             "required": ["jobId", "state"],
@@ -430,33 +635,63 @@ def _schemas() -> Doc:
     }
 
 
-OPTIONAL_INT = ["integer", "null"]
+def kind_schemas(kinds: list[Kind]) -> Doc:
+    """Each kind's parameters as a component schema, with its model's ``$defs`` beside it."""
+    schemas: Doc = {}
+    for kind in kinds:
+        schema = kind.params.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in {**schema.pop("$defs", {}), params_schema(kind): schema}.items():
+            if schemas.setdefault(name, definition) != definition:
+                raise ValueError(f"two kinds define different schemas named {name!r}")
+    return schemas
 
 
-def _job_request() -> Doc:
+def _job_submitted() -> Doc:
     return {
         "type": "object",
-        "required": ["prompt"],
+        "required": [
+            "jobId", "kind", "position", "queueLength", "etaSeconds", "stream", "status", "result",
+        ],
         "additionalProperties": False,
         "properties": {
-            "prompt": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": 500,
-                "description": (
-                    "Runs of whitespace count as one space; it must not be blank or "
-                    "contain control or other non-printable characters."
-                ),
-            },
-            # null, like leaving the field out, means the default.
-            "width": {"type": OPTIONAL_INT, "minimum": 64, "maximum": 1024, "default": 512},
-            "height": {"type": OPTIONAL_INT, "minimum": 64, "maximum": 1024, "default": 512},
-            "steps": {"type": OPTIONAL_INT, "minimum": 1, "maximum": 100, "default": 20},
-            "seed": {
-                "type": OPTIONAL_INT,
-                "minimum": 0,
-                "maximum": 4294967295,
-                "description": "Random when left out or null.",
+            "jobId": {"type": "string", "pattern": "^[A-Za-z0-9_-]{16,64}$"},
+            "kind": {"type": "string"},
+            "position": {"type": "integer", "minimum": 0},
+            "queueLength": {"type": "integer", "minimum": 0},
+            "etaSeconds": NULLABLE_INT,
+            "stream": {"type": "string", "description": "The job's SSE stream (with its token)."},
+            "status": {"type": "string", "description": "The job's status URL (= Location)."},
+            "result": {"type": "string", "description": "The result's URL, once succeeded."},
+            "token": {"type": "string", "description": "Only when the server signs jobs."},
+        },
+    }  # fmt: skip
+
+
+def _job_details() -> Doc:
+    status = _job_status()
+    nullable_text = {"type": ["string", "null"]}
+    properties = {
+        **status["properties"],
+        "kind": {**nullable_text, "description": "The job's kind."},
+        "queue": {**nullable_text, "description": "The Celery queue (the line) it went to."},
+        "meta": {"type": "object", "description": "The metadata given at submit, if any."},
+    }
+    return {**status, "properties": properties}
+
+
+def _job_result() -> Doc:
+    return {
+        "type": "object",
+        "required": ["jobId", "state", "result", "files"],
+        "additionalProperties": False,
+        "properties": {
+            "jobId": {"type": "string"},
+            "state": {"const": "succeeded"},
+            "result": {"type": "object", "description": "The `done` event's data."},
+            "files": {
+                "type": "object",
+                "description": "Each file the job saved, by name: its URL.",
+                "additionalProperties": {"type": "string"},
             },
         },
     }
@@ -469,8 +704,8 @@ def _job_accepted() -> Doc:
         "additionalProperties": False,
         "properties": {
             "jobId": {"type": "string", "pattern": "^[A-Za-z0-9_-]{16,64}$"},
-            "position": {"type": "integer", "minimum": 1},
-            "queueLength": {"type": "integer", "minimum": 1},
+            "position": {"type": "integer", "minimum": 0},
+            "queueLength": {"type": "integer", "minimum": 0},
             "etaSeconds": NULLABLE_INT,
             "stream": {"type": "string", "description": "The job's SSE stream (with its token)."},
             "status": {"type": "string", "description": "The job's status URL (= Location)."},

@@ -43,6 +43,7 @@ bp = Blueprint("ops", __name__)
 COOKIE = "jobcast_ops"
 COOKIE_MAX_AGE = 7 * 24 * 3600
 LABEL_HEX = 8  # 32 bits: tells jobs apart on one screen, opens none of them
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 ID_FIELDS = ("id", "jobId")  # where the monitor's snapshot puts job (task) ids
 MAX_LABELS = 4096  # labels remembered per deployment (a snapshot holds a few dozen ids)
 
@@ -110,6 +111,9 @@ def page() -> str | BaseResponse:
 def login() -> BaseResponse | tuple[str, int]:
     ext = jobcast()
     token = ext.settings.ops_token
+    if request.method == "POST" and request.mimetype not in FORM_TYPES:
+        # What the document promises: a sign-in is a form, even with no token to check.
+        raise ApiError(415, "unsupported_media_type", "Send the sign-in as a form.")
     target = safe_next(request.values.get("next", ""))
     if not token:
         return redirect(target, 303)

@@ -268,8 +268,11 @@ class Stream:
         return b"".join(parts)
 
 
-def snapshot(ext: Jobcast, job_id: str) -> dict[str, Any] | None:
-    """The job's current state as ``GET /imagine/<id>`` shows it; ``None`` if unknown."""
+def snapshot(ext: Jobcast, job_id: str, *, details: bool = False) -> dict[str, Any] | None:
+    """The job's current state as ``GET /imagine/<id>`` shows it; ``None`` if unknown.
+
+    ``details`` adds what ``GET /jobs/<id>`` shows besides: the kind, the queue (the line)
+    and the metadata given at submit (``meta``, when there is any)."""
     raw = ext.redis.hgetall(ext.keys.job(job_id))
     if not raw:
         return None
@@ -294,6 +297,12 @@ def snapshot(ext: Jobcast, job_id: str) -> dict[str, Any] | None:
         "width": _int(record.get("width")),
         "height": _int(record.get("height")),
     }
+    if details:
+        snap["kind"] = record.get("kind")
+        snap["queue"] = record.get("queue")
+        meta = _json_object(record.get("meta"))
+        if meta is not None:
+            snap["meta"] = meta
     if state == "queued":
         place = ext.lines.place(job_id, snap["queue"])
         if place is not None:
@@ -307,6 +316,14 @@ def is_terminal(state: str | None) -> bool:
 
 def _last_events(record: dict[str, str]) -> dict[str, Any]:
     return {k[5:]: json.loads(v) for k, v in record.items() if k.startswith("last:")}
+
+
+def _json_object(raw: str | None) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw) if raw else None
+    except ValueError:
+        return None  # not ours to fix here; the snapshot just leaves it out
+    return value if isinstance(value, dict) else None
 
 
 def _int(value: str | None) -> int | None:

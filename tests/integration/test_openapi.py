@@ -36,14 +36,18 @@ def deref(doc: dict[str, Any], node: Any) -> Any:
 
 
 def served_routes() -> dict[str, set[str]]:
-    """Flask's rules as OpenAPI paths (``<job_id>`` → ``{job_id}``) and their methods."""
+    """Flask's rules as OpenAPI paths (``<job_id>`` → ``{job_id}``) and their methods; the
+    one rule ``/jobs/<kind>`` is a path per kind offered over HTTP (``/jobs/imagine``)."""
     app = create_app({"redis_url": "redis://127.0.0.1:1/0"})  # building it connects nowhere
+    kinds = [kind.name for kind in app.extensions["jobcast"].kinds.all() if kind.over_http]
     routes: dict[str, set[str]] = {}
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
-        routes.setdefault(path, set()).update((rule.methods or set()) - {"HEAD", "OPTIONS"})
+        methods = (rule.methods or set()) - {"HEAD", "OPTIONS"}
+        for each in [f"/jobs/{name}" for name in kinds] if path == "/jobs/{kind}" else [path]:
+            routes.setdefault(each, set()).update(methods)
     return routes
 
 
@@ -64,7 +68,9 @@ def conforms(path: str, method: str, response: httpx.Response) -> None:
         assert response.content == b"", f"{method} {path} {status}: a body where none is documented"
         return
     media = response.headers["Content-Type"].split(";")[0].strip()
-    assert media in content, f"{method} {path} {status}: {media} is not documented"
+    assert media in content or "*/*" in content, (
+        f"{method} {path} {status}: {media} is not documented"
+    )
     if media == JSON:
         Draft202012Validator(content[media]["schema"]).validate(response.json())
 
@@ -127,6 +133,30 @@ def test_a_job_lifecycle_matches_the_document(web: str, worker: Proc, rds: redis
         assert response.status_code == expected, response.text
 
 
+def test_a_job_of_a_kind_matches_the_document(web: str, worker: Proc, rds: redis.Redis) -> None:
+    """POST /jobs/imagine, its stream, status, result, file and a late cancel each answer
+    with a status, type, headers and body the document lists."""
+    created = httpx.post(web + "/jobs/imagine", json={"prompt": "a red kite", **TINY})
+    conforms("/jobs/imagine", "POST", created)
+    assert created.status_code == 202
+    job_id = created.json()["jobId"]
+    with httpx.stream("GET", f"{web}/jobs/{job_id}/stream", timeout=60) as streamed:
+        streamed.read()
+    conforms("/jobs/{job_id}/stream", "GET", streamed)
+    for method, suffix, expected in (
+        ("GET", "", 200), ("GET", "/result", 200), ("GET", "/result/image.png", 200),
+        ("GET", "/result/nothing.txt", 404), ("DELETE", "", 409),
+    ):  # fmt: skip
+        response = httpx.request(method, f"{web}/jobs/{job_id}{suffix}")
+        path = (
+            "/jobs/{job_id}/result/{name}"
+            if suffix.count("/") == 2
+            else f"/jobs/{{job_id}}{suffix}"
+        )
+        conforms(path, method, response)
+        assert response.status_code == expected, response.text
+
+
 def test_a_fresh_job_and_its_cancel_match_the_document(web: str, rds: redis.Redis) -> None:
     """A just-posted job: its status, and cancelling it (queued, running or already done,
     depending on the session's worker), answer as documented."""
@@ -162,6 +192,14 @@ def test_event_id_beyond_64_bits_is_400(web: str, rds: redis.Redis) -> None:
         ("GET", "/imagine/{job_id}/image", f"/imagine/{UNKNOWN}/image", {}, 404),
         ("GET", "/imagine/{job_id}/stream", f"/imagine/{UNKNOWN}/stream", {}, 404),
         ("GET", "/imagine/{job_id}/stream", f"/imagine/{UNKNOWN}/stream?lastEventId=x", {}, 400),
+        ("POST", "/jobs/imagine", "/jobs/imagine", {"json": {"prompt": "", "colour": 1}}, 422),
+        ("POST", "/jobs/imagine", "/jobs/imagine", {"json": {}, "headers": {"Idempotency-Key": "a b"}}, 400),
+        ("GET", "/jobs/{job_id}", f"/jobs/{UNKNOWN}", {}, 404),
+        ("GET", "/jobs/{job_id}/result", f"/jobs/{UNKNOWN}/result", {}, 404),
+        ("GET", "/jobs/{job_id}/result/{name}", f"/jobs/{UNKNOWN}/result/a.png", {}, 404),
+        # The sign-in is a form: no body (or another type) is refused, token or not.
+        ("POST", "/ops/login", "/ops/login", {}, 415),
+        ("POST", "/ops/login", "/ops/login", {"json": {"token": "x"}}, 415),
     ],
 )  # fmt: skip
 def test_errors_match_the_document(

@@ -1,0 +1,331 @@
+"""The job routes: any registered kind over HTTP, and ``/imagine`` as the demo's alias.
+
+    POST   /jobs/<kind>              validate by the kind's model, submit → 202 + Location
+    GET    /jobs/<id>                the snapshot, with kind, queue and meta
+    GET    /jobs/<id>/stream         the SSE stream (web/fastroute.py serves it too)
+    DELETE /jobs/<id>                cancel: queued → cancelled now, running → at its next step
+    GET    /jobs/<id>/result         once succeeded: the done data and the saved files' URLs
+    GET    /jobs/<id>/result/<name>  one saved file
+    /imagine, /imagine/<id>[/stream|/image]   the same for the imagine kind, as before
+                                     (blueprint ``alias``: only where the kind is offered)
+
+Errors, in the order they are decided: 404 unknown kind · 403 not allowed to submit it ·
+400 bad Idempotency-Key · 415/413/400 the body · 422 its fields · 429 the line is full.
+With ``JOBCAST_SIGNING_KEY`` every ``<id>`` route wants the job's token (``?token=``).
+URLs are built with ``url_for``, so they follow wherever the blueprint is mounted.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Flask, Response, jsonify, request, send_file, url_for
+from flask.blueprints import BlueprintSetupState
+from werkzeug.routing import BaseConverter
+
+from tasks.events import Enqueued
+from tasks.kinds import Kind, Registry
+from tasks.media import job_file, job_files
+from tasks.submit import request_cancel, submit
+from web.api import (
+    JOB_ID,
+    STREAM_HEADERS,
+    check_id,
+    job_token,
+    json_body,
+    last_event_id,
+    not_found,
+    queue_full,
+    start_stream,
+    stream_has_more,
+    with_token,
+)
+from web.errors import ApiError
+from web.extension import Jobcast, jobcast
+from web.line import eta_seconds
+from web.ops import authorized
+from web.stream import is_terminal, snapshot
+from web.validate import validate_params
+
+bp = Blueprint("jobs", __name__)
+# The imagine kind's routes from before /jobs; registered only when the kind is offered.
+alias = Blueprint("imagine", __name__)
+
+
+@bp.record_once
+def _add_converters(state: BlueprintSetupState) -> None:
+    """``<jobkind:…>`` matches the kinds offered over HTTP, ``<jobid:…>`` a job id that is not
+    one of them, so ``/jobs/imagine`` and ``/jobs/<id>`` are separate resources (each
+    answers OPTIONS and 405 with its own ``Allow``). Read from the registry when the
+    blueprint is registered: kinds registered later are not routed."""
+    kinds: Registry = state.app.extensions["jobcast"].kinds
+    state.app.url_map.converters.update(converters(kinds))
+
+
+def init_app(app: Flask, kinds: Registry) -> None:
+    """Register the job routes, and the ``/imagine`` alias when that kind is offered."""
+    app.register_blueprint(bp)
+    imagine = kinds.get(IMAGINE)
+    if imagine is not None and imagine.over_http:
+        app.register_blueprint(alias)
+
+
+def converters(kinds: Registry) -> dict[str, type[BaseConverter]]:
+    names = [re.escape(kind.name) for kind in kinds.all() if kind.over_http]
+    kind_regex = f"(?:{'|'.join(names)})" if names else "(?!)"
+    # A kind name can look like an id (16+ letters, digits and dashes): not one here.
+    exclude = f"(?!{kind_regex}(?![A-Za-z0-9_-]))" if names else ""
+
+    class KindName(BaseConverter):
+        regex = kind_regex
+        part_isolating = True
+
+    class JobId(BaseConverter):
+        regex = exclude + JOB_ID.pattern
+        part_isolating = True
+
+    return {"jobkind": KindName, "jobid": JobId}
+
+
+IMAGINE = "imagine"
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+# The options of tasks.submit.submit this version of the core takes (the core branch adds
+# queue= and key=); see _submit_options.
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    kind: Kind
+    line: Enqueued
+    token: str
+    created: bool = True  # False: the Idempotency-Key named this job already
+
+    def common(self) -> dict[str, Any]:
+        line = self.line
+        return {
+            "jobId": self.job_id,
+            "position": line.position,
+            "queueLength": line.queue_length,
+            "etaSeconds": eta_seconds(line.position, line.avg_ms, line.busy),
+        }
+
+
+def link(endpoint: str, job_id: str, token: str = "", **values: Any) -> str:
+    """A job route's URL (relative to the site, under the blueprint's mount point),
+    carrying the job's token when signing is on."""
+    return with_token(url_for(endpoint, job_id=job_id, **values), token)
+
+
+# -- submit ----------------------------------------------------------------------------
+
+
+@bp.post("/jobs/<jobkind:kind>")
+def create(kind: str) -> tuple[Response, int, dict[str, str]]:
+    job = accept(kind)
+    body: dict[str, Any] = {
+        "jobId": job.job_id,
+        "kind": job.kind.name,
+        **job.common(),
+        "stream": link("jobs.stream", job.job_id, job.token),
+        "status": link("jobs.status", job.job_id, job.token),
+        "result": link("jobs.result", job.job_id, job.token),
+    }
+    if job.token:
+        body["token"] = job.token
+    return jsonify(body), 202 if job.created else 200, {"Location": body["status"]}
+
+
+@alias.post("/imagine", endpoint="create")
+def create_imagine() -> tuple[Response, int, dict[str, str]]:
+    """``POST /jobs/imagine`` with the answer ``POST /imagine`` has always given."""
+    job = accept(IMAGINE)
+    body: dict[str, Any] = {
+        **job.common(),
+        "stream": link("imagine.stream", job.job_id, job.token),
+        "status": link("imagine.status", job.job_id, job.token),
+        "image": link("imagine.image", job.job_id, job.token),
+    }
+    if job.token:
+        body["token"] = job.token
+    return jsonify(body), 202 if job.created else 200, {"Location": body["status"]}
+
+
+def accept(name: str) -> Submitted:
+    """Check, validate and submit a job of kind ``name`` from the request; ApiError if not."""
+    ext = jobcast()
+    kind = ext.kinds.get(name)
+    if kind is None or not kind.over_http:
+        raise ApiError(404, "unknown_kind", f"There is no job kind {name[:40]!r}.")
+    if not may_submit(ext, kind):
+        raise ApiError(403, "forbidden", f"This client may not submit {kind.name} jobs.")
+    key = idempotency_key()
+    params = validate_params(kind.params, json_body(ext))
+    job_id = secrets.token_urlsafe(16)
+    fields = {"kind": kind.name, **{k: _field(v) for k, v in params.items()}}
+    line = submit(
+        ext.celery, ext.events, ext.settings, job_id, kind.task,
+        params, fields, **_submit_options(kind, key),
+    )  # fmt: skip
+    if line.position == -1:
+        raise queue_full(line)
+    if line.position == -3:  # the key named a job already: answer that one, as it is now
+        job_id = line.event_id or job_id
+        rank = ext.redis.zrank(ext.keys.line(kind.queue).queue, job_id)
+        line = line._replace(position=0 if rank is None else int(rank) + 1)
+        return Submitted(job_id, kind, line, job_token(ext.settings.signing_key, job_id), False)
+    return Submitted(job_id, kind, line, job_token(ext.settings.signing_key, job_id))
+
+
+def may_submit(ext: Jobcast, kind: Kind) -> bool:
+    if kind.access == "public":
+        return True
+    if kind.access == "ops":
+        return authorized(ext.settings.ops_token)
+    if callable(kind.access):
+        return bool(kind.access(request))
+    return False
+
+
+def idempotency_key() -> str | None:
+    """The ``Idempotency-Key`` header, if sent; 400 if it is not 1-128 of [A-Za-z0-9_.:-]."""
+    raw = request.headers.get("Idempotency-Key")
+    if raw is None:
+        return None
+    if not IDEMPOTENCY_KEY.fullmatch(raw):
+        raise ApiError(
+            400, "bad_idempotency_key",
+            "Idempotency-Key must be 1 to 128 characters of A-Z a-z 0-9 _ . : -",
+        )  # fmt: skip
+    return raw
+
+
+def _submit_options(kind: Kind, key: str | None) -> dict[str, Any]:
+    """The keyword options for tasks.submit.submit: the kind's queue, and the client's
+    idempotency key scoped by kind (as :func:`tasks.handle.submit` scopes it)."""
+    options: dict[str, Any] = {"queue": kind.queue}
+    if key is not None:
+        options["key"] = f"{kind.name}:{key}"
+    return options
+
+
+def _field(value: Any) -> str:
+    """A parameter as the job record keeps it: text as is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+# -- watch -----------------------------------------------------------------------------
+
+
+@bp.get("/jobs/<jobid:job_id>", endpoint="status")
+def status(job_id: str) -> Response:
+    return jsonify(_snapshot(job_id, details=True))
+
+
+@alias.get("/imagine/<job_id>", endpoint="status")
+def imagine_status(job_id: str) -> Response:
+    return jsonify(_snapshot(job_id, details=False))
+
+
+def _snapshot(job_id: str, *, details: bool) -> dict[str, Any]:
+    check_id(job_id)
+    ext = jobcast()
+    snap = snapshot(ext, job_id, details=details)
+    if snap is None:
+        raise not_found()
+    token = job_token(ext.settings.signing_key, job_id)
+    if token and snap.get("url"):
+        # The worker's done url has no token (workers hold none); hand out one that works.
+        snap["url"] = with_token(snap["url"], token)
+    return snap
+
+
+@bp.get("/jobs/<jobid:job_id>/stream", endpoint="stream")
+@alias.get("/imagine/<job_id>/stream", endpoint="stream")
+def stream(job_id: str) -> Response:
+    """The stream through Flask: used when job tokens are on (web/fastroute.py otherwise),
+    and for HEAD, which opens nothing: the status and headers a GET would get, no body."""
+    ext = jobcast()
+    check_id(job_id)
+    last = last_event_id(request.environ)
+    if request.method != "GET":
+        if not stream_has_more(ext, job_id, last):
+            return Response(status=204)
+        return Response(iter(()), status=200, headers=STREAM_HEADERS)
+    body = start_stream(ext, job_id, last, request.environ)
+    if body is None:
+        return Response(status=204)
+    # The body itself, not iter(body): the server calls its close(), which unwatches.
+    return Response(body, status=200, headers=STREAM_HEADERS, direct_passthrough=True)
+
+
+@bp.delete("/jobs/<jobid:job_id>", endpoint="cancel")
+@alias.delete("/imagine/<job_id>", endpoint="cancel")
+def cancel(job_id: str) -> tuple[Response, int]:
+    ext = jobcast()
+    check_id(job_id)
+    if ext.events.publish(
+        job_id, "cancelled", {"reason": "cancelled while queued"}, expect="queued"
+    ):
+        return jsonify(jobId=job_id, state="cancelled"), 200
+    state = request_cancel(ext.events, job_id)
+    if state is None:
+        raise not_found()
+    if is_terminal(state):
+        raise ApiError(409, "already_finished", f"The job has already ended ({state}).")
+    return jsonify(jobId=job_id, state="cancelling"), 202
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+@bp.get("/jobs/<jobid:job_id>/result", endpoint="result")
+def result(job_id: str) -> Response:
+    ext = jobcast()
+    check_id(job_id)
+    state, done = ext.redis.hmget(ext.keys.job(job_id), "state", "last:done")
+    if state is None:
+        raise not_found()
+    if state != b"succeeded":
+        raise ApiError(404, "not_found", f"No result yet: the job is {state.decode()}.")
+    token = job_token(ext.settings.signing_key, job_id)
+    files = {
+        name: link("jobs.result_file", job_id, token, name=name)
+        for name in job_files(ext.settings.media_dir, job_id)
+    }
+    data = json.loads(done) if done else {}
+    if token and isinstance(data.get("url"), str):
+        data["url"] = with_token(data["url"], token)  # as the status does: workers hold none
+    return jsonify(jobId=job_id, state="succeeded", result=data, files=files)
+
+
+@bp.get("/jobs/<jobid:job_id>/result/<name>", endpoint="result_file")
+def result_file(job_id: str, name: str) -> Response:
+    return _saved_file(job_id, name)
+
+
+@alias.get("/imagine/<job_id>/image", endpoint="image")
+def imagine_image(job_id: str) -> Response:
+    return _saved_file(job_id, "image.png", "No image for this job (yet).")
+
+
+def _saved_file(
+    job_id: str, name: str, missing: str = "No such file for this job (yet)."
+) -> Response:
+    ext = jobcast()
+    check_id(job_id)
+    state = ext.redis.hget(ext.keys.job(job_id), "state")
+    path = job_file(ext.settings.media_dir, job_id, name) if state == b"succeeded" else None
+    if path is None:
+        raise ApiError(404, "not_found", missing)
+    mimetype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    response = send_file(path.resolve(), mimetype=mimetype, max_age=3600)
+    # A job's file is the job's content, not this site's: never run it as a page here.
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "sandbox"
+    return response
