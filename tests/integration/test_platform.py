@@ -165,12 +165,15 @@ def test_bad_submit_options_are_refused_before_anything_is_written(
 ) -> None:
     """A key with bad characters, oversized metadata, or a canvas raise ValueError and
     leave Redis as it was."""
-    before = rds.dbsize()
+    def jobs() -> set[bytes]:
+        return set(rds.scan_iter("jobcast:job:*")) | set(rds.scan_iter("jobcast:idem:*"))
+
+    before, waiting = jobs(), rds.llen(QUEUE)
     with pytest.raises(ValueError, match="idempotency key"):
         submit(user_app, "user.count", n=1, key="has space")
     with pytest.raises(ValueError, match="metadata"):
         submit(user_app, "user.count", n=1, metadata={"blob": "x" * 5000})
-    assert rds.dbsize() == before
+    assert jobs() == before and rds.llen(QUEUE) == waiting
 
 
 def test_a_user_job_shows_on_ops_and_metrics(
