@@ -173,11 +173,14 @@ class JobContext:
         """Append streamed text (an LLM's tokens); clients concatenate ``delta`` events."""
         if not text or self._reporter is None:
             return
+        # Text with no UTF-8 (a lone surrogate) raises here, before it is held: held, it
+        # would fail every later event, the job's ending too.
+        size = len(text.encode())
         now = time.monotonic()
         if not self._delta:
             self._delta_since = now
         self._delta.append(text)
-        self._delta_size += len(text.encode())
+        self._delta_size += size
         if self._delta_size >= self._delta_bytes or now - self._delta_since >= self._delta_interval:
             self.flush()
 
@@ -188,8 +191,9 @@ class JobContext:
         text = "".join(self._delta)
         self._delta.clear()
         self._delta_size = 0
-        # Text longer than one event takes goes out in pieces (4 bytes a character at most).
-        size = max(1, (self._reporter.events.max_event_bytes - 64) // 4)
+        # Text longer than one event takes goes out in pieces: 6 bytes a character at most
+        # as JSON (a control character is escaped as \u0001; UTF-8 takes at most 4).
+        size = max(1, (self._reporter.events.max_event_bytes - 64) // 6)
         sent = None
         for start in range(0, len(text), size):
             sent = self._reporter.publish("delta", {"text": text[start : start + size]})

@@ -240,3 +240,73 @@ def test_jobcasts_own_worker_runs_user_tasks_named_in_jobcast_imports(
         assert handle.wait(timeout=30)["counted"] == 3
     finally:
         proc.stop()
+
+
+def _ended(handle: jobcast.JobHandle) -> str | None:
+    state = handle.status()["state"]
+    return state if state in ("succeeded", "failed", "cancelled") else None
+
+
+def test_a_body_that_raises_with_unsendable_text_held_still_ends_failed(
+    user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """A delta of text with a lone surrogate (no UTF-8 for it) raises in the body; the
+    job still ends `failed` — with the JobError's message when the body raises one —
+    instead of staying `running` with no terminal event; the text sent before is kept."""
+    crashed = submit(user_app, "user.misbehave", how="surrogate-then-raise")
+    told = submit(user_app, "user.misbehave", how="held-text-then-joberror")
+    assert wait_until(lambda: _ended(crashed), 20, "the crashed job to end") == "failed"
+    assert wait_until(lambda: _ended(told), 20, "the failed job to end") == "failed"
+    with pytest.raises(jobcast.JobError, match="It went wrong after some text"):
+        told.wait(timeout=5)
+    deltas = [p for _, p in logged(rds, told.id) if p == "delta"]
+    assert len(deltas) == 1
+
+
+def test_text_of_control_characters_longer_than_an_event_is_split_too(
+    web: str, user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """20,000 control characters (6 bytes each as JSON) go out as several deltas that
+    concatenate to the text, and the job ends done, not failed with EventTooLarge."""
+    handle = submit(user_app, "user.misbehave", how="control-text")
+    events = collect(web, handle.id)
+    assert events[-1].event == "done", events[-1]
+    assert "".join(e.data["text"] for e in events if e.event == "delta") == "\x01" * 20_000
+
+
+def test_a_body_that_rejects_its_message_ends_the_job(
+    user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """``raise Reject(requeue=False)`` drops the message, so no attempt follows: the job
+    ends `failed` rather than `running` until its retention."""
+    handle = submit(user_app, "user.misbehave", how="reject")
+    assert wait_until(lambda: _ended(handle), 20, "the rejected job to end") == "failed"
+
+
+def test_retry_counts_as_an_attempt_up_to_the_limit(
+    user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """``self.retry()`` runs the body again as the next attempt (started says so); a job
+    retrying past JOBCAST_MAX_ATTEMPTS (3) ends failed, one terminal event, not running."""
+    ok = submit(user_app, "user.retrying", times=2)
+    assert ok.wait(timeout=30) == {"attempt": 3}
+    assert [p for _, p in logged(rds, ok.id)].count("started") == 3
+    over = submit(user_app, "user.retrying", times=10)
+    with pytest.raises(jobcast.JobError, match="Gave up after 3 attempts"):
+        over.wait(timeout=30)
+    log = [p for _, p in logged(rds, over.id)]
+    assert log.count("started") == 4 and log.count("log") == 3
+    assert over.status()["state"] == "failed" and rds.zscore("jobcast:running", over.id) is None
+
+
+def test_waiting_on_an_unknown_job_says_so(user_app: Celery, rds: redis.Redis) -> None:
+    """wait() on an id no job has (never made, or expired) raises JobError saying so,
+    with or without a timeout, instead of blocking forever (or timing out)."""
+    handle = jobcast.JobHandle(
+        id="no-such-job", kind=None, queue=None, position=0, queue_length=0,
+        eta_seconds=None, created=False, _ctx=user_app.jobcast,
+    )  # fmt: skip
+    with pytest.raises(jobcast.JobError, match="unknown or has expired"):
+        handle.wait(timeout=5)
+    with pytest.raises(jobcast.JobError, match="unknown or has expired"):
+        handle.wait(timeout=0)
