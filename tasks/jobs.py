@@ -303,7 +303,13 @@ class JobTask(Task):
             job.flush()
             reporter.cancelled(reason="cancelled while running")
             return None
-        except (Retry, Reject):
+        except Reject as exc:
+            job.flush()
+            if not exc.requeue:  # the message is dropped: no attempt follows to report
+                log.error("job %s (%s) rejected its message: %s", job_id, self.name, exc)
+                reporter.failed(self.failure_message, retryable=False)
+            raise
+        except Retry:
             job.flush()
             raise  # Celery runs the job again: the next attempt reports
         except JobError as exc:
