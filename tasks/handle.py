@@ -117,7 +117,8 @@ class JobHandle:
                     phase = fields[b"phase"].decode()
                     if phase in TERMINAL:
                         return _ending(self.id, phase, json.loads(fields[b"data"]))
-            if reply is None and ctx.redis.exists(ctx.events.keys.job(self.id)) == 0:
+            # redis-py answers a timed-out XREAD with [] (RESP2) or {} (RESP3), never None.
+            if not reply and ctx.redis.exists(ctx.events.keys.job(self.id)) == 0:
                 raise JobError("The job is unknown or has expired.")
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} did not end within {timeout} s")
