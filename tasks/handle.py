@@ -17,6 +17,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from celery import Celery, Signature
@@ -108,9 +109,11 @@ class JobHandle:
         ctx = self._context()
         deadline = None if timeout is None else time.monotonic() + timeout
         stream, last = ctx.events.keys.events(self.id), "0-0"
+        retrying = ctx.events.retrying  # a Redis restart is ridden out, as publishes do
         while True:
             block = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
-            reply = ctx.redis.xread({stream: last}, count=100, block=max(1, int(block * 1000)))
+            ms = max(1, int(block * 1000))
+            reply = retrying(partial(ctx.redis.xread, {stream: last}, count=100, block=ms))
             for _, entries in reply or []:
                 for event_id, fields in entries:
                     last = event_id
@@ -118,7 +121,7 @@ class JobHandle:
                     if phase in TERMINAL:
                         return _ending(self.id, phase, json.loads(fields[b"data"]))
             # redis-py answers a timed-out XREAD with [] (RESP2) or {} (RESP3), never None.
-            if not reply and ctx.redis.exists(ctx.events.keys.job(self.id)) == 0:
+            if not reply and retrying(lambda: ctx.redis.exists(ctx.events.keys.job(self.id))) == 0:
                 raise JobError("The job is unknown or has expired.")
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} did not end within {timeout} s")
