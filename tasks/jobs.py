@@ -98,14 +98,19 @@ class JobContext:
     def check(self) -> None:
         """Stop here if the job was cancelled (:class:`JobCancelled`) or another attempt
         took it over (:class:`LeaseLost`); both end the body quietly."""
-        if self._lease is not None:
-            self._lease.check()
+        self._check_lease()
         if self._reporter is None:
             return
         now = time.monotonic()
         if now - self._checked_at >= self._check_interval:
             self._checked_at = now
             self._reporter.check_cancelled()
+
+    def _check_lease(self) -> None:
+        """Every report checks it (a flag, no round trip): an attempt another one took
+        over publishes and writes nothing more."""
+        if self._lease is not None:
+            self._lease.check()
 
     def progress(self, step: int, steps: int, **data: Any) -> str | None:
         """Step ``step`` of ``steps`` done; coalesced (5 % marks, 250 ms apart)."""
@@ -128,6 +133,7 @@ class JobContext:
         the final size, the image's own by default."""
         if self._reporter is None:
             return None
+        self._check_lease()
         self.flush()
         if percent is None:
             percent = max(0, self._reporter._last_percent)
@@ -148,6 +154,7 @@ class JobContext:
         check_kind(kind)
         if self._reporter is None:
             return None
+        self._check_lease()
         self.flush()
         return self._reporter.publish(kind, data or {})
 
@@ -173,6 +180,7 @@ class JobContext:
         """Append streamed text (an LLM's tokens); clients concatenate ``delta`` events."""
         if not text or self._reporter is None:
             return
+        self._check_lease()
         # Text with no UTF-8 (a lone surrogate) raises here, before it is held: held, it
         # would fail every later event, the job's ending too.
         size = len(text.encode())
@@ -210,6 +218,7 @@ class JobContext:
             raise ValueError(f"file name {name!r} must match {FILE_NAME.pattern}")
         if self._ctx is None or self.id is None:
             return None
+        self._check_lease()
         path = job_dir(self._ctx.settings.media_dir, self.id) / name
         _write_atomic(path, _file_bytes(name, content))
         if name not in self.files:

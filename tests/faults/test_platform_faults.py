@@ -102,3 +102,45 @@ def test_wait_rides_out_a_redis_restart(stack: Stack) -> None:
     assert not thread.is_alive()
     assert outcome.get("done") == {"lines": 150}, outcome
     assert phases(stack.client(), handle.id).count("done") == 1
+
+
+def started_on(client: redis.Redis, job_id: str) -> str | None:
+    """The worker the job's latest ``started`` event names, once it has one."""
+    raw = client.hget(f"jobcast:job:{{{job_id}}}", "last:started")
+    return raw.decode().split('"worker":"')[1].split('"')[0] if raw else None
+
+
+def test_a_user_job_whose_worker_is_killed_runs_again_and_ends_once(stack: Stack) -> None:
+    """The worker running a user's job is SIGKILLed (whole process group) after some of
+    its lines: the monitor hands the job to the other worker, which runs it as attempt 2
+    and ends it with one `done`, counted once in the stats; the handle's wait() gets it."""
+    stack.monitor()
+    stack.worker("first"), stack.worker("second")
+    client = stack.client()
+    handle = stack.submit("user.chatter", lines=100, every=0.05)
+    wait_until(lambda: phases(client, handle.id).count("log") >= 5, 30, "the job to log")
+    victim = started_on(client, handle.id)
+    assert victim is not None
+    stack.procs[victim.split("@")[0]].kill()
+    assert handle.wait(timeout=90) == {"lines": 100}
+    log = phases(client, handle.id)
+    assert log.count("started") == 2 and log.count("done") == 1
+    assert started_on(client, handle.id) != victim
+    assert client.hget("jobcast:stats", "done") == b"1"
+    assert client.zcard("jobcast:running") == 0
+
+
+def test_an_attempt_that_lost_its_lease_publishes_nothing_more(stack: Stack) -> None:
+    """Another attempt takes the job's lease (as one does after this attempt stalled past
+    the lease TTL): this attempt's body, which only logs, stops at its next log line once
+    its lease keeper notices, and publishes neither more lines nor `done`."""
+    worker = stack.worker("w1")
+    client = stack.client()
+    handle = stack.submit("user.chatter", lines=400, every=0.02)
+    wait_until(lambda: "log" in phases(client, handle.id), 30, "the job to log")
+    client.set(f"jobcast:job:{{{handle.id}}}:lease", "another-attempt", px=120_000)
+    ended = f"Task user.chatter[{handle.id}] succeeded"
+    wait_until(lambda: ended in worker.output(), 30, "the attempt to end")
+    log = phases(client, handle.id)
+    assert "done" not in log
+    assert log.count("log") < 400
