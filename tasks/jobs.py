@@ -257,7 +257,15 @@ class JobTask(Task):
         self._check_arguments(ctx, job_id, body, args, kwargs)
         with held(ctx.events, job_id, ctx.settings.job_lease_seconds, need_record=True) as lease:
             if lease is None:
-                return None  # a second copy of the message (a live attempt runs it), or no job
+                # A second copy of the message (a live attempt runs it), or no job.
+                if not ctx.events.retrying(lambda: ctx.redis.exists(ctx.events.keys.job(job_id))):
+                    log.warning(
+                        "job %s (%s) has no job record (sent without jobcast.submit, or "
+                        "expired): nothing ran",
+                        job_id,
+                        self.name,
+                    )
+                return None
             return self._attempt(ctx, job_id, lease, body, args, kwargs)
 
     def _check_arguments(

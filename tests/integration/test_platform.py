@@ -310,3 +310,17 @@ def test_waiting_on_an_unknown_job_says_so(user_app: Celery, rds: redis.Redis) -
         handle.wait(timeout=5)
     with pytest.raises(jobcast.JobError, match="unknown or has expired"):
         handle.wait(timeout=0)
+
+
+def test_a_job_task_sent_without_submit_runs_nothing_and_says_so(
+    user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """``task.apply_async()`` instead of ``jobcast.submit()`` makes no job record: the
+    worker runs nothing, writes nothing, and logs a warning naming the task and the way
+    to submit it, instead of a silent success."""
+    result = user_app.tasks["user.count"].apply_async(kwargs={"n": 3}, queue=QUEUE)
+    warned = f"job {result.id} (user.count) has no job record"
+    wait_until(lambda: warned in user_worker.output(), 20, "the worker's warning")
+    assert "jobcast.submit" in user_worker.output()
+    assert not rds.exists(f"jobcast:job:{{{result.id}}}")
+    assert not rds.exists(f"jobcast:job:{{{result.id}}}:events")
