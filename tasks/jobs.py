@@ -216,6 +216,8 @@ class JobContext:
         """
         if not FILE_NAME.fullmatch(name):
             raise ValueError(f"file name {name!r} must match {FILE_NAME.pattern}")
+        if name.endswith(".tmp"):  # the retention sweep takes *.tmp for half-written files
+            raise ValueError(f"file name {name!r} must not end in .tmp")
         if self._ctx is None or self.id is None:
             return None
         self._check_lease()

@@ -324,3 +324,12 @@ def test_a_job_task_sent_without_submit_runs_nothing_and_says_so(
     assert "jobcast.submit" in user_worker.output()
     assert not rds.exists(f"jobcast:job:{{{result.id}}}")
     assert not rds.exists(f"jobcast:job:{{{result.id}}}:events")
+
+
+def test_a_file_name_the_temp_sweep_would_remove_is_refused() -> None:
+    """Half-written files are ``*.tmp``, which the sweep deletes after ten minutes, so
+    ``save_file("notes.tmp")`` is refused (ValueError, outside a job too) rather than
+    listed in `done` and gone long before the retention."""
+    with pytest.raises(ValueError, match=r"\.tmp"):
+        jobcast.JobContext(None, None).save_file("notes.tmp", b"kept for a day")
+    assert jobcast.JobContext(None, None).save_file("notes.txt", b"fine") is None
