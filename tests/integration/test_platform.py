@@ -333,3 +333,31 @@ def test_a_file_name_the_temp_sweep_would_remove_is_refused() -> None:
     with pytest.raises(ValueError, match=r"\.tmp"):
         jobcast.JobContext(None, None).save_file("notes.tmp", b"kept for a day")
     assert jobcast.JobContext(None, None).save_file("notes.txt", b"fine") is None
+
+
+def test_submit_refuses_a_job_id_that_is_taken_or_not_an_id(
+    user_app: Celery, rds: redis.Redis
+) -> None:
+    """``submit(job_id=...)`` of an id a job has already raises ValueError (not a handle
+    saying created at position -2), and an id that is no URL-safe token (``../x``, which
+    would put the job's files outside the media folder) is refused before any write."""
+    first = jobcast.submit(user_app.tasks["user.spin"].s(limit=1), queue=QUEUE, job_id="my-id_1")
+    assert first.created and first.id == "my-id_1"
+    before = rds.dbsize()
+    for bad in ("my-id_1", "../escape", "a/b", "", "x" * 65, "nul\x00"):
+        with pytest.raises(ValueError, match="job id"):
+            jobcast.submit(user_app.tasks["user.spin"].s(limit=1), queue=QUEUE, job_id=bad)
+    assert rds.dbsize() == before
+
+
+def test_an_idempotency_key_is_scoped_to_exactly_its_kind(
+    user_app: Celery, rds: redis.Redis
+) -> None:
+    """Kind ``a`` with key ``b:c`` and kind ``a:b`` with key ``c`` are two jobs: the key's
+    scope cannot be forged by a colon in either."""
+    task = user_app.tasks["user.spin"]
+    one = jobcast.submit(task.s(limit=1), queue=QUEUE, kind="a", key="b:c")
+    two = jobcast.submit(task.s(limit=1), queue=QUEUE, kind="a:b", key="c")
+    assert two.created and two.id != one.id
+    again = jobcast.submit(task.s(limit=1), queue=QUEUE, kind="a:b", key="c")
+    assert again.id == two.id and not again.created
