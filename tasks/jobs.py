@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Task, shared_task
-from celery.exceptions import Reject, Retry
+from celery.exceptions import Reject, Retry, TimeLimitExceeded
 from PIL import Image
 
 from tasks.app import Context, context
@@ -270,6 +270,17 @@ class JobTask(Task):
                 return None
             return self._attempt(ctx, job_id, lease, body, args, kwargs)
 
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Celery's hook, here for what the body never sees: past a hard ``time_limit``
+        Celery kills the pool process and acks the message, so no attempt follows."""
+        if isinstance(exc, TimeLimitExceeded) and task_id and self.acks_on_failure_or_timeout:
+            context(self.app).events.publish(
+                task_id,
+                "failed",
+                {"error": "The job ran past its time limit.", "retryable": False},
+                expect="running",
+            )
+
     def _check_arguments(
         self,
         ctx: Context,
@@ -333,7 +344,11 @@ class JobTask(Task):
             raise  # Celery runs the job again: the next attempt reports
         except JobError as exc:
             job.flush()
-            reporter.failed(exc.message, retryable=exc.retryable)
+            try:
+                reporter.failed(exc.message, retryable=exc.retryable)
+            except ValueError:  # too large for an event, or no UTF-8: say what is safe
+                log.exception("job %s (%s): its JobError cannot be sent", job_id, self.name)
+                reporter.failed(self.failure_message, retryable=exc.retryable)
             raise
         except Exception:
             log.exception("job %s (%s) failed", job_id, self.name)

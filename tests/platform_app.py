@@ -84,6 +84,10 @@ def misbehave(job: jobcast.JobContext, how: str) -> Any:
         except ValueError:
             pass  # a careless body carries on
         raise jobcast.JobError("It went wrong after some text.")
+    if how == "long-error":
+        raise jobcast.JobError("Tool output: " + "x" * 70_000)
+    if how == "surrogate-error":
+        raise jobcast.JobError("Bad byte in \udcff the input.")
     if how == "reject":
         from celery.exceptions import Reject
 
@@ -111,3 +115,11 @@ def chatter(job: jobcast.JobContext, lines: int, every: float = 0.02) -> dict[st
         job.log(f"line {i}", attempt=job.attempt)
         time.sleep(every)  # the work's own pace
     return {"lines": lines}
+
+
+@jobcast.job_task(name="user.overtime", time_limit=2)
+def overtime(job: jobcast.JobContext, seconds: float) -> dict[str, Any]:
+    """Work ``seconds`` under a 2 s hard time limit (Celery kills the pool process)."""
+    job.log("working")
+    time.sleep(seconds)  # the work itself
+    return {"seconds": seconds}

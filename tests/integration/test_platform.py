@@ -361,3 +361,29 @@ def test_an_idempotency_key_is_scoped_to_exactly_its_kind(
     assert two.created and two.id != one.id
     again = jobcast.submit(task.s(limit=1), queue=QUEUE, kind="a:b", key="c")
     assert again.id == two.id and not again.created
+
+
+def test_a_job_error_whose_message_cannot_be_sent_still_fails_the_job(
+    user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """A JobError whose message is past the event limit (a tool's whole output) or has no
+    UTF-8 ends the job `failed` with the task's generic message, instead of leaving it
+    `running` because its `failed` event could not be written."""
+    long = submit(user_app, "user.misbehave", how="long-error")
+    bad = submit(user_app, "user.misbehave", how="surrogate-error")
+    for handle in (long, bad):
+        with pytest.raises(jobcast.JobError, match=r"^The job failed\.$"):
+            handle.wait(timeout=20)
+
+
+def test_a_job_past_its_hard_time_limit_ends_failed(
+    user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """A job task with Celery's ``time_limit`` (2 s) whose body runs longer is killed by
+    Celery, which acks its message: the job ends `failed` (no attempt would follow)
+    instead of `running` with no terminal event until its retention."""
+    handle = submit(user_app, "user.overtime", seconds=30)
+    with pytest.raises(jobcast.JobError):
+        handle.wait(timeout=25)
+    assert handle.status()["state"] == "failed"
+    assert rds.zscore("jobcast:running", handle.id) is None
