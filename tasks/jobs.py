@@ -350,7 +350,9 @@ class JobTask(Task):
                 log.exception("job %s (%s): its JobError cannot be sent", job_id, self.name)
                 reporter.failed(self.failure_message, retryable=exc.retryable)
             raise
-        except Exception:
+        except (SystemExit, KeyboardInterrupt):
+            raise  # the pool process ends: Celery hands the message out again
+        except BaseException:  # an Exception, or the likes of asyncio.CancelledError
             log.exception("job %s (%s) failed", job_id, self.name)
             job.flush()
             reporter.failed(self.failure_message, retryable=False)

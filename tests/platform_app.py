@@ -88,6 +88,10 @@ def misbehave(job: jobcast.JobContext, how: str) -> Any:
         raise jobcast.JobError("Tool output: " + "x" * 70_000)
     if how == "surrogate-error":
         raise jobcast.JobError("Bad byte in \udcff the input.")
+    if how == "async-cancelled":
+        import asyncio
+
+        raise asyncio.CancelledError()  # a BaseException, as an asyncio body leaks it
     if how == "reject":
         from celery.exceptions import Reject
 

@@ -387,3 +387,15 @@ def test_a_job_past_its_hard_time_limit_ends_failed(
         handle.wait(timeout=25)
     assert handle.status()["state"] == "failed"
     assert rds.zscore("jobcast:running", handle.id) is None
+
+
+def test_a_body_raising_a_base_exception_ends_the_job_failed(
+    user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """asyncio.CancelledError (a BaseException, not an Exception) out of a body: the pool
+    reports it and acks, so the job ends `failed` with the generic message rather than
+    staying `running` with no terminal event."""
+    handle = submit(user_app, "user.misbehave", how="async-cancelled")
+    with pytest.raises(jobcast.JobError, match=r"^The job failed\.$"):
+        handle.wait(timeout=20)
+    assert rds.zscore("jobcast:running", handle.id) is None
