@@ -325,6 +325,7 @@ class JobTask(Task):
             ctx, job_id, task=self, lease=lease, attempt=attempt, meta=_meta(ctx, job_id)
         )
         try:
+            job.check()  # cancelled between attempts (a retry's countdown, a dead worker)
             value = body(job, *args, **kwargs)
             lease.check()
         except LeaseLost:

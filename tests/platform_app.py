@@ -104,11 +104,11 @@ def misbehave(job: jobcast.JobContext, how: str) -> Any:
 
 
 @jobcast.job_task(name="user.retrying")
-def retrying(job: jobcast.JobContext, times: int) -> dict[str, Any]:
+def retrying(job: jobcast.JobContext, times: int, countdown: float = 0) -> dict[str, Any]:
     """``self.retry()`` until this is attempt ``times + 1``, then done."""
     job.log(f"attempt {job.attempt}")
     if job.attempt <= times:
-        raise job.task.retry(countdown=0, max_retries=100)
+        raise job.task.retry(countdown=countdown, max_retries=100)
     return {"attempt": job.attempt}
 
 

@@ -399,3 +399,18 @@ def test_a_body_raising_a_base_exception_ends_the_job_failed(
     with pytest.raises(jobcast.JobError, match=r"^The job failed\.$"):
         handle.wait(timeout=20)
     assert rds.zscore("jobcast:running", handle.id) is None
+
+
+def test_a_job_cancelled_between_attempts_does_not_run_again(
+    user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """Cancelled while it waits out a ``self.retry(countdown=3)``, the job (`cancelling`)
+    ends `cancelled` when the next attempt comes, before its body runs, instead of
+    running it to `done` because the body never reached a check."""
+    handle = submit(user_app, "user.retrying", times=1, countdown=3)
+    retried = f"Task user.retrying[{handle.id}] retry"
+    wait_until(lambda: retried in user_worker.output(), 20, "the first attempt to retry")
+    assert handle.cancel() == "cancelling"
+    with pytest.raises(jobcast.JobCancelled):
+        handle.wait(timeout=20)
+    assert [p for _, p in logged(rds, handle.id)].count("log") == 1
