@@ -241,7 +241,16 @@ class Sweeper:
         broker = self._broker()
         if broker is None:
             return set()  # not a Redis broker: no way to tell a ghost from a waiting job
-        return set(waiting) - set(self._message_ids(broker, self._queues(waiting.values())))
+        queues = self._queues(waiting.values()) | self._recorded_queues(waiting)
+        return set(waiting) - set(self._message_ids(broker, queues))
+
+    def _recorded_queues(self, jobs: Iterable[str]) -> set[str]:
+        """The queues job records name: ``submit(queue=...)`` and a user's own routes send
+        jobs where this process's Celery app would not route them."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in jobs:
+            pipe.hget(self.keys.job(job_id), "queue")
+        return {queue.decode(errors="replace") for queue in pipe.execute() if queue}
 
     def _waiting_longer_than(self, seconds: float) -> dict[str, str]:
         """Job id → task name of the jobs queued longer than ``seconds``."""

@@ -414,3 +414,26 @@ def test_a_job_cancelled_between_attempts_does_not_run_again(
     with pytest.raises(jobcast.JobCancelled):
         handle.wait(timeout=20)
     assert [p for _, p in logged(rds, handle.id)].count("log") == 1
+
+
+def test_the_sweep_finds_a_job_message_in_the_queue_submit_named(
+    user_app: Celery, rds: redis.Redis, stack_env: dict[str, str]
+) -> None:
+    """A job submitted to a queue of its own (``queue="slow"``, no worker on it yet) that
+    waits past the ghost grace time keeps its one message: the monitor's sweeper (built
+    on Jobcast's app, which knows no such queue) neither sends it again nor, after three
+    resends, fails a job that is only waiting its turn."""
+    from tasks.app import create_celery
+    from tasks.retention import Sweeper
+
+    settings = Settings.from_env({**stack_env, "JOBCAST_GHOST_GRACE_SECONDS": "1"})
+    sweeper = Sweeper(settings, rds, create_celery(settings))
+    handle = jobcast.submit(user_app.tasks["user.spin"].s(limit=1), queue="slow")
+    assert rds.llen("slow") == 1
+    wait_until(lambda: handle.id in sweeper._waiting_longer_than(1), 30, "the grace time")
+    for _ in range(8):  # enough to send it again three times and then fail it
+        sweeper.heal_line()
+    assert handle.status()["state"] == "queued"
+    assert rds.hget(f"jobcast:job:{{{handle.id}}}", "resent") is None
+    assert rds.llen("slow") == 1
+    rds.delete("slow")
