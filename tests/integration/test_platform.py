@@ -437,3 +437,18 @@ def test_the_sweep_finds_a_job_message_in_the_queue_submit_named(
     assert rds.hget(f"jobcast:job:{{{handle.id}}}", "resent") is None
     assert rds.llen("slow") == 1
     rds.delete("slow")
+
+
+def test_configure_celery_keeps_the_apps_own_transport_options(stack_env: dict[str, str]) -> None:
+    """An app whose broker transport options say where its messages live (a key prefix,
+    priority steps) keeps them after configure_celery, which only sets its own three
+    (visibility timeout and the unacked restore pace) on top."""
+    app = Celery("theirs", broker=stack_env["REDIS_URL"])
+    app.conf.broker_transport_options = {"global_keyprefix": "theirs:", "priority_steps": [0, 5]}
+    jobcast.configure_celery(
+        app, Settings.from_env({**stack_env, "JOBCAST_VISIBILITY_TIMEOUT": "60"})
+    )
+    options = app.conf.broker_transport_options
+    assert options["global_keyprefix"] == "theirs:" and options["priority_steps"] == [0, 5]
+    assert options["visibility_timeout"] == 60
+    app.jobcast.redis.close()
