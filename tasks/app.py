@@ -55,6 +55,7 @@ def configure_celery(app: Celery, settings: Settings | None = None) -> Celery:
         task_send_sent_event=True,
         task_track_started=False,
         broker_transport_options={
+            **(app.conf.broker_transport_options or {}),  # the app's own (key prefix...)
             # A message whose worker died unacked is handed out again after this.
             "visibility_timeout": settings.visibility_timeout,
             # Look for such messages often enough to honour a short visibility timeout.

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from celery import Celery, Signature
@@ -33,6 +35,8 @@ from tasks.tokens import job_token
 MAX_META_BYTES = 4096
 KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 MAX_KEY = 128
+# What a job id may be (token_urlsafe's alphabet): it names Redis keys and a folder.
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def eta_seconds(position: int, avg_ms: float | None, busy: int) -> int | None:
@@ -109,16 +113,19 @@ class JobHandle:
         ctx = self._context()
         deadline = None if timeout is None else time.monotonic() + timeout
         stream, last = ctx.events.keys.events(self.id), "0-0"
+        retrying = ctx.events.retrying  # a Redis restart is ridden out, as publishes do
         while True:
             block = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
-            reply = ctx.redis.xread({stream: last}, count=100, block=max(1, int(block * 1000)))
+            ms = max(1, int(block * 1000))
+            reply = retrying(partial(ctx.redis.xread, {stream: last}, count=100, block=ms))
             for _, entries in reply or []:
                 for event_id, fields in entries:
                     last = event_id
                     phase = fields[b"phase"].decode()
                     if phase in TERMINAL:
                         return _ending(self.id, phase, json.loads(fields[b"data"]))
-            if reply is None and ctx.redis.exists(ctx.events.keys.job(self.id)) == 0:
+            # redis-py answers a timed-out XREAD with [] (RESP2) or {} (RESP3), never None.
+            if not reply and retrying(lambda: ctx.redis.exists(ctx.events.keys.job(self.id))) == 0:
                 raise JobError("The job is unknown or has expired.")
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} did not end within {timeout} s")
@@ -153,11 +160,16 @@ def submit(
     queue = queue or _routed_queue(app, name, args, kwargs, options)
     ctx = context(app)
     settings = ctx.settings
-    job_id = job_id or secrets.token_urlsafe(16)
+    if job_id is None:
+        job_id = secrets.token_urlsafe(16)
+    elif not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        raise ValueError("a job id is 1 to 64 characters of A-Z a-z 0-9 _ -")
     fields = {"kind": kind or name}
     if metadata:
         fields["meta"] = _meta_json(metadata)
-    scoped = f"{kind or name}:{_checked_key(key)}" if key is not None else None
+    # The kind's length first: no colon in the kind or the key makes another kind's scope.
+    scope = kind or name
+    scoped = f"{len(scope)}:{scope}:{_checked_key(key)}" if key is not None else None
     line = submit_message(
         app, ctx.events, settings, job_id, name, kwargs, fields,
         args=args, queue=queue, key=scoped,
@@ -165,6 +177,8 @@ def submit(
     if line.position == -1:
         retry = eta_seconds(1, line.avg_ms, line.busy)
         raise QueueFull(line.queue_length, retry_after=retry)
+    if line.position == -2:
+        raise ValueError(f"job id {job_id!r} names a job already")
     created = line.position != -3
     if not created:
         job_id = line.event_id or job_id

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Task, shared_task
-from celery.exceptions import Reject, Retry
+from celery.exceptions import Reject, Retry, TimeLimitExceeded
 from PIL import Image
 
 from tasks.app import Context, context
@@ -98,14 +98,19 @@ class JobContext:
     def check(self) -> None:
         """Stop here if the job was cancelled (:class:`JobCancelled`) or another attempt
         took it over (:class:`LeaseLost`); both end the body quietly."""
-        if self._lease is not None:
-            self._lease.check()
+        self._check_lease()
         if self._reporter is None:
             return
         now = time.monotonic()
         if now - self._checked_at >= self._check_interval:
             self._checked_at = now
             self._reporter.check_cancelled()
+
+    def _check_lease(self) -> None:
+        """Every report checks it (a flag, no round trip): an attempt another one took
+        over publishes and writes nothing more."""
+        if self._lease is not None:
+            self._lease.check()
 
     def progress(self, step: int, steps: int, **data: Any) -> str | None:
         """Step ``step`` of ``steps`` done; coalesced (5 % marks, 250 ms apart)."""
@@ -128,6 +133,7 @@ class JobContext:
         the final size, the image's own by default."""
         if self._reporter is None:
             return None
+        self._check_lease()
         self.flush()
         if percent is None:
             percent = max(0, self._reporter._last_percent)
@@ -148,6 +154,7 @@ class JobContext:
         check_kind(kind)
         if self._reporter is None:
             return None
+        self._check_lease()
         self.flush()
         return self._reporter.publish(kind, data or {})
 
@@ -173,11 +180,15 @@ class JobContext:
         """Append streamed text (an LLM's tokens); clients concatenate ``delta`` events."""
         if not text or self._reporter is None:
             return
+        self._check_lease()
+        # Text with no UTF-8 (a lone surrogate) raises here, before it is held: held, it
+        # would fail every later event, the job's ending too.
+        size = len(text.encode())
         now = time.monotonic()
         if not self._delta:
             self._delta_since = now
         self._delta.append(text)
-        self._delta_size += len(text.encode())
+        self._delta_size += size
         if self._delta_size >= self._delta_bytes or now - self._delta_since >= self._delta_interval:
             self.flush()
 
@@ -188,8 +199,9 @@ class JobContext:
         text = "".join(self._delta)
         self._delta.clear()
         self._delta_size = 0
-        # Text longer than one event takes goes out in pieces (4 bytes a character at most).
-        size = max(1, (self._reporter.events.max_event_bytes - 64) // 4)
+        # Text longer than one event takes goes out in pieces: 6 bytes a character at most
+        # as JSON (a control character is escaped as \u0001; UTF-8 takes at most 4).
+        size = max(1, (self._reporter.events.max_event_bytes - 64) // 6)
         sent = None
         for start in range(0, len(text), size):
             sent = self._reporter.publish("delta", {"text": text[start : start + size]})
@@ -204,8 +216,11 @@ class JobContext:
         """
         if not FILE_NAME.fullmatch(name):
             raise ValueError(f"file name {name!r} must match {FILE_NAME.pattern}")
+        if name.endswith(".tmp"):  # the retention sweep takes *.tmp for half-written files
+            raise ValueError(f"file name {name!r} must not end in .tmp")
         if self._ctx is None or self.id is None:
             return None
+        self._check_lease()
         path = job_dir(self._ctx.settings.media_dir, self.id) / name
         _write_atomic(path, _file_bytes(name, content))
         if name not in self.files:
@@ -244,8 +259,27 @@ class JobTask(Task):
         self._check_arguments(ctx, job_id, body, args, kwargs)
         with held(ctx.events, job_id, ctx.settings.job_lease_seconds, need_record=True) as lease:
             if lease is None:
-                return None  # a second copy of the message (a live attempt runs it), or no job
+                # A second copy of the message (a live attempt runs it), or no job.
+                if not ctx.events.retrying(lambda: ctx.redis.exists(ctx.events.keys.job(job_id))):
+                    log.warning(
+                        "job %s (%s) has no job record (sent without jobcast.submit, or "
+                        "expired): nothing ran",
+                        job_id,
+                        self.name,
+                    )
+                return None
             return self._attempt(ctx, job_id, lease, body, args, kwargs)
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Celery's hook, here for what the body never sees: past a hard ``time_limit``
+        Celery kills the pool process and acks the message, so no attempt follows."""
+        if isinstance(exc, TimeLimitExceeded) and task_id and self.acks_on_failure_or_timeout:
+            context(self.app).events.publish(
+                task_id,
+                "failed",
+                {"error": "The job ran past its time limit.", "retryable": False},
+                expect="running",
+            )
 
     def _check_arguments(
         self,
@@ -291,6 +325,7 @@ class JobTask(Task):
             ctx, job_id, task=self, lease=lease, attempt=attempt, meta=_meta(ctx, job_id)
         )
         try:
+            job.check()  # cancelled between attempts (a retry's countdown, a dead worker)
             value = body(job, *args, **kwargs)
             lease.check()
         except LeaseLost:
@@ -299,14 +334,26 @@ class JobTask(Task):
             job.flush()
             reporter.cancelled(reason="cancelled while running")
             return None
-        except (Retry, Reject):
+        except Reject as exc:
+            job.flush()
+            if not exc.requeue:  # the message is dropped: no attempt follows to report
+                log.error("job %s (%s) rejected its message: %s", job_id, self.name, exc)
+                reporter.failed(self.failure_message, retryable=False)
+            raise
+        except Retry:
             job.flush()
             raise  # Celery runs the job again: the next attempt reports
         except JobError as exc:
             job.flush()
-            reporter.failed(exc.message, retryable=exc.retryable)
+            try:
+                reporter.failed(exc.message, retryable=exc.retryable)
+            except ValueError:  # too large for an event, or no UTF-8: say what is safe
+                log.exception("job %s (%s): its JobError cannot be sent", job_id, self.name)
+                reporter.failed(self.failure_message, retryable=exc.retryable)
             raise
-        except Exception:
+        except (SystemExit, KeyboardInterrupt):
+            raise  # the pool process ends: Celery hands the message out again
+        except BaseException:  # an Exception, or the likes of asyncio.CancelledError
             log.exception("job %s (%s) failed", job_id, self.name)
             job.flush()
             reporter.failed(self.failure_message, retryable=False)

@@ -69,3 +69,61 @@ def oversize(job: jobcast.JobContext, text_bytes: int, result_bytes: int) -> dic
     job.delta("é" * (text_bytes // 2))
     job.flush()
     return {"blob": "x" * result_bytes}
+
+
+@jobcast.job_task(name="user.misbehave")
+def misbehave(job: jobcast.JobContext, how: str) -> Any:
+    """Ways a careless body goes wrong (the review's attacks): ``how`` names one."""
+    if how == "surrogate-then-raise":
+        job.delta("fine so far ")
+        job.delta("\ud800")  # a lone surrogate: no UTF-8 for it
+    if how == "held-text-then-joberror":
+        job.delta("fine so far ")
+        try:
+            job.delta("\udfff")
+        except ValueError:
+            pass  # a careless body carries on
+        raise jobcast.JobError("It went wrong after some text.")
+    if how == "long-error":
+        raise jobcast.JobError("Tool output: " + "x" * 70_000)
+    if how == "surrogate-error":
+        raise jobcast.JobError("Bad byte in \udcff the input.")
+    if how == "async-cancelled":
+        import asyncio
+
+        raise asyncio.CancelledError()  # a BaseException, as an asyncio body leaks it
+    if how == "reject":
+        from celery.exceptions import Reject
+
+        raise Reject("not for us", requeue=False)
+    if how == "control-text":
+        job.delta("\x01" * 20_000)  # 6 bytes each once JSON-escaped
+        job.flush()
+        return {"ok": True}
+    return {"how": how}
+
+
+@jobcast.job_task(name="user.retrying")
+def retrying(job: jobcast.JobContext, times: int, countdown: float = 0) -> dict[str, Any]:
+    """``self.retry()`` until this is attempt ``times + 1``, then done."""
+    job.log(f"attempt {job.attempt}")
+    if job.attempt <= times:
+        raise job.task.retry(countdown=countdown, max_retries=100)
+    return {"attempt": job.attempt}
+
+
+@jobcast.job_task(name="user.chatter")
+def chatter(job: jobcast.JobContext, lines: int, every: float = 0.02) -> dict[str, Any]:
+    """Only logs (no progress, no step): ``lines`` lines, ``every`` seconds apart."""
+    for i in range(lines):
+        job.log(f"line {i}", attempt=job.attempt)
+        time.sleep(every)  # the work's own pace
+    return {"lines": lines}
+
+
+@jobcast.job_task(name="user.overtime", time_limit=2)
+def overtime(job: jobcast.JobContext, seconds: float) -> dict[str, Any]:
+    """Work ``seconds`` under a 2 s hard time limit (Celery kills the pool process)."""
+    job.log("working")
+    time.sleep(seconds)  # the work itself
+    return {"seconds": seconds}

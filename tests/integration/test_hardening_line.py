@@ -149,7 +149,7 @@ def test_images_are_readable_by_others_and_stale_temp_files_are_swept(
     job = post_job(web, **SMALL)
     assert collect(web, job["jobId"])[-1].event == "done"
     media = Path(stack_env["JOBCAST_MEDIA_DIR"])
-    mode = stat.S_IMODE((media / f"{job['jobId']}.png").stat().st_mode)
+    mode = stat.S_IMODE((media / job["jobId"] / "image.png").stat().st_mode)
     assert mode == 0o644 & ~_umask(), oct(mode)
     stale, fresh = media / "dead.png.0a1b2c.tmp", media / "live.png.3d4e5f.tmp"
     for path in (stale, fresh):

@@ -165,6 +165,7 @@ def test_bad_submit_options_are_refused_before_anything_is_written(
 ) -> None:
     """A key with bad characters, oversized metadata, or a canvas raise ValueError and
     leave Redis as it was."""
+
     def jobs() -> set[bytes]:
         return set(rds.scan_iter("jobcast:job:*")) | set(rds.scan_iter("jobcast:idem:*"))
 
@@ -243,3 +244,215 @@ def test_jobcasts_own_worker_runs_user_tasks_named_in_jobcast_imports(
         assert handle.wait(timeout=30)["counted"] == 3
     finally:
         proc.stop()
+
+
+def _ended(handle: jobcast.JobHandle) -> str | None:
+    state = handle.status()["state"]
+    return state if state in ("succeeded", "failed", "cancelled") else None
+
+
+def test_a_body_that_raises_with_unsendable_text_held_still_ends_failed(
+    user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """A delta of text with a lone surrogate (no UTF-8 for it) raises in the body; the
+    job still ends `failed` — with the JobError's message when the body raises one —
+    instead of staying `running` with no terminal event; the text sent before is kept."""
+    crashed = submit(user_app, "user.misbehave", how="surrogate-then-raise")
+    told = submit(user_app, "user.misbehave", how="held-text-then-joberror")
+    assert wait_until(lambda: _ended(crashed), 20, "the crashed job to end") == "failed"
+    assert wait_until(lambda: _ended(told), 20, "the failed job to end") == "failed"
+    with pytest.raises(jobcast.JobError, match="It went wrong after some text"):
+        told.wait(timeout=5)
+    deltas = [p for _, p in logged(rds, told.id) if p == "delta"]
+    assert len(deltas) == 1
+
+
+def test_text_of_control_characters_longer_than_an_event_is_split_too(
+    web: str, user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """20,000 control characters (6 bytes each as JSON) go out as several deltas that
+    concatenate to the text, and the job ends done, not failed with EventTooLarge."""
+    handle = submit(user_app, "user.misbehave", how="control-text")
+    events = collect(web, handle.id)
+    assert events[-1].event == "done", events[-1]
+    assert "".join(e.data["text"] for e in events if e.event == "delta") == "\x01" * 20_000
+
+
+def test_a_body_that_rejects_its_message_ends_the_job(
+    user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """``raise Reject(requeue=False)`` drops the message, so no attempt follows: the job
+    ends `failed` rather than `running` until its retention."""
+    handle = submit(user_app, "user.misbehave", how="reject")
+    assert wait_until(lambda: _ended(handle), 20, "the rejected job to end") == "failed"
+
+
+def test_retry_counts_as_an_attempt_up_to_the_limit(
+    user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """``self.retry()`` runs the body again as the next attempt (started says so); a job
+    retrying past JOBCAST_MAX_ATTEMPTS (3) ends failed, one terminal event, not running."""
+    ok = submit(user_app, "user.retrying", times=2)
+    assert ok.wait(timeout=30) == {"attempt": 3}
+    assert [p for _, p in logged(rds, ok.id)].count("started") == 3
+    over = submit(user_app, "user.retrying", times=10)
+    with pytest.raises(jobcast.JobError, match="Gave up after 3 attempts"):
+        over.wait(timeout=30)
+    log = [p for _, p in logged(rds, over.id)]
+    assert log.count("started") == 4 and log.count("log") == 3
+    assert over.status()["state"] == "failed" and rds.zscore("jobcast:running", over.id) is None
+
+
+def test_waiting_on_an_unknown_job_says_so(user_app: Celery, rds: redis.Redis) -> None:
+    """wait() on an id no job has (never made, or expired) raises JobError saying so,
+    with or without a timeout, instead of blocking forever (or timing out)."""
+    handle = jobcast.JobHandle(
+        id="no-such-job", kind=None, queue=None, position=0, queue_length=0,
+        eta_seconds=None, created=False, _ctx=user_app.jobcast,
+    )  # fmt: skip
+    with pytest.raises(jobcast.JobError, match="unknown or has expired"):
+        handle.wait(timeout=5)
+    with pytest.raises(jobcast.JobError, match="unknown or has expired"):
+        handle.wait(timeout=0)
+
+
+def test_a_job_task_sent_without_submit_runs_nothing_and_says_so(
+    user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """``task.apply_async()`` instead of ``jobcast.submit()`` makes no job record: the
+    worker runs nothing, writes nothing, and logs a warning naming the task and the way
+    to submit it, instead of a silent success."""
+    result = user_app.tasks["user.count"].apply_async(kwargs={"n": 3}, queue=QUEUE)
+    warned = f"job {result.id} (user.count) has no job record"
+    wait_until(lambda: warned in user_worker.output(), 20, "the worker's warning")
+    assert "jobcast.submit" in user_worker.output()
+    assert not rds.exists(f"jobcast:job:{{{result.id}}}")
+    assert not rds.exists(f"jobcast:job:{{{result.id}}}:events")
+
+
+def test_a_file_name_the_temp_sweep_would_remove_is_refused() -> None:
+    """Half-written files are ``*.tmp``, which the sweep deletes after ten minutes, so
+    ``save_file("notes.tmp")`` is refused (ValueError, outside a job too) rather than
+    listed in `done` and gone long before the retention."""
+    with pytest.raises(ValueError, match=r"\.tmp"):
+        jobcast.JobContext(None, None).save_file("notes.tmp", b"kept for a day")
+    assert jobcast.JobContext(None, None).save_file("notes.txt", b"fine") is None
+
+
+def test_submit_refuses_a_job_id_that_is_taken_or_not_an_id(
+    user_app: Celery, rds: redis.Redis
+) -> None:
+    """``submit(job_id=...)`` of an id a job has already raises ValueError (not a handle
+    saying created at position -2), and an id that is no URL-safe token (``../x``, which
+    would put the job's files outside the media folder) is refused before any write."""
+    first = jobcast.submit(user_app.tasks["user.spin"].s(limit=1), queue=QUEUE, job_id="my-id_1")
+    assert first.created and first.id == "my-id_1"
+    before = rds.dbsize()
+    for bad in ("my-id_1", "../escape", "a/b", "", "x" * 65, "nul\x00"):
+        with pytest.raises(ValueError, match="job id"):
+            jobcast.submit(user_app.tasks["user.spin"].s(limit=1), queue=QUEUE, job_id=bad)
+    assert rds.dbsize() == before
+
+
+def test_an_idempotency_key_is_scoped_to_exactly_its_kind(
+    user_app: Celery, rds: redis.Redis
+) -> None:
+    """Kind ``a`` with key ``b:c`` and kind ``a:b`` with key ``c`` are two jobs: the key's
+    scope cannot be forged by a colon in either."""
+    task = user_app.tasks["user.spin"]
+    one = jobcast.submit(task.s(limit=1), queue=QUEUE, kind="a", key="b:c")
+    two = jobcast.submit(task.s(limit=1), queue=QUEUE, kind="a:b", key="c")
+    assert two.created and two.id != one.id
+    again = jobcast.submit(task.s(limit=1), queue=QUEUE, kind="a:b", key="c")
+    assert again.id == two.id and not again.created
+
+
+def test_a_job_error_whose_message_cannot_be_sent_still_fails_the_job(
+    user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """A JobError whose message is past the event limit (a tool's whole output) or has no
+    UTF-8 ends the job `failed` with the task's generic message, instead of leaving it
+    `running` because its `failed` event could not be written."""
+    long = submit(user_app, "user.misbehave", how="long-error")
+    bad = submit(user_app, "user.misbehave", how="surrogate-error")
+    for handle in (long, bad):
+        with pytest.raises(jobcast.JobError, match=r"^The job failed\.$"):
+            handle.wait(timeout=20)
+
+
+def test_a_job_past_its_hard_time_limit_ends_failed(
+    user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """A job task with Celery's ``time_limit`` (2 s) whose body runs longer is killed by
+    Celery, which acks its message: the job ends `failed` (no attempt would follow)
+    instead of `running` with no terminal event until its retention."""
+    handle = submit(user_app, "user.overtime", seconds=30)
+    with pytest.raises(jobcast.JobError):
+        handle.wait(timeout=25)
+    assert handle.status()["state"] == "failed"
+    assert rds.zscore("jobcast:running", handle.id) is None
+
+
+def test_a_body_raising_a_base_exception_ends_the_job_failed(
+    user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """asyncio.CancelledError (a BaseException, not an Exception) out of a body: the pool
+    reports it and acks, so the job ends `failed` with the generic message rather than
+    staying `running` with no terminal event."""
+    handle = submit(user_app, "user.misbehave", how="async-cancelled")
+    with pytest.raises(jobcast.JobError, match=r"^The job failed\.$"):
+        handle.wait(timeout=20)
+    assert rds.zscore("jobcast:running", handle.id) is None
+
+
+def test_a_job_cancelled_between_attempts_does_not_run_again(
+    user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """Cancelled while it waits out a ``self.retry(countdown=3)``, the job (`cancelling`)
+    ends `cancelled` when the next attempt comes, before its body runs, instead of
+    running it to `done` because the body never reached a check."""
+    handle = submit(user_app, "user.retrying", times=1, countdown=3)
+    retried = f"Task user.retrying[{handle.id}] retry"
+    wait_until(lambda: retried in user_worker.output(), 20, "the first attempt to retry")
+    assert handle.cancel() == "cancelling"
+    with pytest.raises(jobcast.JobCancelled):
+        handle.wait(timeout=20)
+    assert [p for _, p in logged(rds, handle.id)].count("log") == 1
+
+
+def test_the_sweep_finds_a_job_message_in_the_queue_submit_named(
+    user_app: Celery, rds: redis.Redis, stack_env: dict[str, str]
+) -> None:
+    """A job submitted to a queue of its own (``queue="slow"``, no worker on it yet) that
+    waits past the ghost grace time keeps its one message: the monitor's sweeper (built
+    on Jobcast's app, which knows no such queue) neither sends it again nor, after three
+    resends, fails a job that is only waiting its turn."""
+    from tasks.app import create_celery
+    from tasks.retention import Sweeper
+
+    settings = Settings.from_env({**stack_env, "JOBCAST_GHOST_GRACE_SECONDS": "1"})
+    sweeper = Sweeper(settings, rds, create_celery(settings))
+    handle = jobcast.submit(user_app.tasks["user.spin"].s(limit=1), queue="slow")
+    assert rds.llen("slow") == 1
+    wait_until(lambda: handle.id in sweeper._waiting_longer_than(1), 30, "the grace time")
+    for _ in range(8):  # enough to send it again three times and then fail it
+        sweeper.heal_line()
+    assert handle.status()["state"] == "queued"
+    assert rds.hget(f"jobcast:job:{{{handle.id}}}", "resent") is None
+    assert rds.llen("slow") == 1
+    rds.delete("slow")
+
+
+def test_configure_celery_keeps_the_apps_own_transport_options(stack_env: dict[str, str]) -> None:
+    """An app whose broker transport options say where its messages live (a key prefix,
+    priority steps) keeps them after configure_celery, which only sets its own three
+    (visibility timeout and the unacked restore pace) on top."""
+    app = Celery("theirs", broker=stack_env["REDIS_URL"])
+    app.conf.broker_transport_options = {"global_keyprefix": "theirs:", "priority_steps": [0, 5]}
+    jobcast.configure_celery(
+        app, Settings.from_env({**stack_env, "JOBCAST_VISIBILITY_TIMEOUT": "60"})
+    )
+    options = app.conf.broker_transport_options
+    assert options["global_keyprefix"] == "theirs:" and options["priority_steps"] == [0, 5]
+    assert options["visibility_timeout"] == 60
+    app.jobcast.redis.close()
