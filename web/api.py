@@ -18,8 +18,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from tasks.events import Enqueued, EventId, parse_id
 from tasks.media import image_path
 from tasks.submit import request_cancel, submit
+from web.cors import cross_origin
 from web.errors import ApiError
-from web.extension import Jobcast, jobcast
+from web.extension import Jobcast, base_path, jobcast
 from web.line import eta_seconds
 from web.stream import Stream, is_terminal, open_stream, read_opening, snapshot
 from web.validate import validate_job
@@ -33,6 +34,7 @@ MAX_ID_PART = 2**64 - 1  # Redis stream ids are two unsigned 64-bit numbers
 
 
 @bp.post("/imagine")
+@cross_origin
 def create_job() -> tuple[Response, int, dict[str, str]]:
     ext = jobcast()
     params = validate_job(_json_body(ext), ext.settings)
@@ -58,6 +60,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
 
 
 @bp.get("/imagine/<job_id>/stream")
+@cross_origin
 def stream(job_id: str) -> Response:
     """The stream through Flask: used when job tokens are on (web/fastroute.py otherwise),
     and for HEAD, which opens nothing: the status and headers a GET would get, no body."""
@@ -113,6 +116,7 @@ def stream_has_more(ext: Jobcast, job_id: str, last: EventId | None) -> bool:
 
 
 @bp.get("/imagine/<job_id>")
+@cross_origin
 def status(job_id: str) -> Response:
     _check_id(job_id)
     ext = jobcast()
@@ -127,6 +131,7 @@ def status(job_id: str) -> Response:
 
 
 @bp.get("/imagine/<job_id>/image")
+@cross_origin
 def image(job_id: str) -> Response:
     ext = jobcast()
     _check_id(job_id)
@@ -138,6 +143,7 @@ def image(job_id: str) -> Response:
 
 
 @bp.delete("/imagine/<job_id>")
+@cross_origin
 def cancel(job_id: str) -> tuple[Response, int]:
     ext = jobcast()
     _check_id(job_id)
@@ -256,8 +262,8 @@ def _check_id(job_id: str) -> None:
 
 
 def job_url(job_id: str, route: str, token: str) -> str:
-    """A job route's URL, carrying the job's token when signing is on."""
-    return with_token(f"/imagine/{job_id}{route}", token)
+    """A job route's URL (under the app's prefix), carrying the job's token when signing is on."""
+    return with_token(f"{base_path()}/imagine/{job_id}{route}", token)
 
 
 def with_token(url: str, token: str) -> str:

@@ -16,6 +16,8 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from web.extension import base_path
+
 bp = Blueprint("openapi", __name__)
 
 JSON = "application/json"
@@ -26,7 +28,10 @@ Doc = dict[str, Any]
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    return jsonify(document())
+    doc = document()
+    if base_path():
+        doc["servers"] = [{"url": base_path()}]  # the paths below are relative to it
+    return jsonify(doc)
 
 
 def document() -> Doc:

@@ -36,7 +36,8 @@ def imagine(
             reporter.failed(f"Gave up after {attempt - 1} attempts: the worker kept stopping.")
             return None
         try:
-            args = (ctx.settings.media_dir, job_id, prompt, width, height, steps, seed)
+            image_url = f"{ctx.settings.url_prefix}/imagine/{job_id}/image"
+            args = (ctx.settings.media_dir, image_url, job_id, prompt, width, height, steps, seed)
             return _render(reporter, lease, *args)
         except LeaseLost:
             return None  # another attempt owns the job now and reports it
@@ -52,6 +53,7 @@ def _render(
     reporter: Reporter,
     lease: JobLease,
     media_dir: str,
+    image_url: str,
     job_id: str,
     prompt: str,
     width: int,
@@ -75,7 +77,7 @@ def _render(
     save_png(final.to_image(), image_path(media_dir, job_id))
     seconds = round(time.monotonic() - began, 2)
     result = {
-        "url": f"/imagine/{job_id}/image",
+        "url": image_url,  # under JOBCAST_URL_PREFIX, where the web serves it
         "width": width,
         "height": height,
         "seconds": seconds,

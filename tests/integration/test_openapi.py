@@ -40,7 +40,7 @@ def served_routes() -> dict[str, set[str]]:
     app = create_app({"redis_url": "redis://127.0.0.1:1/0"})  # building it connects nowhere
     routes: dict[str, set[str]] = {}
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint.rpartition(".")[2] == "static":
             continue
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
         routes.setdefault(path, set()).update((rule.methods or set()) - {"HEAD", "OPTIONS"})
