@@ -18,6 +18,9 @@ from web.line import Line
 
 @dataclass
 class Jobcast:
+    """One app's Jobcast state, in ``app.extensions["jobcast"]``; the routes read it. (The
+    extension object that builds it, ``Jobcast(app, url_prefix=...)``, is web.embed's.)"""
+
     settings: Settings
     redis: redis.Redis
     events: JobEvents
