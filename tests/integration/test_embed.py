@@ -7,6 +7,7 @@ The example app under gunicorn, with streams and the browser, is tests/examples.
 from __future__ import annotations
 
 import pytest
+import redis
 from flask import Flask, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -121,3 +122,35 @@ def test_twice_on_one_app_is_refused(redis_server: RedisServer) -> None:
     assert app.extensions["jobcast"].settings.url_prefix == "/jobcast"
     with pytest.raises(RuntimeError, match="already set up"):
         Jobcast(app, url_prefix="/other")
+
+
+def test_signed_job_urls_carry_the_prefix(redis_server: RedisServer, rds: redis.Redis) -> None:
+    """With job tokens on, the 202 answer's stream, status and image URLs and its Location
+    are under the prefix and carry the token, and the status URL answers with it."""
+    app = host_app(redis_server.url, JOBCAST_SIGNING_KEY="k" * 32)
+    Jobcast(app, url_prefix="/jobcast")
+    client = app.test_client()
+    posted = client.post("/jobcast/imagine", json={"prompt": "x", "width": 64, "height": 64})
+    assert posted.status_code == 202
+    job = posted.json
+    token = f"token={job['token']}"
+    base = f"/jobcast/imagine/{job['jobId']}"
+    assert job["stream"] == f"{base}/stream?{token}" and job["image"] == f"{base}/image?{token}"
+    assert posted.headers["Location"] == job["status"] == f"{base}?{token}"
+    assert client.get(job["status"]).json["state"] == "queued"
+    assert client.get(base).status_code == 403
+
+
+def test_ops_sign_in_stays_under_the_prefix(redis_server: RedisServer) -> None:
+    """With an ops token, /jobcast/ops sends a browser to /jobcast/ops/login, and a sign-in
+    with an off-site `next` lands on /jobcast/ops, not on the host's /ops."""
+    app = host_app(redis_server.url, JOBCAST_OPS_TOKEN="t0ken", JOBCAST_PREFIX="jobcast:ops-embed:")
+    Jobcast(app, url_prefix="/jobcast")
+    client = app.test_client()
+    page = client.get("/jobcast/ops")
+    assert page.status_code == 303
+    assert page.headers["Location"] == "/jobcast/ops/login?next=/jobcast/ops"
+    form = client.get("/jobcast/ops/login").text
+    assert 'action="/jobcast/ops/login"' in form and "/jobcast/static/ops.css" in form
+    signed_in = client.post("/jobcast/ops/login", data={"token": "t0ken", "next": "//evil.test"})
+    assert signed_in.status_code == 303 and signed_in.headers["Location"] == "/jobcast/ops"
