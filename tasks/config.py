@@ -1,7 +1,9 @@
 """Settings: the one place that reads the environment.
 
 Both the web factory and the Celery factory call :func:`Settings.from_env` when they
-build their app, never at import time, so tests can build apps with other settings.
+build their app, never at import time, so tests can build apps with other settings; the
+Flask extension embedded in another app may add that app's ``JOBCAST_*`` config keys
+(:func:`Settings.from_config`).
 Settings are validated when built from the environment and again by the Celery factory
 (which the web app and the monitor also go through): a setting out of its bounds stops
 the process with a :class:`SettingsError` naming the variable.
@@ -75,6 +77,14 @@ class Settings:
     # The monitor exits (status 3) when none of its publishes reached Redis for this long,
     # so a supervisor (compose's restart policy) starts a fresh one; 0 turns this off.
     monitor_watchdog_seconds: float = 0.0
+    # The path Jobcast's routes are mounted under ("" or like "/jobcast"): the web serves
+    # them there and workers put it in the URLs they publish (a done event's image url).
+    url_prefix: str = ""
+    # Origins whose pages may call the job routes (comma-separated, exact, like
+    # "https://app.example.com"), or "*" for any; empty: no CORS headers at all.
+    cors_origins: str = ""
+    # Let those pages send cookies/HTTP auth (needs exact origins, never "*").
+    cors_credentials: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -123,6 +133,28 @@ class Settings:
     def import_list(self) -> list[str]:
         """``imports`` as module names."""
         return [name.strip() for name in self.imports.split(",") if name.strip()]
+        if self.url_prefix and not URL_PREFIX.fullmatch(self.url_prefix):
+            raise SettingsError(
+                "JOBCAST_URL_PREFIX must be empty or a path like /jobcast (no trailing slash), "
+                f"got {self.url_prefix!r}"
+            )
+        _check_origins(self.cors_origins, self.cors_credentials)
+
+    @classmethod
+    def from_config(
+        cls, config: Mapping[str, Any], environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Settings from the environment, then the ``JOBCAST_*`` keys of ``config`` (a Flask
+        app's config: typed values or strings), then ``overrides``."""
+        names = {_variable(f.name): f for f in dataclasses.fields(cls) if f.name != "extra"}
+        values: dict[str, Any] = {}
+        for key, value in config.items():
+            if not key.startswith("JOBCAST_"):
+                continue
+            if key not in names:
+                raise SettingsError(f"{key} is not a Jobcast setting")
+            values[names[key].name] = _typed(key, names[key].default, value)
+        return cls.from_env(environ, **(values | overrides))
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -163,6 +195,31 @@ BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 
+URL_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+ORIGIN = re.compile(r"https?://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
+
+
+def cors_origins(raw: str) -> frozenset[str]:
+    """The origins of ``JOBCAST_CORS_ORIGINS``: ``{"*"}`` for any, empty for none."""
+    return frozenset(part.strip().lower() for part in raw.split(",") if part.strip())
+
+
+def _check_origins(raw: str, credentials: bool) -> None:
+    origins = cors_origins(raw)
+    if "*" in origins and len(origins) > 1:
+        raise SettingsError("JOBCAST_CORS_ORIGINS is either * or a list of origins, not both")
+    if "*" in origins and credentials:
+        raise SettingsError(
+            "JOBCAST_CORS_CREDENTIALS needs exact origins in JOBCAST_CORS_ORIGINS, not *"
+        )
+    for origin in origins - {"*"}:
+        if not ORIGIN.fullmatch(origin):
+            raise SettingsError(
+                "JOBCAST_CORS_ORIGINS takes origins like https://app.example.com:8443 "
+                f"(scheme, host, optional port; no path), got {origin!r}"
+            )
+
+
 def _variable(name: str) -> str:
     return "JOBCAST_" + name.upper()
 
@@ -170,6 +227,27 @@ def _variable(name: str) -> str:
 def _check_range(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         raise SettingsError(f"{_variable(name)} must be from {low:g} to {high:g}, got {value!r}")
+
+
+def _typed(variable: str, default: Any, value: Any) -> Any:
+    """A config value for the field whose default is ``default``: strings are coerced as
+    the environment's are; other values must already have the field's type."""
+    if isinstance(value, str):
+        return _coerce(variable, default, value)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int | float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and isinstance(default, int) and not isinstance(value, int):
+            ok = float(value).is_integer()
+            value = int(value)
+    else:
+        ok = False  # a text setting given as something else
+    if not ok:
+        kind = {bool: "true or false", int: "a whole number", float: "a number"}
+        wanted = kind.get(type(default), "text")
+        raise SettingsError(f"{variable} must be {wanted}, got {value!r}")
+    return value
 
 
 def _coerce(variable: str, default: Any, raw: str) -> Any:

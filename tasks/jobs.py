@@ -41,6 +41,7 @@ from celery.exceptions import Reject, Retry, TimeLimitExceeded
 from PIL import Image
 
 from tasks.app import Context, context
+from tasks.config import Settings
 from tasks.errors import JobCancelled, JobError
 from tasks.events import EventTooLarge, check_kind
 from tasks.lease import JobLease, LeaseLost, held
@@ -89,6 +90,11 @@ class JobContext:
         self._delta_since = 0.0
         self._delta_interval = delta_interval
         self._delta_bytes = delta_bytes
+
+    @property
+    def settings(self) -> Settings:
+        """Jobcast's settings in this worker (the environment's, outside a job)."""
+        return self._ctx.settings if self._ctx is not None else Settings.from_env()
 
     @property
     def reporting(self) -> bool:

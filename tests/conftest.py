@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from support import Proc, RedisServer, celery_worker, gunicorn_web, wait_until
 
+pytest_plugins = ["chromium"]  # the `browser` and `new_page` fixtures (tests/chromium.py)
+
 _workers: list[Proc] = []  # the session worker, while it runs
 ARTIFACTS = Path(os.environ.get("JOBCAST_TEST_ARTIFACTS", "test-artifacts")).resolve()
 

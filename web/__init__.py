@@ -1,17 +1,22 @@
 """Jobcast's web side: the API, the SSE streams and the pages.
 
-``gunicorn -k gevent 'web:create_app()'`` serves it; the hub needs gevent.
+``gunicorn -k gevent 'web:create_app()'`` serves it; the hub needs gevent. To add it to an
+app of your own instead, use the extension: ``web.Jobcast(app, url_prefix="/jobcast")``
+(:mod:`web.embed`).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
 from tasks.config import Settings
 from tasks.kinds import Registry
+
+if TYPE_CHECKING:
+    from web.embed import Jobcast as Jobcast
 
 
 def create_app(
@@ -20,7 +25,7 @@ def create_app(
     """Build the app: settings from the environment, then ``config`` on top; ``kinds`` are
     the job kinds ``POST /jobs/<kind>`` offers (the demo kinds when not given)."""
     settings = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the extension's blueprint serves /static
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["JOBCAST"] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -28,20 +33,18 @@ def create_app(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-    from web import api, errors, extension, jobs, limits, metrics, openapi, ops, pages
-    from web.fastroute import StreamRoute
-    from web.proxies import client_view
+    from web import errors
+    from web.embed import Jobcast
 
-    ext = extension.init_app(app, settings, kinds)
-    errors.init_app(app)
-    app.register_blueprint(api.bp)
-    jobs.init_app(app, ext.kinds)
-    app.register_blueprint(pages.bp)
-    app.register_blueprint(openapi.bp)
-    app.register_blueprint(ops.bp)
-    metrics.init_app(app)
-    limits.init_app(app, settings)
-    app.wsgi_app = StreamRoute(app.wsgi_app, ext)  # type: ignore[method-assign]
-    # Outermost, so every route (the fast stream route too) sees the same client.
-    app.wsgi_app = client_view(app.wsgi_app, settings.trusted_proxies)  # type: ignore[method-assign,assignment]
+    errors.init_app(app)  # the whole app is Jobcast's: every error of it is JSON
+    Jobcast(app, settings=settings, kinds=kinds)
     return app
+
+
+def __getattr__(name: str) -> Any:
+    """``web.Jobcast``, imported on first use (importing ``web`` stays cheap)."""
+    if name == "Jobcast":
+        from web.embed import Jobcast
+
+        return Jobcast
+    raise AttributeError(f"module 'web' has no attribute {name!r}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import redis
 from celery import Celery
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 
 from tasks.app import create_celery
 from tasks.config import Settings
@@ -19,6 +19,9 @@ from web.line import Line, Lines
 
 @dataclass
 class Jobcast:
+    """One app's Jobcast state, in ``app.extensions["jobcast"]``; the routes read it. (The
+    extension object that builds it, ``Jobcast(app, url_prefix=...)``, is web.embed's.)"""
+
     settings: Settings
     redis: redis.Redis
     events: JobEvents
@@ -74,3 +77,9 @@ def jobcast() -> Jobcast:
     """The extension of the current app."""
     ext: Jobcast = current_app.extensions["jobcast"]
     return ext
+
+
+def base_path() -> str:
+    """Where the current app's Jobcast routes start, as its clients see them: the WSGI
+    mount point and the prefix ("" for the standalone service)."""
+    return request.script_root + jobcast().settings.url_prefix

@@ -45,6 +45,7 @@ from web.api import (
     stream_has_more,
     with_token,
 )
+from web.cors import cross_origin
 from web.errors import ApiError
 from web.extension import Jobcast, jobcast
 from web.line import eta_seconds
@@ -65,14 +66,6 @@ def _add_converters(state: BlueprintSetupState) -> None:
     blueprint is registered: kinds registered later are not routed."""
     kinds: Registry = state.app.extensions["jobcast"].kinds
     state.app.url_map.converters.update(converters(kinds))
-
-
-def init_app(app: Flask, kinds: Registry) -> None:
-    """Register the job routes, and the ``/imagine`` alias when that kind is offered."""
-    app.register_blueprint(bp)
-    imagine = kinds.get(IMAGINE)
-    if imagine is not None and imagine.over_http:
-        app.register_blueprint(alias)
 
 
 def converters(kinds: Registry) -> dict[str, type[BaseConverter]]:
@@ -119,13 +112,14 @@ class Submitted:
 def link(endpoint: str, job_id: str, token: str = "", **values: Any) -> str:
     """A job route's URL (relative to the site, under the blueprint's mount point),
     carrying the job's token when signing is on."""
-    return with_token(url_for(endpoint, job_id=job_id, **values), token)
+    return with_token(url_for(f"jobcast.{endpoint}", job_id=job_id, **values), token)
 
 
 # -- submit ----------------------------------------------------------------------------
 
 
 @bp.post("/jobs/<jobkind:kind>")
+@cross_origin
 def create(kind: str) -> tuple[Response, int, dict[str, str]]:
     job = accept(kind)
     body: dict[str, Any] = {
@@ -142,6 +136,7 @@ def create(kind: str) -> tuple[Response, int, dict[str, str]]:
 
 
 @alias.post("/imagine", endpoint="create")
+@cross_origin
 def create_imagine() -> tuple[Response, int, dict[str, str]]:
     """``POST /jobs/imagine`` with the answer ``POST /imagine`` has always given."""
     job = accept(IMAGINE)
@@ -223,11 +218,13 @@ def _field(value: Any) -> str:
 
 
 @bp.get("/jobs/<jobid:job_id>", endpoint="status")
+@cross_origin
 def status(job_id: str) -> Response:
     return jsonify(_snapshot(job_id, details=True))
 
 
 @alias.get("/imagine/<job_id>", endpoint="status")
+@cross_origin
 def imagine_status(job_id: str) -> Response:
     return jsonify(_snapshot(job_id, details=False))
 
@@ -247,6 +244,7 @@ def _snapshot(job_id: str, *, details: bool) -> dict[str, Any]:
 
 @bp.get("/jobs/<jobid:job_id>/stream", endpoint="stream")
 @alias.get("/imagine/<job_id>/stream", endpoint="stream")
+@cross_origin
 def stream(job_id: str) -> Response:
     """The stream through Flask: used when job tokens are on (web/fastroute.py otherwise),
     and for HEAD, which opens nothing: the status and headers a GET would get, no body."""
@@ -266,6 +264,7 @@ def stream(job_id: str) -> Response:
 
 @bp.delete("/jobs/<jobid:job_id>", endpoint="cancel")
 @alias.delete("/imagine/<job_id>", endpoint="cancel")
+@cross_origin
 def cancel(job_id: str) -> tuple[Response, int]:
     ext = jobcast()
     check_id(job_id)
@@ -285,6 +284,7 @@ def cancel(job_id: str) -> tuple[Response, int]:
 
 
 @bp.get("/jobs/<jobid:job_id>/result", endpoint="result")
+@cross_origin
 def result(job_id: str) -> Response:
     ext = jobcast()
     check_id(job_id)
@@ -305,11 +305,13 @@ def result(job_id: str) -> Response:
 
 
 @bp.get("/jobs/<jobid:job_id>/result/<name>", endpoint="result_file")
+@cross_origin
 def result_file(job_id: str, name: str) -> Response:
     return _saved_file(job_id, name)
 
 
 @alias.get("/imagine/<job_id>/image", endpoint="image")
+@cross_origin
 def imagine_image(job_id: str) -> Response:
     return _saved_file(job_id, "image.png", "No image for this job (yet).")
 

@@ -9,6 +9,8 @@ answers 503.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask, request
@@ -23,19 +25,23 @@ def client_key() -> str:
     return request.remote_addr or "unknown"
 
 
-SUBMITS = ("jobs.create", "imagine.create")
+SUBMITS = ("jobcast.jobs.create", "jobcast.imagine.create")
 
 
 def limited_endpoints(settings: Settings) -> dict[str, tuple[str, list[str] | None]]:
     """Endpoint -> (limit, the methods it counts); endpoints with no limit left out."""
     limits = {
         **dict.fromkeys(SUBMITS, (settings.post_rate_limit, None)),
-        "ops.login": (settings.ops_login_rate_limit, ["POST"]),  # the form itself is free
+        "jobcast.ops.login": (settings.ops_login_rate_limit, ["POST"]),  # the form is free
     }
     return {endpoint: limit for endpoint, limit in limits.items() if limit[0]}
 
 
 def init_app(app: Flask, settings: Settings) -> Limiter | None:
+    """A limiter of Jobcast's own, for Jobcast's endpoints only (call once they are
+    registered). A host app's own Flask-Limiter keeps its limits and its ``RATELIMIT_*``
+    config, which this one does not read; the host's default limits, if any, apply to
+    Jobcast's routes too unless it exempts the ``jobcast`` blueprint."""
     endpoints = {
         name: limit
         for name, limit in limited_endpoints(settings).items()
@@ -45,7 +51,6 @@ def init_app(app: Flask, settings: Settings) -> Limiter | None:
         return None
     limiter = Limiter(
         client_key,
-        app=app,
         storage_uri=settings.redis_url,
         storage_options={"socket_connect_timeout": 2, "socket_timeout": 2},
         strategy="fixed-window",
@@ -53,6 +58,8 @@ def init_app(app: Flask, settings: Settings) -> Limiter | None:
         swallow_errors=True,
         key_prefix=f"{settings.prefix}limits",
     )
+    with _without_ratelimit_config(app):
+        limiter.init_app(app)
     # Everything else skips the limiter at once: streams are opened by the thousand and
     # its per-request work was a third of a stream's connect cost.
     limiter.request_filter(lambda: request.endpoint not in endpoints)
@@ -63,3 +70,19 @@ def init_app(app: Flask, settings: Settings) -> Limiter | None:
         limited: Any = (rule or limiter.limit(limit, methods=methods))(view)
         app.view_functions[endpoint] = limited
     return limiter
+
+
+@contextmanager
+def _without_ratelimit_config(app: Flask) -> Iterator[None]:
+    """Hide the host app's ``RATELIMIT_*`` keys while our limiter reads the config (only
+    ``init_app`` reads it), and drop the defaults it writes there, so neither limiter's
+    configuration leaks into the other."""
+    saved = {k: v for k, v in app.config.items() if k.startswith("RATELIMIT_")}
+    for key in saved:
+        del app.config[key]
+    try:
+        yield
+    finally:
+        for key in [k for k in app.config if k.startswith("RATELIMIT_")]:
+            del app.config[key]
+        app.config.update(saved)

@@ -26,11 +26,12 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import gevent
 import redis
-from flask import Flask, Response
+from flask import Blueprint, Flask, Response, current_app
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -249,19 +250,38 @@ def _text(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
+bp = Blueprint("metrics", __name__)
+
+# Where an app keeps its collector and this process's reporter (``app.extensions``). The
+# registry is our own, never prometheus-client's global one, so a host app that exports
+# its own metrics keeps them, and nothing here is registered twice.
+STATE = "jobcast.metrics"
+
+
+@dataclass
+class Metrics:
+    stats: WebStats
+    registry: CollectorRegistry
+
+
 def init_app(app: Flask) -> None:
-    """Add ``/metrics``; each process starts reporting its numbers on its first request."""
+    """Build the app's collector; each process starts reporting on its first request to
+    a Jobcast route (:func:`start_reporting`)."""
     ext: Jobcast = app.extensions["jobcast"]
     stats = WebStats(ext)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobcastCollector(ext, stats))
+    app.extensions[STATE] = Metrics(stats, registry)
 
-    @app.before_request
-    def start_reporting() -> None:
-        stats.start()
 
-    @app.get("/metrics")
-    def metrics() -> Response:
-        require_token()
-        stats.flush()
-        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+def start_reporting() -> None:
+    state: Metrics = current_app.extensions[STATE]
+    state.stats.start()
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    require_token()
+    state: Metrics = current_app.extensions[STATE]
+    state.stats.flush()
+    return Response(generate_latest(state.registry), content_type=CONTENT_TYPE_LATEST)

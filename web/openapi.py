@@ -26,7 +26,7 @@ from flask import Blueprint, Response, jsonify
 from tasks.config import Settings
 from tasks.kinds import Kind, Registry, default_registry
 from tasks.media import FILE_NAME
-from web.extension import jobcast
+from web.extension import base_path, jobcast
 
 bp = Blueprint("openapi", __name__)
 
@@ -38,7 +38,10 @@ Doc = dict[str, Any]
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    return jsonify(document(jobcast().kinds))
+    doc = document(jobcast().kinds)
+    if base_path():
+        doc["servers"] = [{"url": base_path()}]  # the paths below are relative to it
+    return jsonify(doc)
 
 
 def document(kinds: Registry | None = None) -> Doc:

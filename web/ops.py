@@ -103,8 +103,8 @@ def require_token() -> None:
 @bp.get("/ops")
 def page() -> str | BaseResponse:
     if not authorized(jobcast().settings.ops_token):
-        return redirect(url_for("ops.login", next=request.full_path.rstrip("?")), 303)
-    return render_template("ops.html")
+        return redirect(url_for(".login", next=request.full_path.rstrip("?")), 303)
+    return render_template("jobcast/ops.html")
 
 
 @bp.route("/ops/login", methods=["GET", "POST"])
@@ -114,7 +114,7 @@ def login() -> BaseResponse | tuple[str, int]:
     if request.method == "POST" and request.mimetype not in FORM_TYPES:
         # What the document promises: a sign-in is a form, even with no token to check.
         raise ApiError(415, "unsupported_media_type", "Send the sign-in as a form.")
-    target = safe_next(request.values.get("next", ""))
+    target = safe_next(request.values.get("next", ""), url_for(".page"))
     if not token:
         return redirect(target, 303)
     if request.method == "GET":
@@ -138,11 +138,11 @@ def too_many_logins(exc: RateLimitExceeded) -> tuple[str, int] | Response:
     message = "Too many sign-in attempts from this address; wait a minute and try again."
     if not any(value == "text/html" for value, _ in request.accept_mimetypes):
         return error_response(429, "too_many_requests", message)
-    return _login_form(safe_next(request.values.get("next", "")), message), 429
+    return _login_form(safe_next(request.values.get("next", ""), url_for(".page")), message), 429
 
 
 def _login_form(target: str, error: str = "") -> str:
-    return render_template("ops.html", login=True, next=target, error=error)
+    return render_template("jobcast/ops.html", login=True, next=target, error=error)
 
 
 @bp.post("/ops/logout")
@@ -151,7 +151,7 @@ def logout() -> BaseResponse:
     session_id = request.cookies.get(COOKIE, "").partition(".")[0]
     if session_id:
         ext.redis.delete(session_key(ext, session_id))
-    response = redirect(url_for("ops.login"), 303)
+    response = redirect(url_for(".login"), 303)
     response.delete_cookie(COOKIE, httponly=True, samesite="Strict", secure=request.is_secure)
     return response
 
@@ -321,19 +321,19 @@ def _replace(value: Any, labels: dict[str, str], in_text: re.Pattern[str] | None
 # -- where the login may lead ----------------------------------------------------------
 
 
-def safe_next(target: str) -> str:
-    """``target`` if it is a path on this site, else ``/ops``: never an open redirect.
+def safe_next(target: str, default: str = "/ops") -> str:
+    """``target`` if it is a path on this site, else ``default``: never an open redirect.
 
     Browsers read ``//host``, ``/\\host`` and ``/<tab>/host`` as another site, and
     ``////host`` becomes ``//host`` on the way; so only printable ASCII without a
     backslash, one leading slash, and the same after normalising and unquoting.
     """
     if not target or any(not "!" <= c <= "~" or c == "\\" for c in target):
-        return "/ops"
+        return default
     parts = urlsplit(target)
     path = posixpath.normpath(parts.path) if parts.path else ""
     if parts.scheme or parts.netloc or not _one_slash(path) or not _one_slash(unquote(path)):
-        return "/ops"
+        return default
     return path + (f"?{parts.query}" if parts.query else "")
 
 

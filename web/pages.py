@@ -9,4 +9,4 @@ bp = Blueprint("pages", __name__)
 
 @bp.get("/")
 def index() -> str:
-    return render_template("index.html")
+    return render_template("jobcast/index.html")

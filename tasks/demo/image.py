@@ -33,7 +33,7 @@ def imagine(
     job.check()
     job.save_file("image.png", final.to_image())
     return {
-        "url": f"/imagine/{job.id}/image",
+        "url": f"{job.settings.url_prefix}/imagine/{job.id}/image",  # where the web serves it
         "width": width,
         "height": height,
         "seconds": round(time.monotonic() - began, 2),

@@ -42,7 +42,7 @@ def served_routes() -> dict[str, set[str]]:
     kinds = [kind.name for kind in app.extensions["jobcast"].kinds.all() if kind.over_http]
     routes: dict[str, set[str]] = {}
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint.rpartition(".")[2] == "static":
             continue
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
         methods = (rule.methods or set()) - {"HEAD", "OPTIONS"}

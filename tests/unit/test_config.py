@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
 from tasks.app import create_celery
-from tasks.config import BOUNDS, Settings, SettingsError
+from tasks.config import BOUNDS, Settings, SettingsError, cors_origins
 
 
 def test_defaults_are_valid() -> None:
@@ -76,3 +77,49 @@ def test_every_numeric_setting_is_bounded() -> None:
         if isinstance(f.default, int | float) and not isinstance(f.default, bool)
     }
     assert numeric - checked_elsewhere - set(BOUNDS) == set()
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"JOBCAST_CORS_ORIGINS": "*", "JOBCAST_CORS_CREDENTIALS": "1"}, "needs exact origins"),
+        ({"JOBCAST_CORS_ORIGINS": "*,https://a.example"}, "either * or a list"),
+        ({"JOBCAST_CORS_ORIGINS": "https://a.example/app"}, "no path"),
+        ({"JOBCAST_CORS_ORIGINS": "a.example"}, "JOBCAST_CORS_ORIGINS takes origins"),
+        ({"JOBCAST_URL_PREFIX": "/jobcast/"}, "JOBCAST_URL_PREFIX must be empty or a path"),
+        ({"JOBCAST_URL_PREFIX": "jobcast"}, "JOBCAST_URL_PREFIX must be empty or a path"),
+    ],
+)
+def test_bad_cors_and_prefix_settings_are_refused(environ: dict[str, str], message: str) -> None:
+    """A star with credentials, an origin with a path, or a prefix that is not a clean
+    path stops the process with a message naming the variable."""
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        Settings.from_env(environ)
+
+
+def test_cors_origins_are_read_as_a_list() -> None:
+    """Comma-separated origins, spaces and case aside, with an explicit port."""
+    settings = Settings.from_env(
+        {
+            "JOBCAST_CORS_ORIGINS": " https://A.example , http://localhost:5173",
+            "JOBCAST_CORS_CREDENTIALS": "yes",
+        }
+    )
+    assert cors_origins(settings.cors_origins) == {"https://a.example", "http://localhost:5173"}
+    assert settings.cors_credentials is True
+
+
+def test_a_flask_config_adds_to_the_environment() -> None:
+    """``from_config`` takes the JOBCAST_* keys of a mapping (typed or text) over the
+    environment, ignores other keys, and refuses an unknown or mistyped Jobcast key."""
+    settings = Settings.from_config(
+        {"JOBCAST_MAX_QUEUE": 5, "JOBCAST_HEARTBEAT_SECONDS": "2.5", "SECRET_KEY": "x"},
+        {"JOBCAST_MAX_QUEUE": "9", "JOBCAST_RETRY_MS": "500"},
+    )
+    assert (settings.max_queue, settings.heartbeat_seconds, settings.retry_ms) == (5, 2.5, 500)
+    with pytest.raises(SettingsError, match="JOBCAST_MAX_QUEUS is not a Jobcast setting"):
+        Settings.from_config({"JOBCAST_MAX_QUEUS": 5}, {})
+    with pytest.raises(SettingsError, match="JOBCAST_MAX_QUEUE must be a whole number"):
+        Settings.from_config({"JOBCAST_MAX_QUEUE": True}, {})
+    with pytest.raises(SettingsError, match="JOBCAST_MAX_QUEUE must be from 0"):
+        Settings.from_config({"JOBCAST_MAX_QUEUE": -1}, {})

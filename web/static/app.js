@@ -21,6 +21,9 @@ const MAX_IN_URL = 12;
 // fetch, and let further cards wait for a stream of their own.
 const MAX_STREAMS = 5;
 const streams = { open: new Set(), waiting: [] };
+// Where Jobcast's routes start ("" at the root, "/jobcast" embedded in another app): the
+// page says, so every URL below is built on it.
+const BASE = document.body.dataset.base ?? "";
 const debug = (window.__jobcast = { log: {}, positions: {}, timings: {}, skipped: 0, cards: {} });
 
 const form = document.getElementById("imagine");
@@ -68,7 +71,7 @@ class Card {
     this.part(".title").textContent = title;
     this.part(".bar").setAttribute("aria-label", `Progress of “${title}”`);
     this.part(".cancel").setAttribute("aria-label", `Cancel “${title}”`);
-    this.part(".share").href = `/?${linkQuery([this])}`;
+    this.part(".share").href = `${BASE}/?${linkQuery([this])}`;
     this.part(".share").addEventListener("click", (e) => this.copyLink(e));
     this.part(".cancel").addEventListener("click", () => this.cancel());
     if (width && height) this.size(width, height);
@@ -282,7 +285,7 @@ class Card {
 
 /** A URL of a job's routes (`route`: "", "/stream", "/image"), with its token if any. */
 function jobUrl(jobId, token, route) {
-  return withToken(`/imagine/${encodeURIComponent(jobId)}${route}`, token);
+  return withToken(`${BASE}/imagine/${encodeURIComponent(jobId)}${route}`, token);
 }
 
 /** A URL the server handed out for a job (`done`'s url has none), with the job's token set. */
@@ -336,7 +339,7 @@ async function submit(event) {
   button.disabled = true;
   const posted = performance.now();
   try {
-    const response = await fetch("/imagine", {
+    const response = await fetch(`${BASE}/imagine`, {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "application/json" },
       body: JSON.stringify(body),
@@ -357,7 +360,7 @@ async function submit(event) {
   }
 }
 
-// ---- shareable links: /?job=<id>[&token=<t>][&job=<id>[&token=<t>]…] ----------------
+// ---- shareable links: <base>/?job=<id>[&token=<t>][&job=<id>[&token=<t>]…] ----------------
 // A token belongs to the job just before it.
 
 function linkQuery(cards) {
@@ -373,7 +376,7 @@ function linkQuery(cards) {
 function remember() {
   const cards = [...list.children].map((el) => debug.cards[el.dataset.job]);
   const query = linkQuery(cards.slice(0, MAX_IN_URL).reverse());
-  history.replaceState(null, "", query ? `/?${query}` : "/");
+  history.replaceState(null, "", query ? `${BASE}/?${query}` : `${BASE}/`);
 }
 
 async function watch(jobId, token) {

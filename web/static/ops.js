@@ -5,13 +5,15 @@
 // place of each job id: an id would let anyone watch, cancel and download the job.
 
 const $ = (id) => document.getElementById(id);
+// Where Jobcast's routes start ("" at the root, "/jobcast" embedded): the page says.
+const BASE = document.body.dataset.base ?? "";
 const SILENT_MS = 5000; // no snapshot for this long: the monitor is not publishing
 
 let lastAt = 0;
 let lastSeen = 0;
 
 function connect() {
-  const source = new EventSource("/ops/stream");
+  const source = new EventSource(`${BASE}/ops/stream`);
   source.addEventListener("open", () => feed("live", "Live"));
   source.addEventListener("error", () => {
     // EventSource retries by itself (retry: 3000); CLOSED means it gave up (e.g. 401).

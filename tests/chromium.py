@@ -1,4 +1,8 @@
-"""Real headless Chromium for the page tests (Playwright, the system's chromium binary)."""
+"""Real headless Chromium for the page tests (Playwright, the system's chromium binary).
+
+A plugin of the root conftest, so tests/browser and tests/examples share the one session
+browser: a second sync Playwright started while the first runs would fail.
+"""
 
 from __future__ import annotations
 
