@@ -79,7 +79,7 @@ def measure(args: argparse.Namespace, client: redis.Redis, pid: int, url: str) -
         job_id = secrets.token_urlsafe(16)
         params = {"prompt": "x", "width": 64, "height": 64, "steps": 1, "seed": sent}
         events.enqueue(job_id, {k: str(v) for k, v in params.items()})
-        app.send_task("jobcast.imagine", kwargs={"job_id": job_id, **params}, task_id=job_id)
+        app.send_task("jobcast.imagine", kwargs=params, task_id=job_id)
         sent += 1
         if sent % 10 == 0:
             sizes.append(len(client.get("jobcast:ops:snapshot") or b""))

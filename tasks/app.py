@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,17 +23,35 @@ class Context:
 
 
 def create_celery(settings: Settings | None = None, **conf: Any) -> Celery:
-    """Build the Celery app; ``conf`` overrides Celery settings (tests shorten timeouts)."""
+    """Build Jobcast's own Celery app; ``conf`` overrides Celery settings (tests shorten
+    timeouts)."""
+    settings = settings or Settings.from_env()
+    app = Celery("jobcast", broker=settings.redis_url, backend=None)
+    configure_celery(app, settings)
+    app.conf.update(
+        task_ignore_result=True,
+        task_default_queue="jobcast",
+        imports=["tasks.demo.image"],
+    )
+    app.conf.update(conf)
+    return app
+
+
+def configure_celery(app: Celery, settings: Settings | None = None) -> Celery:
+    """Make a Celery app (yours or ours) run Jobcast jobs well, and attach its context.
+
+    Sets what jobs rely on: late acks and redelivery of a dead worker's message, task
+    events for the monitor, a visibility timeout from ``JOBCAST_VISIBILITY_TIMEOUT``.
+    Settings come from the environment unless given.
+    """
     settings = settings or Settings.from_env()
     settings.validate()
-    app = Celery("jobcast", broker=settings.redis_url, backend=None)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_send_task_events=True,
         task_send_sent_event=True,
-        task_ignore_result=True,
         task_track_started=False,
         broker_transport_options={
             # A message whose worker died unacked is handed out again after this.
@@ -45,10 +64,7 @@ def create_celery(settings: Settings | None = None, **conf: Any) -> Celery:
         worker_hijack_root_logger=False,
         # Redelivered jobs must not be deduplicated away by Celery's memory of them.
         worker_deduplicate_successful_tasks=False,
-        task_default_queue="jobcast",
-        imports=["tasks.demo.image"],
     )
-    app.conf.update(conf)
     app.jobcast = build_context(settings)
     return app
 
@@ -66,6 +82,15 @@ def build_context(settings: Settings) -> Context:
 
 
 def context(app: Celery) -> Context:
-    """The Jobcast context of ``app`` (built by :func:`create_celery`)."""
-    ctx: Context = app.jobcast
+    """The Jobcast context of ``app``: from :func:`configure_celery`, or else built once
+    from the environment (any Celery app can run and submit jobs)."""
+    ctx: Context | None = getattr(app, "jobcast", None)
+    if ctx is None:
+        with _building:
+            ctx = getattr(app, "jobcast", None)
+            if ctx is None:
+                ctx = app.jobcast = build_context(Settings.from_env())
     return ctx
+
+
+_building = threading.Lock()

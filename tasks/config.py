@@ -62,6 +62,9 @@ class Settings:
     # A job in line this long with no Celery message is sent again by the sweep.
     ghost_grace_seconds: float = 30.0
     signing_key: str = ""
+    # Where browsers reach the web service (e.g. https://jobs.example.com): the start of
+    # the stream/status URLs a submit from Python hands out; empty gives paths.
+    public_url: str = ""
     # A running attempt holds its job's lease this long between refreshes; a second copy
     # of its message waits this long for a dead holder's lease to run out.
     job_lease_seconds: float = 6.0

@@ -122,7 +122,7 @@ return id
 )
 
 # KEYS: job hash, events stream, queue zset, ticket counter, stats hash, running zset,
-#       broker list (Celery's queue)
+#       broker list (Celery's queue), [idempotency key: the job it names, if given]
 # ARGV: channel, max queue (0 = no limit), maxlen, ttl, job id, now (ms),
 #       broker message ('' = the caller sends it), field/value pairs...
 ENQUEUE_LUA = (
@@ -133,6 +133,12 @@ local job, events, queue, ticket = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local avg = redis.call('HGET', KEYS[5], 'avgMs') or ''
 local busy = redis.call('ZCARD', KEYS[6])
 local channel, maxq, maxlen, ttl, jobid, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local idem = KEYS[8]
+if idem then
+  -- The same key names the same job while it is kept: answer it, write nothing.
+  local known = redis.call('GET', idem)
+  if known then return {-3, 0, known, avg, busy} end
+end
 if redis.call('EXISTS', job) == 1 then return {-2, 0, '', avg, busy} end
 local waiting = redis.call('ZCARD', queue)
 if maxq > 0 and waiting >= maxq then return {-1, waiting, '', avg, busy} end
@@ -149,6 +155,7 @@ redis.call('EXPIRE', job, ttl)
 redis.call('EXPIRE', events, ttl)
 -- The task message with the record: a job in line always has one (tasks/submit.py).
 if ARGV[7] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[7]) end
+if idem then redis.call('SET', idem, jobid, 'EX', ttl) end
 redis.call('PUBLISH', channel, frame(id, 'queued', data))
 return {pos, waiting + 1, id, avg, busy}
 """
@@ -318,11 +325,13 @@ class JobEvents:
         *,
         max_queue: int = 0,
         message: tuple[str, str] | None = None,
+        key: str | None = None,
     ) -> Enqueued:
         """Record a new job, put it in line and log its ``queued`` event (one round trip).
 
         ``message`` (broker list key, payload) is pushed in the same call. ``position``
-        -1 means the line is full (nothing was written), -2 that the id exists already;
+        -1 means the line is full (nothing was written), -2 that the id exists already,
+        -3 that idempotency ``key`` named a job already (``event_id`` is that job's id);
         ``avg_ms`` and ``busy`` come along for an ETA either way.
         """
         k = self.keys
@@ -330,8 +339,11 @@ class JobEvents:
         for name, value in fields.items():
             flat += [name, value]
         broker, payload = message or (k.queue, "")
+        names = [k.job(job_id), k.events(job_id), k.queue, k.ticket, k.stats, k.running, broker]
+        if key is not None:
+            names.append(k.idempotency(key))
         pos, length, event_id, avg, busy = self._enqueue(
-            keys=[k.job(job_id), k.events(job_id), k.queue, k.ticket, k.stats, k.running, broker],
+            keys=names,
             args=[
                 k.channel(job_id),
                 max_queue,

@@ -46,6 +46,10 @@ class Keys:
         """Hash of run-time statistics that every web process reads for ETAs."""
         return f"{self.prefix}stats"
 
+    def idempotency(self, key: str) -> str:
+        """The job a caller's idempotency key names (``key`` is scoped by the caller)."""
+        return f"{self.prefix}idem:{key}"
+
     @property
     def ops(self) -> str:
         return f"{self.prefix}ops"

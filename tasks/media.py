@@ -1,8 +1,13 @@
-"""Where finished images live: ``<media_dir>/<job id>.png``, written atomically."""
+"""Where the files a job made live: ``<media_dir>/<job id>/<name>``, written atomically.
+
+The demo's image is ``<job id>/image.png``; the retention sweep removes a job's folder
+once its files are older than the retention.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -10,11 +15,19 @@ from PIL import Image
 
 # Readable by all, as any file the process writes: a web process running as another user
 # on a shared volume must serve it. The umask still applies (the kernel masks it).
-IMAGE_MODE = 0o644
+FILE_MODE = IMAGE_MODE = 0o644
+# A file name a job may use: no path separators, no leading dot.
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def job_dir(media_dir: str, job_id: str) -> Path:
+    """The folder of a job's files."""
+    return Path(media_dir) / job_id
 
 
 def image_path(media_dir: str, job_id: str) -> Path:
-    return Path(media_dir) / f"{job_id}.png"
+    """The demo's final image."""
+    return job_dir(media_dir, job_id) / "image.png"
 
 
 def save_png(image: Image.Image, path: Path) -> None:

@@ -89,9 +89,12 @@ def sweep(
     """Delete expired images and forget ghost members of the waiting and running sets."""
     now = time.time() if now is None else now
     return Swept(
-        images=_sweep_files(Path(media_dir), "*.png", now - retention_seconds),
+        # A job's files sit in its folder; loose *.png are from before folders.
+        images=_sweep_files(Path(media_dir), "*.png", now - retention_seconds)
+        + _sweep_job_files(Path(media_dir), now - retention_seconds),
         ghosts=_sweep_ghosts(client, keys),
-        temps=_sweep_files(Path(media_dir), "*.tmp", now - TEMP_MAX_AGE_SECONDS),
+        temps=_sweep_files(Path(media_dir), "*.tmp", now - TEMP_MAX_AGE_SECONDS)
+        + _sweep_files(Path(media_dir), "*/*.tmp", now - TEMP_MAX_AGE_SECONDS),
     )
 
 
@@ -106,6 +109,36 @@ def _sweep_files(media: Path, pattern: str, cutoff: float) -> int:
                 removed += 1
         except FileNotFoundError:
             pass  # a concurrent sweep (a second monitor) got there first
+    return removed
+
+
+def _sweep_job_files(media: Path, cutoff: float) -> int:
+    """Remove job files older than ``cutoff``, then the folders they leave empty."""
+    if not media.is_dir():
+        return 0
+    removed = 0
+    for folder in media.iterdir():
+        if not folder.is_dir():
+            continue
+        removed += _sweep_old(folder, cutoff)
+        try:
+            folder.rmdir()  # only succeeds when empty
+        except OSError:
+            pass  # files younger than the retention remain, or a job is writing there
+    return removed
+
+
+def _sweep_old(folder: Path, cutoff: float) -> int:
+    removed = 0
+    for path in folder.iterdir():
+        if path.name.endswith(".tmp"):
+            continue  # half-written: the temp-file sweep's, on its own schedule
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass  # a concurrent sweep got there first
     return removed
 
 
@@ -262,13 +295,16 @@ class Sweeper:
     def _heal(self, job_id: str) -> str:
         from tasks.submit import broker_message, shares_broker
 
-        task, kwargs = _task_of(self.redis.hmget(self.keys.job(job_id), "task", "kwargs"))
-        if task is None:
+        sent = _task_of(self.redis.hmget(self.keys.job(job_id), *SENT_FIELDS))
+        if sent is None:
             return self._fail(job_id, "The job's task message was lost and cannot be sent again.")
-        queue, payload = self.app.conf.task_default_queue, ""
+        task, args, kwargs, route = sent
+        queue, payload = route or self.app.conf.task_default_queue, ""
         if shares_broker(self.app, self.settings):
             try:
-                queue, payload = broker_message(self.app, task, job_id, kwargs)
+                queue, payload = broker_message(
+                    self.app, task, job_id, kwargs, args=args, queue=route
+                )
             except ValueError:
                 pass  # a routing we do not rebuild: Celery sends it below
         k = self.keys
@@ -280,7 +316,7 @@ class Sweeper:
         if count == 0:
             return "gone"  # it started, ended or expired meanwhile
         if not payload:
-            self.app.send_task(task, kwargs=kwargs, task_id=job_id)
+            self.app.send_task(task, args=args, kwargs=kwargs, task_id=job_id, queue=route)
         log.warning("sweep: job %s was in line with no task message; sent it again", job_id)
         return "resent"
 
@@ -293,14 +329,17 @@ class Sweeper:
         broker = self._broker()
         if broker is None:
             return False
-        task, kwargs = _task_of(self.redis.hmget(self.keys.job(job_id), "task", "kwargs"))
-        if task is None or job_id in set(self._message_ids(broker, self._queues([task]))):
+        sent = _task_of(self.redis.hmget(self.keys.job(job_id), *SENT_FIELDS))
+        if sent is None:
+            return False
+        task, args, kwargs, route = sent
+        if job_id in set(self._message_ids(broker, self._queues([task]))):
             return False  # a copy waits in a queue: a worker will take it
         keys = [self.keys.job(job_id), lease_key(self.keys, job_id)]
         count = int(self._resend_running(keys=keys, args=[MAX_RESENDS]))
         if count <= 0:
             return False  # ended, taken over, or sent too often (max_attempts ends it)
-        self.app.send_task(task, kwargs=kwargs, task_id=job_id)
+        self.app.send_task(task, args=args, kwargs=kwargs, task_id=job_id, queue=route)
         log.warning(
             "monitor: job %s ran on a dead worker with no message left; sent it again", job_id
         )
@@ -314,16 +353,22 @@ class Sweeper:
         return "failed" if failed else "gone"
 
 
-def _task_of(fields: list[bytes | None]) -> tuple[str | None, dict[str, Any]]:
-    """The task name and keyword arguments a job record keeps; (None, {}) if unusable."""
-    task, kwargs_json = fields
+SENT_FIELDS = ("task", "kwargs", "args", "queue")
+
+
+def _task_of(
+    fields: list[bytes | None],
+) -> tuple[str, list[Any], dict[str, Any], str | None] | None:
+    """The task name, arguments and queue a job record keeps; None if unusable."""
+    task, kwargs_json, args_json, queue = fields
     try:
         kwargs = json.loads(kwargs_json or b"")
+        args = json.loads(args_json or b"[]")
     except ValueError:
-        return None, {}  # a record written before tasks kept them, or damaged
-    if not task or not isinstance(kwargs, dict):
-        return None, {}
-    return task.decode(errors="replace"), kwargs
+        return None  # a record written before tasks kept them, or damaged
+    if not task or not isinstance(kwargs, dict) or not isinstance(args, list):
+        return None
+    return task.decode(errors="replace"), args, kwargs, queue.decode() if queue else None
 
 
 def _task_id(raw: bytes, *, unacked: bool = False) -> str:

@@ -28,7 +28,7 @@ from kombu.transport.virtual.base import Base64
 from kombu.utils.json import dumps as kombu_json
 
 from tasks.config import Settings
-from tasks.events import Enqueued, JobEvents
+from tasks.events import TERMINAL_STATES, Enqueued, JobEvents
 
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
 
@@ -50,8 +50,17 @@ def shares_broker(app: Celery, settings: Settings) -> bool:
     return url == settings.redis_url and urllib.parse.urlsplit(url).scheme in REDIS_SCHEMES
 
 
-def broker_message(app: Celery, name: str, task_id: str, kwargs: dict[str, Any]) -> tuple[str, str]:
-    """The list key and payload ``send_task(name, kwargs=..., task_id=...)`` would LPUSH.
+def broker_message(
+    app: Celery,
+    name: str,
+    task_id: str,
+    kwargs: dict[str, Any],
+    *,
+    args: tuple[Any, ...] | list[Any] = (),
+    queue: str | None = None,
+) -> tuple[str, str]:
+    """The list key and payload ``send_task(name, args, kwargs, task_id=..., queue=...)``
+    would LPUSH.
 
     Celery builds the protocol 2 message (``as_task_v2``); kombu serializes the body,
     wraps it as its virtual transport does (``prepare_message`` and
@@ -60,27 +69,27 @@ def broker_message(app: Celery, name: str, task_id: str, kwargs: dict[str, Any])
     Raises ``ValueError`` for a configuration this does not reproduce.
     """
     conf = app.conf
-    options = app.amqp.router.route({}, name, (), kwargs, None)
-    queue = options.pop("queue", None)
+    options = app.amqp.router.route({"queue": queue} if queue else {}, name, args, kwargs, None)
+    route = options.pop("queue", None)
     transport = conf.broker_transport_options or {}
     if (
-        queue is None
+        route is None
         or options
-        or queue.exchange.type != "direct"
+        or route.exchange.type != "direct"
         or conf.task_compression
         or transport.get("global_keyprefix")
         or transport.get("body_encoding", "base64") != "base64"
     ):
         raise ValueError("only the default direct route without compression is reproduced")
     headers, properties, body, _ = app.amqp.as_task_v2(
-        task_id, name, kwargs=kwargs, reply_to=app.thread_oid, ignore_result=None
+        task_id, name, args=list(args), kwargs=kwargs, reply_to=app.thread_oid, ignore_result=None
     )
     content_type, content_encoding, data = serialize(body, serializer=conf.task_serializer)
     properties.update(
         delivery_mode=maybe_delivery_mode(
-            queue.exchange.delivery_mode or conf.task_default_delivery_mode
+            route.exchange.delivery_mode or conf.task_default_delivery_mode
         ),
-        delivery_info={"exchange": "", "routing_key": queue.name},
+        delivery_info={"exchange": "", "routing_key": route.name},
         priority=0,
         body_encoding="base64",
         delivery_tag=str(uuid.uuid4()),
@@ -92,12 +101,17 @@ def broker_message(app: Celery, name: str, task_id: str, kwargs: dict[str, Any])
         "headers": headers,
         "properties": properties,
     }
-    return queue.name, kombu_json(message)
+    return route.name, kombu_json(message)
 
 
-def task_fields(name: str, kwargs: dict[str, Any]) -> dict[str, str]:
+def task_fields(
+    name: str, kwargs: dict[str, Any], args: tuple[Any, ...] | list[Any] = ()
+) -> dict[str, str]:
     """What the job record keeps so the sweep can send the task again."""
-    return {"task": name, "kwargs": json.dumps(kwargs, separators=(",", ":"))}
+    fields = {"task": name, "kwargs": json.dumps(kwargs, separators=(",", ":"))}
+    if args:
+        fields["args"] = json.dumps(list(args), separators=(",", ":"))
+    return fields
 
 
 def submit(
@@ -108,29 +122,43 @@ def submit(
     name: str,
     kwargs: dict[str, Any],
     fields: dict[str, str],
+    *,
+    args: tuple[Any, ...] | list[Any] = (),
+    queue: str | None = None,
+    key: str | None = None,
 ) -> Enqueued:
     """Record, line up and send a job in one round trip when the broker allows it.
 
     Otherwise the task is sent after the script (and a failed send fails the job).
+    ``queue`` is the Celery queue; ``key`` an idempotency key (position -3: it named a
+    job already, whose id is ``event_id``).
     """
-    record = {**fields, **task_fields(name, kwargs)}
-    message = _atomic_message(app, settings, job_id, name, kwargs)
-    line = events.enqueue(job_id, record, max_queue=settings.max_queue, message=message)
+    record = {**fields, **task_fields(name, kwargs, args)}
+    if queue:
+        record["queue"] = queue
+    message = _atomic_message(app, settings, job_id, name, kwargs, args, queue)
+    line = events.enqueue(job_id, record, max_queue=settings.max_queue, message=message, key=key)
     if line.position >= 1:
         _crash_for_tests()
         if message is None:
-            _send_task(app, events, job_id, name, kwargs)
+            _send_task(app, events, job_id, name, kwargs, args, queue)
     return line
 
 
 def _atomic_message(
-    app: Celery, settings: Settings, job_id: str, name: str, kwargs: dict[str, Any]
+    app: Celery,
+    settings: Settings,
+    job_id: str,
+    name: str,
+    kwargs: dict[str, Any],
+    args: tuple[Any, ...] | list[Any],
+    queue: str | None,
 ) -> tuple[str, str] | None:
     """The message for the enqueue script to push, or None to send it after."""
     if not shares_broker(app, settings):
         return None
     try:
-        return broker_message(app, name, job_id, kwargs)
+        return broker_message(app, name, job_id, kwargs, args=args, queue=queue)
     except ValueError:
         return None  # a routing or encoding we do not rebuild: Celery sends it
 
@@ -143,16 +171,33 @@ def _crash_for_tests() -> None:
 
 
 def _send_task(
-    app: Celery, events: JobEvents, job_id: str, name: str, kwargs: dict[str, Any]
+    app: Celery,
+    events: JobEvents,
+    job_id: str,
+    name: str,
+    kwargs: dict[str, Any],
+    args: tuple[Any, ...] | list[Any] = (),
+    queue: str | None = None,
 ) -> None:
     try:
-        app.send_task(name, kwargs=kwargs, task_id=job_id)
+        app.send_task(name, args=list(args), kwargs=kwargs, task_id=job_id, queue=queue)
     except Exception:
         # Never leave a queued job that no worker will ever see.
         events.publish(
             job_id, "failed", {"error": "The job could not be queued.", "retryable": True}
         )
         raise
+
+
+def cancel(events: JobEvents, job_id: str) -> str | None:
+    """Cancel a job: ``"cancelled"`` if it left the line, ``"cancelling"`` if its worker
+    was asked to stop, its final state if it had ended, ``None`` if unknown."""
+    if events.publish(job_id, "cancelled", {"reason": "cancelled while queued"}, expect="queued"):
+        return "cancelled"
+    state = request_cancel(events, job_id)
+    if state is None or state in TERMINAL_STATES:
+        return state
+    return "cancelling"
 
 
 def request_cancel(events: JobEvents, job_id: str) -> str | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import json
 import re
@@ -18,6 +16,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from tasks.events import Enqueued, EventId, parse_id
 from tasks.media import image_path
 from tasks.submit import request_cancel, submit
+from tasks.tokens import job_token
 from web.errors import ApiError
 from web.extension import Jobcast, jobcast
 from web.line import eta_seconds
@@ -38,7 +37,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     params = validate_job(_json_body(ext), ext.settings)
     job_id = secrets.token_urlsafe(16)
     fields = {k: str(v) for k, v in params.items()}
-    kwargs = {"job_id": job_id, **params}
+    kwargs = dict(params)
     line = submit(ext.celery, ext.events, ext.settings, job_id, IMAGINE, kwargs, fields)
     if line.position == -1:
         raise _queue_full(line)
@@ -268,14 +267,6 @@ def with_token(url: str, token: str) -> str:
     query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "token"]
     query.append(("token", token))
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
-
-
-def job_token(key: str, job_id: str) -> str:
-    """The capability to watch a job when ``JOBCAST_SIGNING_KEY`` is set ("" otherwise)."""
-    if not key:
-        return ""
-    digest = hmac.new(key.encode(), job_id.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest[:18]).decode()
 
 
 def _not_found() -> ApiError:

@@ -24,7 +24,6 @@ runs (idle workers take the job at once, or there are none: we cannot tell which
 
 from __future__ import annotations
 
-import math
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import gevent
 import redis
 
 from tasks.events import dumps
+from tasks.handle import eta_seconds
 from tasks.keys import Keys
 from web.hub import Hub, Item
 from web.sse import Event
@@ -55,14 +55,6 @@ class Place:
     def item(self) -> Item:
         frame = Event(event="queued", data=dumps(self.as_data())).encode()
         return Item(None, False, frame, position=self.position)
-
-
-def eta_seconds(position: int, avg_ms: float | None, busy: int) -> int | None:
-    """Seconds until a job at ``position`` starts, from the average run time; ``None``
-    without an average or while nothing runs (``busy`` is running jobs, not workers)."""
-    if avg_ms is None or busy <= 0:
-        return None
-    return math.ceil(position * avg_ms / 1000 / busy)
 
 
 TRACK_TRIES = 3

@@ -1,84 +1,40 @@
-"""The demo workload: generate an image step by step and report every phase."""
+"""The demo's image kind: render a prompt step by step, with one blurred preview.
+
+Everything around the rendering (lease, started, attempts, cancel, failed, done) is the
+platform's (:class:`tasks.jobs.JobTask`); this module is only the workload.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from celery import Task, shared_task
-
-from tasks.app import context
 from tasks.demo.generator import generate
-from tasks.errors import JobCancelled
-from tasks.lease import JobLease, LeaseLost, held
-from tasks.media import image_path, save_png
-from tasks.reporter import Reporter
+from tasks.jobs import JobContext, job_task
 
 PREVIEW_AT_PERCENT = 30
 
 
-@shared_task(bind=True, name="jobcast.imagine", acks_late=True, reject_on_worker_lost=True)
+@job_task(name="jobcast.imagine", failure_message="The image could not be generated.")
 def imagine(
-    self: Task, job_id: str, prompt: str, width: int, height: int, steps: int, seed: int
-) -> dict[str, Any] | None:
-    """Render the prompt, reporting started, progress, one preview and done."""
-    ctx = context(self.app)
-    with held(ctx.events, job_id, ctx.settings.job_lease_seconds, need_record=True) as lease:
-        if lease is None:
-            return None  # a second copy of the message (a live attempt runs it), or no job
-        reporter = Reporter(ctx.events, job_id)
-        attempt = reporter.started(
-            worker=self.request.hostname or "worker", expect="queued,running"
-        )
-        if attempt is None:
-            return None  # cancelled while it waited, expired, or ended by an earlier attempt
-        if attempt > ctx.settings.max_attempts:
-            reporter.failed(f"Gave up after {attempt - 1} attempts: the worker kept stopping.")
-            return None
-        try:
-            args = (ctx.settings.media_dir, job_id, prompt, width, height, steps, seed)
-            return _render(reporter, lease, *args)
-        except LeaseLost:
-            return None  # another attempt owns the job now and reports it
-        except JobCancelled:
-            reporter.cancelled(reason="cancelled while running")
-            return None
-        except Exception:
-            reporter.failed("The image could not be generated.", retryable=False)
-            raise
-
-
-def _render(
-    reporter: Reporter,
-    lease: JobLease,
-    media_dir: str,
-    job_id: str,
-    prompt: str,
-    width: int,
-    height: int,
-    steps: int,
-    seed: int,
+    job: JobContext, prompt: str, width: int, height: int, steps: int, seed: int
 ) -> dict[str, Any]:
+    """Render the prompt, reporting progress, one preview and the final image."""
     began = time.monotonic()
     previewed = False
     final = None
     for frame in generate(prompt, width=width, height=height, steps=steps, seed=seed):
-        lease.check()
-        reporter.check_cancelled()
-        reporter.progress(frame.step, frame.steps)
+        job.progress(frame.step, frame.steps)
         if not previewed and frame.percent >= PREVIEW_AT_PERCENT and frame.step < frame.steps:
-            reporter.preview(frame.to_image(), percent=frame.percent, width=width, height=height)
+            job.preview(frame.to_image(), percent=frame.percent, width=width, height=height)
             previewed = True
         final = frame
     assert final is not None  # generate() yields at least one frame
-    lease.check()
-    save_png(final.to_image(), image_path(media_dir, job_id))
-    seconds = round(time.monotonic() - began, 2)
-    result = {
-        "url": f"/imagine/{job_id}/image",
+    job.check()
+    job.save_file("image.png", final.to_image())
+    return {
+        "url": f"/imagine/{job.id}/image",
         "width": width,
         "height": height,
-        "seconds": seconds,
+        "seconds": round(time.monotonic() - began, 2),
     }
-    reporter.done(**result)
-    return result

@@ -64,7 +64,7 @@ def test_the_enqueue_pushes_the_message_send_task_would(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "redis").start()
     try:
         app = create_celery(Settings.from_env({"REDIS_URL": server.url}))
-        kwargs: dict[str, Any] = {"job_id": "j" * 22, **SMALL}
+        kwargs: dict[str, Any] = dict(SMALL)
         app.send_task("jobcast.imagine", kwargs=kwargs, task_id="j" * 22)
         key, payload = broker_message(app, "jobcast.imagine", "j" * 22, kwargs)
         sent = json.loads(server.client().lpop(key) or b"{}")
@@ -108,7 +108,7 @@ def test_the_sweep_sends_a_ghost_again_and_fails_one_it_cannot(
     one whose record cannot be sent (made by an older version) `failed`, with a reason."""
     events = JobEvents(rds)
     healable, orphan = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
-    kwargs = {"job_id": healable, **SMALL}
+    kwargs = dict(SMALL)
     events.enqueue(healable, {"prompt": SMALL["prompt"], **task_fields("jobcast.imagine", kwargs)})
     events.enqueue(orphan, {"prompt": "no task fields"})
     monitor = _monitor(stack_env, tmp_path / "monitor.log")
@@ -203,9 +203,9 @@ def test_the_sweep_never_sends_again_a_job_whose_message_a_worker_holds(
     held, ghost = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     events = JobEvents(rds)
     for job_id in (held, ghost):
-        kwargs = {"job_id": job_id, **SMALL}
+        kwargs = dict(SMALL)
         events.enqueue(job_id, task_fields("jobcast.imagine", kwargs))
-    _, payload = broker_message(app, "jobcast.imagine", held, {"job_id": held, **SMALL})
+    _, payload = broker_message(app, "jobcast.imagine", held, dict(SMALL))
     tag = json.loads(payload)["properties"]["delivery_tag"]
     rds.hset("unacked", tag, json.dumps([json.loads(payload), "", "jobcast"]))
     try:
@@ -230,7 +230,7 @@ def test_the_sweep_finds_messages_in_the_queue_a_task_is_routed_to(
     app = create_celery(settings, task_routes={"jobcast.imagine": {"queue": "images"}})
     sweeper = Sweeper(settings, rds, app)
     job_id = secrets.token_urlsafe(16)
-    kwargs = {"job_id": job_id, **SMALL}
+    kwargs = dict(SMALL)
     submit(app, JobEvents(rds), settings, job_id, "jobcast.imagine", kwargs, {"prompt": "x"})
     assert rds.llen("images") == 1
     wait_until(lambda: len(sweeper._waiting_longer_than(1)) == 1, 30, "the grace time")
@@ -282,7 +282,7 @@ def test_a_message_fetched_by_a_consumer_that_died_before_starting_runs_again(
         settings = Settings.from_env(env)
         app = create_celery(settings)
         job_id = secrets.token_urlsafe(16)
-        kwargs = {"job_id": job_id, **SMALL}
+        kwargs = dict(SMALL)
         fields = {"prompt": SMALL["prompt"]}
         assert submit(app, JobEvents(rds), settings, job_id, "jobcast.imagine", kwargs, fields)
         # A consumer that takes the message and dies (a clean close would give it back).

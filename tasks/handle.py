@@ -1,0 +1,268 @@
+"""Submitting a job from any Python process, and the handle that watches it.
+
+    handle = submit(render.s(prompt="a cat"), kind="render", queue="gpu",
+                    metadata={"user": "7"}, key="request-123")
+    handle.id, handle.position, handle.eta_seconds, handle.stream_url
+    handle.wait(timeout=60)        # the `done` data; JobError if it failed
+
+Only the Celery app and Redis are needed (a Django view, a FastAPI handler, a script,
+another task): the record, the place in line and the Celery message are written
+together (:func:`tasks.submit.submit`), so no job waits for a message that never comes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery, Signature
+from celery import current_app as celery_current_app
+
+from tasks.app import Context, context
+from tasks.errors import JobCancelled, JobError, QueueFull
+from tasks.events import TERMINAL, dumps
+from tasks.submit import cancel
+from tasks.submit import submit as submit_message
+from tasks.tokens import job_token
+
+MAX_META_BYTES = 4096
+KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
+MAX_KEY = 128
+
+
+def eta_seconds(position: int, avg_ms: float | None, busy: int) -> int | None:
+    """Seconds until a job at ``position`` starts, from the average run time; ``None``
+    without an average or while nothing runs (``busy`` is running jobs, not workers)."""
+    if avg_ms is None or busy <= 0:
+        return None
+    return math.ceil(position * avg_ms / 1000 / busy)
+
+
+@dataclass
+class JobHandle:
+    """A submitted job: where it stands at submit time, and how to follow it."""
+
+    id: str
+    kind: str | None
+    queue: str | None
+    position: int  # 1 = next; 0 when the key returned a job that has left the line
+    queue_length: int
+    eta_seconds: int | None
+    created: bool  # False: the idempotency key named this job already
+    token: str = ""
+    base_url: str = ""
+    _ctx: Context | None = field(default=None, repr=False, compare=False)
+
+    def url(self, route: str = "") -> str:
+        """A route of the job's HTTP API (``/jobs/<id>...``), with its token if signed."""
+        url = f"{self.base_url}/jobs/{self.id}{route}"
+        return f"{url}?token={self.token}" if self.token else url
+
+    @property
+    def stream_url(self) -> str:
+        return self.url("/stream")
+
+    @property
+    def status_url(self) -> str:
+        return self.url()
+
+    @property
+    def result_url(self) -> str:
+        return self.url("/result")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The handle as the HTTP API answers a submit."""
+        body: dict[str, Any] = {
+            "jobId": self.id,
+            "kind": self.kind,
+            "queue": self.queue,
+            "position": self.position,
+            "queueLength": self.queue_length,
+            "etaSeconds": self.eta_seconds,
+            "stream": self.stream_url,
+            "status": self.status_url,
+            "result": self.result_url,
+        }
+        if self.token:
+            body["token"] = self.token
+        return body
+
+    def status(self) -> dict[str, Any]:
+        """The job's state now: ``state``, ``position`` while queued, ``percent``,
+        ``result`` once done, ``error`` if failed, ``meta``; ``{"state": None}`` if gone."""
+        return read_status(self._context(), self.id)
+
+    def cancel(self) -> str | None:
+        """Cancel it: ``"cancelled"`` (it left the line), ``"cancelling"`` (its worker
+        stops at its next step), its final state if it had ended, ``None`` if unknown."""
+        return cancel(self._context().events, self.id)
+
+    def wait(self, timeout: float | None = None, poll: float = 1.0) -> dict[str, Any]:
+        """Block until the job ends; the ``done`` data, or :class:`JobError` /
+        :class:`JobCancelled` / ``TimeoutError``. Reads the job's log (no polling of
+        the record): one blocking ``XREAD`` per ``poll`` seconds."""
+        ctx = self._context()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        stream, last = ctx.events.keys.events(self.id), "0-0"
+        while True:
+            block = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
+            reply = ctx.redis.xread({stream: last}, count=100, block=max(1, int(block * 1000)))
+            for _, entries in reply or []:
+                for event_id, fields in entries:
+                    last = event_id
+                    phase = fields[b"phase"].decode()
+                    if phase in TERMINAL:
+                        return _ending(self.id, phase, json.loads(fields[b"data"]))
+            if reply is None and ctx.redis.exists(ctx.events.keys.job(self.id)) == 0:
+                raise JobError("The job is unknown or has expired.")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.id} did not end within {timeout} s")
+
+    def _context(self) -> Context:
+        if self._ctx is None:
+            self._ctx = context(celery_current_app)
+        return self._ctx
+
+
+def submit(
+    target: Signature | Any,
+    args: tuple[Any, ...] | list[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    *,
+    kind: str | None = None,
+    queue: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    key: str | None = None,
+    app: Celery | None = None,
+    job_id: str | None = None,
+) -> JobHandle:
+    """Submit ``target`` (a signature, a task or a task name) as a job; its handle.
+
+    ``queue`` is the Celery queue (each has its own line); ``metadata`` a small JSON
+    object shown on the status route; ``key`` an idempotency key: while the job it
+    first named is kept, the same key (for the same kind) returns that job, unchanged.
+    Raises :class:`QueueFull` when the line is at ``JOBCAST_MAX_QUEUE``, ``ValueError``
+    for a bad key or metadata.
+    """
+    name, args, kwargs, options, app = _resolve(target, args, kwargs, app)
+    queue = queue or options.get("queue")
+    ctx = context(app)
+    settings = ctx.settings
+    job_id = job_id or secrets.token_urlsafe(16)
+    fields = {"kind": kind or name}
+    if metadata:
+        fields["meta"] = _meta_json(metadata)
+    scoped = f"{kind or name}:{_checked_key(key)}" if key is not None else None
+    line = submit_message(
+        app, ctx.events, settings, job_id, name, kwargs, fields,
+        args=args, queue=queue, key=scoped,
+    )  # fmt: skip
+    if line.position == -1:
+        retry = eta_seconds(1, line.avg_ms, line.busy)
+        raise QueueFull(line.queue_length, retry_after=retry)
+    created = line.position != -3
+    if not created:
+        job_id = line.event_id or job_id
+        position = _position(ctx, job_id)
+    else:
+        position = line.position
+    return JobHandle(
+        id=job_id,
+        kind=kind or name,
+        queue=queue,
+        position=position,
+        queue_length=line.queue_length,
+        eta_seconds=eta_seconds(position, line.avg_ms, line.busy) if position > 0 else None,
+        created=created,
+        token=job_token(settings.signing_key, job_id),
+        base_url=settings.public_url.rstrip("/"),
+        _ctx=ctx,
+    )
+
+
+def read_status(ctx: Context, job_id: str) -> dict[str, Any]:
+    """A job's record as a status dict, in one round trip."""
+    k = ctx.events.keys
+    pipe = ctx.redis.pipeline(transaction=False)
+    pipe.hgetall(k.job(job_id))
+    pipe.zrank(k.queue, job_id)
+    record, rank = pipe.execute()
+    if not record:
+        return {"jobId": job_id, "state": None}
+    rec = {key.decode(): value.decode() for key, value in record.items()}
+    last = {name[5:]: json.loads(v) for name, v in rec.items() if name.startswith("last:")}
+    state = rec.get("state")
+    status: dict[str, Any] = {
+        "jobId": job_id,
+        "state": state,
+        "kind": rec.get("kind"),
+        "queue": rec.get("queue"),
+        "position": rank + 1 if rank is not None and state == "queued" else None,
+        "percent": 100 if state == "succeeded" else last.get("progress", {}).get("percent", 0),
+        "attempt": int(rec.get("attempt", 0)),
+        "result": last.get("done") if state == "succeeded" else None,
+        "error": (last.get("failed") or {}).get("error"),
+        "meta": json.loads(rec["meta"]) if "meta" in rec else None,
+    }
+    return status
+
+
+def _resolve(
+    target: Any,
+    args: tuple[Any, ...] | list[Any] | None,
+    kwargs: dict[str, Any] | None,
+    app: Celery | None,
+) -> tuple[str, list[Any], dict[str, Any], dict[str, Any], Celery]:
+    """Task name, arguments, options and app from a signature, a task or a name."""
+    options: dict[str, Any] = {}
+    if isinstance(target, Signature):
+        if target.get("subtask_type"):
+            raise ValueError("canvas signatures (group, chord, chain) are not jobs yet")
+        name = target.task
+        args = [*target.args, *(args or ())]
+        kwargs = {**target.kwargs, **(kwargs or {})}
+        options = dict(target.options)
+        app = app or target._app
+    elif isinstance(target, str):
+        name = target
+    elif hasattr(target, "name") and hasattr(target, "apply_async"):
+        name = target.name
+        app = app or target._get_app()
+    else:
+        raise TypeError(f"submit takes a signature, a task or a task name, not {target!r}")
+    app = app or celery_current_app
+    return name, list(args or ()), dict(kwargs or {}), options, app
+
+
+def _checked_key(key: str) -> str:
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY or set(key) - KEY_CHARS:
+        raise ValueError(f"an idempotency key is 1 to {MAX_KEY} characters of A-Z a-z 0-9 _ . : -")
+    return key
+
+
+def _meta_json(metadata: dict[str, Any]) -> str:
+    if not isinstance(metadata, dict):
+        raise ValueError("metadata must be a dict (a JSON object)")
+    encoded = dumps(metadata)
+    if len(encoded.encode()) > MAX_META_BYTES:
+        raise ValueError(f"metadata takes at most {MAX_META_BYTES} bytes as JSON")
+    return encoded
+
+
+def _position(ctx: Context, job_id: str) -> int:
+    rank = ctx.redis.zrank(ctx.events.keys.queue, job_id)
+    return 0 if rank is None else int(rank) + 1
+
+
+def _ending(job_id: str, phase: str, data: dict[str, Any]) -> dict[str, Any]:
+    if phase == "done":
+        return data
+    if phase == "cancelled":
+        raise JobCancelled(job_id)
+    raise JobError(
+        str(data.get("error") or "The job failed."), retryable=bool(data.get("retryable"))
+    )
