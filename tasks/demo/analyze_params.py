@@ -91,9 +91,7 @@ def _image(value: Any) -> str | None:
     if not isinstance(value, str):
         raise _problem("must be a data URL: data:image/png;base64,...")
     if len(value) > MAX_DATA_URL_CHARS:
-        raise _problem(
-            "must be at most {limit} bytes once decoded (2 MiB)", limit=MAX_UPLOAD_BYTES
-        )
+        raise _problem("must be at most {limit} bytes once decoded (2 MiB)", limit=MAX_UPLOAD_BYTES)
     if not _DATA_URL.match(value):
         raise _problem(
             "must be a base64 data URL of a PNG, JPEG, GIF or WebP image "
@@ -129,6 +127,20 @@ def peek(url: str) -> tuple[int, int]:
     if width * height > MAX_PIXELS:
         raise _problem("is too many pixels (at most {limit})", limit=MAX_PIXELS)
     return width, height
+
+
+def open_upload(url: str) -> Image.Image:
+    """Decode an upload fully (in the worker); ``ValueError`` saying why it cannot be read."""
+    peek(url)  # checked on submit too; a record could come from elsewhere
+    declared, data = decode(url)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[declared])
+            image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"the {declared} data is damaged") from exc
+    return image
 
 
 def random_seed() -> int:
@@ -167,9 +179,9 @@ class AnalyzeParams(BaseModel):
     seed: Seed = Field(default_factory=random_seed)  # type: ignore[valid-type]
     size: Size = DEFAULT_SIZE  # type: ignore[valid-type]
     colours: Colours = DEFAULT_COLOURS  # type: ignore[valid-type]
-    image: Annotated[
-        str | None, BeforeValidator(_image), Field(json_schema_extra=IMAGE_SCHEMA)
-    ] = None
+    image: Annotated[str | None, BeforeValidator(_image), Field(json_schema_extra=IMAGE_SCHEMA)] = (
+        None
+    )
 
 
 # The kind's declaration; the lead turns it into tasks.kinds.Kind(**ANALYZE) at merge.
