@@ -131,7 +131,10 @@ def peek(url: str) -> tuple[int, int]:
 
 def open_upload(url: str) -> Image.Image:
     """Decode an upload fully (in the worker); ``ValueError`` saying why it cannot be read."""
-    peek(url)  # checked on submit too; a record could come from elsewhere
+    try:
+        peek(url)  # checked on submit too; a job could be sent past the model
+    except PydanticCustomError as exc:
+        raise ValueError(f"the upload {exc.message()}") from None
     declared, data = decode(url)
     try:
         with warnings.catch_warnings():
