@@ -69,7 +69,7 @@ def _source(job: JobContext, prompt: str, seed: int, size: int, image: str | Non
             raise JobError(f"The uploaded image could not be read: {exc}") from None
         job.log(f"Reading the uploaded {picture.format or 'image'}")
         return picture
-    job.log(f"Drawing “{prompt}” ({size}×{size}, seed {seed}) to analyse")
+    job.log(f"Drawing “{prompt}” ({size}×{size}, seed {seed}) to analyze")
     frames = generate(prompt, width=size, height=size, steps=1, seed=seed)
     return next(frames).to_image()  # one step is the finished picture
 

@@ -54,7 +54,7 @@ def test_analyze_streams_five_steps_in_order_then_the_report(
     ]
     assert steps[0]["width"] == 128 and len(steps[1]["colours"]) == 4
     messages = [line["message"] for line in of(events, "log")]
-    assert messages[0] == "Drawing “a red desert under a blue sky” (128×128, seed 11) to analyse"
+    assert messages[0] == "Drawing “a red desert under a blue sky” (128×128, seed 11) to analyze"
     assert messages[2].startswith("Palette: 4 colours, mostly #")
     assert len(messages) == 6 and all(line["level"] == "info" for line in of(events, "log"))
 
