@@ -11,6 +11,7 @@ import io
 import re
 import secrets
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -45,7 +46,7 @@ def lines(page: Page, job_id: str) -> list[str]:
 
 
 def test_log_step_and_delta_events_render_under_the_card(
-    web: str, rds: redis.Redis, new_page: NewPage
+    web: str, rds: redis.Redis, artifacts: Path, new_page: NewPage
 ) -> None:
     """A job no worker runs, driven by the test: `step` lines show their index and total,
     `log` lines their message, only the last eight stay (newest last), the list is a
@@ -84,6 +85,7 @@ def test_log_step_and_delta_events_render_under_the_card(
     assert lines(page, job_id) == [f"Reading file {i} of 10" for i in range(3, 11)]
     expect(card.locator(".activity li").last).to_have_class("warning")
     expect(delta).to_have_text("Hello, world!")
+    card.screenshot(path=str(artifacts / "activity-card.png"))
     assert rendered(page, job_id) == logged(rds, job_id)
 
 
@@ -125,7 +127,7 @@ def _analyze_route(web: str) -> bool:
 
 
 def test_an_analyze_job_from_the_page_shows_its_stages_and_findings(
-    web: str, worker: Proc, rds: redis.Redis, new_page: NewPage
+    web: str, worker: Proc, rds: redis.Redis, artifacts: Path, new_page: NewPage
 ) -> None:
     """ "Analyze an image" with an uploaded half-red half-blue picture: the card lists the
     five stages and their log lines, then shows the thumbnail, a two-colour palette at
@@ -169,4 +171,5 @@ def test_an_analyze_job_from_the_page_shows_its_stages_and_findings(
     # The page sends a JPEG: its colours come back within a few levels of pure red and blue.
     assert [t.split(" · ")[1] for t in titles] == ["50%", "50%"]
     assert card.locator(".edges img").evaluate("img => img.complete && img.naturalWidth") == 200
+    page.screenshot(path=str(artifacts / "analyze-page.png"))
     assert rendered(page, job_id) == logged(rds, job_id)
