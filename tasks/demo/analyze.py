@@ -48,7 +48,7 @@ def analyze_image(
         if stage.image is not None:
             job.save_file(FILES[stage.name], stage.image)
         if stage.name == "thumbnail" and stage.image is not None:
-            job.preview(stage.image, percent=100, width=picture.width, height=picture.height)
+            job.preview(stage.image, width=picture.width, height=picture.height)
         job.progress(stage.index, stage.total)
         stages.append(stage)
     result = report(stages)
