@@ -43,7 +43,11 @@ _B64 = "[A-Za-z0-9+/]"
 DATA_URL_PATTERN = (
     rf"^data:image/({'|'.join(FORMATS)});base64,(?:{_B64}{{4}})*(?:{_B64}{{2}}==|{_B64}{{3}}=)?$"
 )
-_DATA_URL = re.compile(DATA_URL_PATTERN)
+# The same grammar, checked in two cheap passes (the pattern's repeated group takes Python's
+# re about 0.7 s on 2 MiB, a stall for every stream of a gevent worker): the head, then the
+# body's alphabet with at most two "=" at its end, and a length that is a multiple of 4.
+_HEAD = re.compile(rf"data:image/(?:{'|'.join(FORMATS)});base64,")
+_BODY = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 MAX_DATA_URL_CHARS = len("data:image/jpeg;base64,") + 4 * math.ceil(MAX_UPLOAD_BYTES / 3)
 
 # Control characters but tab, LF and CR; DEL and C1; surrogates (JSON can carry a lone one,
@@ -92,13 +96,22 @@ def _image(value: Any) -> str | None:
         raise _problem("must be a data URL: data:image/png;base64,...")
     if len(value) > MAX_DATA_URL_CHARS:
         raise _problem("must be at most {limit} bytes once decoded (2 MiB)", limit=MAX_UPLOAD_BYTES)
-    if not _DATA_URL.match(value):
+    if not is_data_url(value):
         raise _problem(
             "must be a base64 data URL of a PNG, JPEG, GIF or WebP image "
             "(data:image/png;base64,...)"
         )
     peek(value)
     return value
+
+
+def is_data_url(value: str) -> bool:
+    """Whether ``value`` matches :data:`DATA_URL_PATTERN` (the same answer, faster)."""
+    head = _HEAD.match(value)
+    if head is None:
+        return False
+    body = value[head.end() :]
+    return len(body) % 4 == 0 and _BODY.fullmatch(body) is not None
 
 
 def decode(url: str) -> tuple[str, bytes]:

@@ -33,6 +33,7 @@ from tasks.demo.analyze_params import (
     DATA_URL_PATTERN,
     MAX_DATA_URL_CHARS,
     AnalyzeParams,
+    is_data_url,
     open_upload,
 )
 
@@ -278,6 +279,19 @@ def test_params_refuse_what_is_not_a_base64_image_url(url: str) -> None:
     """Anything but a base64 data URL of png/jpeg/gif/webp is refused by the pattern."""
     assert "must be a base64 data URL" in problems(image=url)["image"]
     assert re.search(DATA_URL_PATTERN, url) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["", "AAAA", "AAA=", "AA==", "A===", "====", "AAAAA", "AAAAA=", "AAAAAA==", "AA=A", "AAAA\n",
+     "AA-_", "AAA==", "AAAAAAA=", "QUJD", "QUJ", "é+/A"],
+)  # fmt: skip
+@pytest.mark.parametrize("head", ["data:image/png;base64,", "data:image/webp;base64,", "data:image/bmp;base64,", "Data:image/png;base64,", "xdata:image/png;base64,"])  # fmt: skip
+def test_the_fast_data_url_check_agrees_with_the_schema_pattern(head: str, body: str) -> None:
+    """The two-pass check the model runs says what the schema's pattern says."""
+    url = head + body
+    ecma = DATA_URL_PATTERN.removesuffix("$") + r"\Z"  # JSON Schema's $ ends the text; re's
+    assert is_data_url(url) == (re.search(ecma, url) is not None)  # also matches before \n
 
 
 def test_params_refuse_bytes_that_are_not_the_declared_picture() -> None:
