@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from PIL import Image
+from pydantic import ValidationError
 
 from tasks.demo.analysis import Stage, analyze, report
 from tasks.demo.analyze_params import (
@@ -20,6 +21,7 @@ from tasks.demo.analyze_params import (
     DEFAULT_PROMPT,
     DEFAULT_SIZE,
     TASK,
+    AnalyzeParams,
     open_upload,
 )
 from tasks.demo.generator import generate
@@ -40,6 +42,10 @@ def analyze_image(
 ) -> dict[str, Any]:
     """Analyse the uploaded ``image``, or else the generator's picture of ``prompt``."""
     began = time.monotonic()
+    try:  # the web validated these; a job submitted past the model gets the same limits
+        AnalyzeParams(prompt=prompt, seed=seed, size=size, colours=colours, image=image)
+    except ValidationError as exc:
+        raise JobError(f"The job's parameters are not valid: {_problems(exc)}") from None
     picture = _source(job, prompt, seed, size, image)
     stages: list[Stage] = []
     for stage in analyze(picture, colours=colours):
@@ -72,6 +78,10 @@ def _source(job: JobContext, prompt: str, seed: int, size: int, image: str | Non
     job.log(f"Drawing “{prompt}” ({size}×{size}, seed {seed}) to analyze")
     frames = generate(prompt, width=size, height=size, steps=1, seed=seed)
     return next(frames).to_image()  # one step is the finished picture
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))} {e['msg']}" for e in exc.errors())
 
 
 def brief(stage: Stage) -> dict[str, Any]:

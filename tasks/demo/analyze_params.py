@@ -36,7 +36,7 @@ DEFAULT_PROMPT = "a lighthouse on a cliff at sunset"
 MIN_SIZE, MAX_SIZE, DEFAULT_SIZE = 64, 512, 256
 MIN_COLOURS, MAX_COLOURS, DEFAULT_COLOURS = 2, 8, 5
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
-MAX_PIXELS = 6000 * 6000  # what an upload may decode to (its header says before decoding)
+MAX_PIXELS = 4096 * 4096  # what an upload may decode to (its header says before decoding)
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "gif": "GIF", "webp": "WEBP"}
 
 _B64 = "[A-Za-z0-9+/]"

@@ -99,11 +99,30 @@ def test_an_uploaded_picture_is_what_gets_analysed(
 def test_a_damaged_upload_fails_the_job_saying_why(
     web: str, worker: Proc, rds: redis.Redis, stack_env: dict[str, str]
 ) -> None:
-    """Bytes that are no picture (sent past the model, straight to the task) end the job
-    with `failed` naming the problem, and no step runs."""
-    url = "data:image/png;base64," + base64.b64encode(b"\x89PNG not really").decode()
+    """A PNG cut short (its header reads, its pixels do not), sent straight to the task,
+    ends the job with `failed` naming the problem, and no stage runs."""
+    noise = Image.effect_noise((96, 96), 64).convert("RGB")
+    out = io.BytesIO()
+    noise.save(out, format="PNG")
+    cut = out.getvalue()[:600]
+    url = "data:image/png;base64," + base64.b64encode(cut[: len(cut) - len(cut) % 3]).decode()
     job_id = start(stack_env, rds, {"image": url})
     events = collect(web, job_id)
     assert events[-1].event == "failed"
-    assert events[-1].data["error"].startswith("The uploaded image could not be read: ")
+    assert (
+        events[-1].data["error"] == "The uploaded image could not be read: the PNG data is damaged"
+    )
     assert of(events, "step") == []
+
+
+def test_arguments_past_the_model_meet_its_limits(
+    web: str, worker: Proc, rds: redis.Redis, stack_env: dict[str, str]
+) -> None:
+    """A size the model refuses, sent straight to the task, fails the job saying which
+    field is wrong, instead of drawing a picture of that size."""
+    job_id = start(stack_env, rds, {"size": 100_000, "colours": 3})
+    events = collect(web, job_id)
+    assert events[-1].event == "failed"
+    assert events[-1].data["error"] == (
+        "The job's parameters are not valid: size must be an integer from 64 to 512"
+    )

@@ -36,6 +36,7 @@ from tasks.demo.analyze_params import (
     is_data_url,
     open_upload,
 )
+from tasks.errors import JobError
 
 RED, BLUE, WHITE, BLACK = (255, 0, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
 
@@ -217,6 +218,16 @@ def test_task_body_analyses_the_generated_picture_deterministically() -> None:
     assert len(first["palette"]) == 4 and first["width"] == 64
 
 
+def test_task_body_refuses_what_the_model_refuses() -> None:
+    """Arguments sent straight to the task, past the web's check, meet the same limits: a
+    huge size fails the job with a message naming the field, before any drawing."""
+    with pytest.raises(
+        JobError,
+        match=r"^The job's parameters are not valid: size must be an integer from 64 to 512$",
+    ):
+        analyze_image(size=100_000)
+
+
 def test_task_body_analyses_an_upload() -> None:
     """An uploaded PNG is what gets analysed (not the prompt's picture)."""
     url = data_url(Image.fromarray(halves(RED, BLUE)))
@@ -305,10 +316,10 @@ def test_params_refuse_bytes_that_are_not_the_declared_picture() -> None:
 
 
 def test_params_refuse_too_many_pixels_from_the_header() -> None:
-    """A small file that would decode to 7000×7000 pixels is refused before decoding."""
-    url = data_url(Image.new("1", (7000, 7000)))
+    """A small file that would decode to 5000×5000 pixels is refused before decoding."""
+    url = data_url(Image.new("1", (5000, 5000)))
     assert len(url) < 100_000
-    assert problems(image=url)["image"] == "is too many pixels (at most 36000000)"
+    assert problems(image=url)["image"] == "is too many pixels (at most 16777216)"
 
 
 def test_params_refuse_an_upload_past_two_mib_by_length() -> None:
