@@ -131,7 +131,8 @@ def test_an_analyze_job_from_the_page_shows_its_stages_and_findings(
 ) -> None:
     """ "Analyze an image" with an uploaded half-red half-blue picture: the card lists the
     five stages and their log lines, then shows the thumbnail, a two-colour palette at
-    half each and the edge map, with the log applied once and in order."""
+    half each and the edge map, with the log applied once and in order; reloaded from its
+    link, the card comes back the same."""
     if not _analyze_route(web):
         pytest.skip("POST /jobs/analyze is not in this build yet (tasks/kinds.py)")
     picture = Image.new("RGB", (200, 100), (255, 0, 0))
@@ -172,4 +173,11 @@ def test_an_analyze_job_from_the_page_shows_its_stages_and_findings(
     assert [t.split(" · ")[1] for t in titles] == ["50%", "50%"]
     assert card.locator(".edges img").evaluate("img => img.complete && img.naturalWidth") == 200
     page.screenshot(path=str(artifacts / "analyze-page.png"))
+    assert rendered(page, job_id) == logged(rds, job_id)
+
+    page.reload()  # the address bar links the job: its card comes back, finished
+    card = page.locator(f'.card[data-job="{job_id}"]')
+    expect(card).to_have_attribute("data-state", "done", timeout=WAIT)
+    expect(card.locator(".swatch")).to_have_count(2)
+    expect(card.locator(".activity li.step").last).to_have_text("Step 5 of 5 · thumbnail")
     assert rendered(page, job_id) == logged(rds, job_id)
