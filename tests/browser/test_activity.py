@@ -181,3 +181,21 @@ def test_an_analyze_job_from_the_page_shows_its_stages_and_findings(
     expect(card.locator(".swatch")).to_have_count(2)
     expect(card.locator(".activity li.step").last).to_have_text("Step 5 of 5 · thumbnail")
     assert rendered(page, job_id) == logged(rds, job_id)
+
+
+def test_the_analyze_form_shows_the_server_reason_on_the_field(
+    web: str, rds: redis.Redis, new_page: NewPage
+) -> None:
+    """Nine colours are refused by the server: the reason appears under the Colours field,
+    which is marked invalid and focused, and no card is made."""
+    if not _analyze_route(web):
+        pytest.skip("POST /jobs/analyze is not in this build yet (tasks/kinds.py)")
+    page = new_page()
+    page.goto(web + "/")
+    page.locator("#kinds label", has_text="Analyze an image").click()
+    page.fill("#analyze-colours", "9")
+    page.click("#analyze button[type=submit]")
+    expect(page.locator("#analyze-colours-error")).to_have_text("Must be an integer from 2 to 8")
+    expect(page.locator("#analyze-colours")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#analyze-colours")).to_be_focused()
+    expect(page.locator(".card")).to_have_count(0)
