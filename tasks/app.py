@@ -31,7 +31,7 @@ def create_celery(settings: Settings | None = None, **conf: Any) -> Celery:
     app.conf.update(
         task_ignore_result=True,
         task_default_queue="jobcast",
-        imports=["tasks.demo.image", "tasks.demo.analyze"],
+        imports=["tasks.demo.image", "tasks.demo.analyze", *settings.import_list],
     )
     app.conf.update(conf)
     return app

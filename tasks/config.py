@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,9 @@ class Settings:
     # Where browsers reach the web service (e.g. https://jobs.example.com): the start of
     # the stream/status URLs a submit from Python hands out; empty gives paths.
     public_url: str = ""
+    # Modules of your own (comma-separated) that Jobcast's worker and web processes import:
+    # your tasks, for `jobcast worker`, and the job kinds they register, for the web.
+    imports: str = ""
     # A running attempt holds its job's lease this long between refreshes; a second copy
     # of its message waits this long for a dead holder's lease to run out.
     job_lease_seconds: float = 6.0
@@ -111,6 +115,14 @@ class Settings:
             )
         if not self.prefix:
             raise SettingsError("JOBCAST_PREFIX must not be empty")
+        for module in self.import_list:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", module):
+                raise SettingsError(f"JOBCAST_IMPORTS names a module badly: {module!r}")
+
+    @property
+    def import_list(self) -> list[str]:
+        """``imports`` as module names."""
+        return [name.strip() for name in self.imports.split(",") if name.strip()]
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

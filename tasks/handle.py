@@ -149,7 +149,7 @@ def submit(
     for a bad key or metadata.
     """
     name, args, kwargs, options, app = _resolve(target, args, kwargs, app)
-    queue = queue or options.get("queue")
+    queue = queue or _routed_queue(app, name, args, kwargs, options)
     ctx = context(app)
     settings = ctx.settings
     job_id = job_id or secrets.token_urlsafe(16)
@@ -238,6 +238,18 @@ def _resolve(
     return name, list(args or ()), dict(kwargs or {}), options, app
 
 
+def _routed_queue(
+    app: Celery, name: str, args: list[Any], kwargs: dict[str, Any], options: dict[str, Any]
+) -> str | None:
+    """The Celery queue the message goes to (the signature's, the app's routes, or its
+    default): the job waits in that queue's line."""
+    wanted = options.get("queue")
+    if isinstance(wanted, str):
+        return wanted
+    route = app.amqp.router.route(dict(options), name, args, kwargs, None).get("queue")
+    return getattr(route, "name", None) or None
+
+
 def _checked_key(key: str) -> str:
     if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY or set(key) - KEY_CHARS:
         raise ValueError(f"an idempotency key is 1 to {MAX_KEY} characters of A-Z a-z 0-9 _ . : -")
@@ -247,7 +259,10 @@ def _checked_key(key: str) -> str:
 def _meta_json(metadata: dict[str, Any]) -> str:
     if not isinstance(metadata, dict):
         raise ValueError("metadata must be a dict (a JSON object)")
-    encoded = dumps(metadata)
+    try:
+        encoded = dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata must be JSON: {exc}") from None
     if len(encoded.encode()) > MAX_META_BYTES:
         raise ValueError(f"metadata takes at most {MAX_META_BYTES} bytes as JSON")
     return encoded

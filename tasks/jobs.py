@@ -42,7 +42,7 @@ from PIL import Image
 
 from tasks.app import Context, context
 from tasks.errors import JobCancelled, JobError
-from tasks.events import check_kind
+from tasks.events import EventTooLarge, check_kind
 from tasks.lease import JobLease, LeaseLost, held
 from tasks.media import FILE_MODE, FILE_NAME, job_dir
 from tasks.reporter import Reporter
@@ -188,7 +188,12 @@ class JobContext:
         text = "".join(self._delta)
         self._delta.clear()
         self._delta_size = 0
-        return self._reporter.publish("delta", {"text": text})
+        # Text longer than one event takes goes out in pieces (4 bytes a character at most).
+        size = max(1, (self._reporter.events.max_event_bytes - 64) // 4)
+        sent = None
+        for start in range(0, len(text), size):
+            sent = self._reporter.publish("delta", {"text": text[start : start + size]})
+        return sent
 
     def save_file(self, name: str, content: bytes | str | Image.Image) -> Path | None:
         """Keep a file the job made (``GET /jobs/<id>/result/<name>`` serves it).
@@ -288,7 +293,6 @@ class JobTask(Task):
         try:
             value = body(job, *args, **kwargs)
             lease.check()
-            return job._finish(value)
         except LeaseLost:
             return None  # another attempt owns the job now and reports it
         except JobCancelled:
@@ -306,6 +310,16 @@ class JobTask(Task):
             log.exception("job %s (%s) failed", job_id, self.name)
             job.flush()
             reporter.failed(self.failure_message, retryable=False)
+            raise
+        try:
+            return job._finish(value)
+        except EventTooLarge:
+            log.exception("job %s (%s): its result does not fit an event", job_id, self.name)
+            reporter.failed("The job's result is too large to send; save it as a file.")
+            raise
+        except (TypeError, ValueError):
+            log.exception("job %s (%s): its result is not JSON", job_id, self.name)
+            reporter.failed("The job's result could not be encoded as JSON.")
             raise
 
 

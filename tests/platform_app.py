@@ -60,3 +60,12 @@ def chat(job: jobcast.JobContext, tokens: int, rate: float = 60.0) -> dict[str, 
         if pause > 0:
             time.sleep(pause)  # the model's pace, not a test waiting for something
     return {"text": "".join(words)}
+
+
+@jobcast.job_task(name="user.oversize")
+def oversize(job: jobcast.JobContext, text_bytes: int, result_bytes: int) -> dict[str, Any]:
+    """One ``delta`` of ``text_bytes`` (longer than an event takes) and a result of
+    ``result_bytes``."""
+    job.delta("é" * (text_bytes // 2))
+    job.flush()
+    return {"blob": "x" * result_bytes}

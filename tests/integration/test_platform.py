@@ -206,3 +206,37 @@ def _active(rds: redis.Redis, job_id: str) -> dict[str, Any] | None:
             if job["id"] == job_id:
                 return dict(job)
     return None
+
+
+def test_text_longer_than_an_event_is_split_and_an_oversized_result_fails_cleanly(
+    web: str, user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """A 200 KB delta goes out as several events that concatenate to it; a result past
+    the 64 KiB event limit fails the job with a message saying so (not a hung job)."""
+    handle = submit(user_app, "user.oversize", text_bytes=200_000, result_bytes=70_000)
+    events = collect(web, handle.id)
+    text = "".join(e.data["text"] for e in events if e.event == "delta")
+    assert text == "é" * 100_000 and sum(e.event == "delta" for e in events) >= 4
+    assert events[-1].event == "failed"
+    assert events[-1].data["error"] == "The job's result is too large to send; save it as a file."
+
+
+def test_jobcasts_own_worker_runs_user_tasks_named_in_jobcast_imports(
+    stack_env: dict[str, str], user_app: Celery, rds: redis.Redis, tmp_path: Path
+) -> None:
+    """With JOBCAST_IMPORTS=platform_app, ``celery -A tasks worker`` (what ``jobcast
+    worker`` runs) knows the user's tasks and runs their jobs to done."""
+    env = {
+        **stack_env,
+        "JOBCAST_IMPORTS": "platform_app",
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
+    argv = worker_argv(1, "-P", "solo", "-Q", "imported", "--hostname=imported@%h")
+    proc = Proc(argv, env, tmp_path / "worker.log").start()
+    try:
+        wait_until(lambda: "ready." in proc.output() or not proc.alive(), 60, "the worker")
+        assert "user.count" in proc.output()  # the worker lists the tasks it knows
+        handle = jobcast.submit(user_app.tasks["user.count"].s(n=3), queue="imported")
+        assert handle.wait(timeout=30)["counted"] == 3
+    finally:
+        proc.stop()
