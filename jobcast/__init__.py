@@ -9,6 +9,10 @@
 
     handle = jobcast.submit(render.s(prompt="a cat"))   # from any process
 
+    jobcast.register_kind(jobcast.Kind(name="render", params=RenderParams,
+                                       task="myapp.render"))  # POST /jobs/render
+    jobcast.Jobcast(flask_app, url_prefix="/jobcast")     # embed the routes and pages
+
 The names resolve lazily, so a worker that imports ``jobcast`` loads no Flask and a web
 process no more than it uses. The implementation lives in ``tasks`` (the platform core
 that workers need) and ``web`` (the HTTP side).
@@ -31,6 +35,9 @@ _EXPORTS = {
     "QueueFull": "tasks.errors",
     "EventTooLarge": "tasks.events",
     "Settings": "tasks.config",
+    "Kind": "tasks.kinds",
+    "register_kind": "tasks.kinds",
+    "Jobcast": "web.embed",
 }
 
 __all__ = sorted(_EXPORTS)

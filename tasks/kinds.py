@@ -113,11 +113,39 @@ class Registry:
         return len(self._kinds)
 
 
+# Kinds an app declares with :func:`register_kind` in a module named by JOBCAST_IMPORTS.
+_DECLARED: dict[str, Kind] = {}
+
+
+def register_kind(kind: Kind) -> Kind:
+    """Offer ``kind`` in every registry built after this (``POST /jobs/<name>``...).
+
+    Call it in a module of your own that ``JOBCAST_IMPORTS`` names, next to the task, so
+    the web processes that import it offer the kind. A second declaration of one name
+    replaces the first (a module imported twice declares the same kind again).
+    """
+    if not isinstance(kind, Kind):
+        raise TypeError(f"register_kind takes a Kind, not {type(kind).__name__}")
+    _DECLARED[kind.name] = kind
+    return kind
+
+
 def default_registry(settings: Settings) -> Registry:
-    """The demo kinds, their parameter models built for these settings' limits."""
+    """The demo kinds, their parameter models built for these settings' limits, and the
+    kinds the modules of ``JOBCAST_IMPORTS`` declare (imported here)."""
+    import importlib
+
+    from tasks.demo.analyze_params import ANALYZE
     from tasks.demo.params import imagine_kind
 
-    return Registry([imagine_kind(settings)])
+    for module in settings.import_list:
+        importlib.import_module(module)
+    registry = Registry([imagine_kind(settings), Kind(**ANALYZE)])
+    for kind in _DECLARED.values():
+        if kind.name in registry:
+            raise ValueError(f"the job kind {kind.name!r} is declared twice")
+        registry.register(kind)
+    return registry
 
 
 def wire_names(model: type[BaseModel]) -> list[str]:

@@ -19,7 +19,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from tasks.events import Enqueued, EventId, parse_id
 from tasks.tokens import job_token
 from web.errors import ApiError
-from web.extension import Jobcast, base_path, jobcast
+from web.extension import Jobcast, jobcast
 from web.line import eta_seconds
 from web.stream import Stream, open_stream, read_opening
 

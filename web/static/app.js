@@ -12,6 +12,8 @@
 // With JOBCAST_SIGNING_KEY on the server, a job comes with a token: every request for the
 // job carries it (stream, status, cancel, image), and so does the card's shared link.
 
+import { Activity, CUSTOM_KINDS } from "./activity.js";
+import { analyzeForm, kindSwitch, showAnalysis } from "./analyze.js";
 import { paint } from "./blurhash.js";
 
 const TERMINAL = new Set(["done", "failed", "cancelled"]);
@@ -51,6 +53,7 @@ function duration(seconds) {
 class Card {
   constructor(job) {
     this.id = job.jobId;
+    this.kind = job.kind || "imagine";
     this.token = job.token || "";
     this.stream = job.stream || this.url("/stream");
     this.lastId = "";
@@ -58,6 +61,8 @@ class Card {
     this.retries = 0;
     this.el = template.content.firstElementChild.cloneNode(true);
     this.part = (name) => this.el.querySelector(name);
+    this.el.dataset.kind = this.kind;
+    this.activity = new Activity(this.el);
     this.describe(job);
     debug.log[this.id] = [];
     debug.positions[this.id] = [];
@@ -104,6 +109,11 @@ class Card {
     return jobUrl(this.id, this.token, route);
   }
 
+  /** A file the job saved (`job.save_file`), with its token if any. */
+  file(name) {
+    return resultUrl(this.id, this.token, name);
+  }
+
   withToken(href) {
     return withToken(href, this.token);
   }
@@ -113,6 +123,7 @@ class Card {
     if (this.lastId) url.searchParams.set("lastEventId", this.lastId);
     const source = (this.source = new EventSource(url));
     for (const phase of PHASES) source.addEventListener(phase, (e) => this.receive(e));
+    for (const kind of CUSTOM_KINDS) source.addEventListener(kind, (e) => this.receive(e));
     source.onopen = () => this.connection("");
     source.onerror = () => this.lost(source);
   }
@@ -133,13 +144,15 @@ class Card {
       // What follows is the log the server still has, possibly older than our last id
       // (an id it never sent, e.g. after a Redis crash lost its last second): take it all.
       this.lastId = "";
+      this.activity.clear();
       return this.reset(data);
     }
     if (!own && event.type === "queued") return this.queued(data); // derived: no id of its own
     if (!own || !later(id, this.lastId)) return void debug.skipped++;
     this.lastId = id;
     debug.log[this.id].push([id, event.type]);
-    this[event.type](data);
+    if (PHASES.includes(event.type)) this[event.type](data);
+    else this.activity.receive(event.type, data); // the job's own kinds: log, step, delta…
     if (TERMINAL.has(event.type)) this.close();
   }
 
@@ -192,7 +205,8 @@ class Card {
   }
 
   started({ attempt }) {
-    this.state("running", attempt > 1 ? `Rendering (attempt ${attempt})…` : "Rendering…");
+    const verb = this.kind === "analyze" ? "Analyzing" : "Rendering";
+    this.state("running", attempt > 1 ? `${verb} (attempt ${attempt})…` : `${verb}…`);
     this.bar(0);
   }
 
@@ -212,7 +226,9 @@ class Card {
     requestAnimationFrame(() => this.timing("preview"));
   }
 
-  done({ url, width, height, seconds }) {
+  done(data) {
+    if (this.kind === "analyze" || data.palette) return showAnalysis(this, data, (name) => this.file(name));
+    const { url, width, height, seconds } = data;
     this.state("done", seconds ? `Done in ${seconds.toFixed(1)} s` : "Done");
     this.bar(100);
     if (width && height) this.size(width, height);
@@ -242,7 +258,7 @@ class Card {
     if (snap.width && snap.height) this.size(snap.width, snap.height);
     if (snap.preview) this.preview(snap.preview);
     if (phase === "queued") return this.queued(snap);
-    if (phase === "done") return this.done({ url: snap.url });
+    if (phase === "done") return this.done(snap.result ?? { url: snap.url });
     if (phase === "failed") return this.failed({ error: snap.error || "Failed." });
     if (phase === "cancelled") return this.cancelled({});
     this.state("running", `Rendering · ${snap.percent}%`);
@@ -286,6 +302,11 @@ class Card {
 /** A URL of a job's routes (`route`: "", "/stream", "/image"), with its token if any. */
 function jobUrl(jobId, token, route) {
   return withToken(`${BASE}/imagine/${encodeURIComponent(jobId)}${route}`, token);
+}
+
+/** The URL of a file a job saved: GET /jobs/<id>/result/<name>. */
+function resultUrl(jobId, token, name) {
+  return withToken(`/jobs/${encodeURIComponent(jobId)}/result/${encodeURIComponent(name)}`, token);
 }
 
 /** A URL the server handed out for a job (`done`'s url has none), with the job's token set. */
@@ -402,5 +423,17 @@ async function restore() {
   for (const [id, token] of linked()) await watch(id, token);
 }
 
+/** A job another form posted (its 202 answer, plus what the card shows): card it, watch it. */
+function launch(job) {
+  const card = new Card(job);
+  debug.timings[card.id] = { posted: job.posted };
+  card.queued(job);
+  card.start();
+  remember();
+  return card;
+}
+
 form.addEventListener("submit", submit);
+kindSwitch(document.getElementById("kinds"), { imagine: form, analyze: document.getElementById("analyze") });
+analyzeForm(document.getElementById("analyze"), "/jobs/analyze", launch);
 restore();
