@@ -142,7 +142,7 @@ def test_signed_page_recovers_a_refused_stream_and_resumes(
         page.wait_for_function(
             "id => window.__jobcast.cards[id].retries >= 2", arg=job_id, timeout=WAIT
         )
-        assert (403, f"/imagine/{job_id}") in statuses
+        assert (403, f"/jobs/{job_id}") in statuses
         server.kill()
         server, _ = gunicorn_web(env, tmp_path / "web-c.log", port=port)
         expect(card).to_have_attribute("data-state", "done", timeout=120_000)

@@ -26,6 +26,7 @@ const streams = { open: new Set(), waiting: [] };
 // Where Jobcast's routes start ("" at the root, "/jobcast" embedded in another app): the
 // page says, so every URL below is built on it.
 const BASE = document.body.dataset.base ?? "";
+const PICTURE_KINDS = new Set(["imagine", "analyze"]);
 const debug = (window.__jobcast = { log: {}, positions: {}, timings: {}, skipped: 0, cards: {} });
 
 const form = document.getElementById("imagine");
@@ -62,6 +63,8 @@ class Card {
     this.el = template.content.firstElementChild.cloneNode(true);
     this.part = (name) => this.el.querySelector(name);
     this.el.dataset.kind = this.kind;
+    // A kind of the app's own has no picture to reveal: its card is bar, log and result.
+    this.el.classList.toggle("generic", !PICTURE_KINDS.has(this.kind));
     this.activity = new Activity(this.el);
     this.describe(job);
     debug.log[this.id] = [];
@@ -205,7 +208,7 @@ class Card {
   }
 
   started({ attempt }) {
-    const verb = this.kind === "analyze" ? "Analyzing" : "Rendering";
+    const verb = { analyze: "Analyzing", imagine: "Rendering" }[this.kind] ?? "Running";
     this.state("running", attempt > 1 ? `${verb} (attempt ${attempt})…` : `${verb}…`);
     this.bar(0);
   }
@@ -231,6 +234,7 @@ class Card {
     const { url, width, height, seconds } = data;
     this.state("done", seconds ? `Done in ${seconds.toFixed(1)} s` : "Done");
     this.bar(100);
+    if (!url) return this.result(data); // a job of the app's own kind: its return value
     if (width && height) this.size(width, height);
     const img = this.part("img");
     img.alt = this.part(".title").textContent;
@@ -242,6 +246,14 @@ class Card {
     const src = this.withToken(url);
     img.src = src;
     this.part(".open").href = src;
+  }
+
+  /** Show a result that is no picture: its JSON, short. */
+  result(data) {
+    const out = this.part(".result") ?? this.el.appendChild(document.createElement("pre"));
+    out.className = "result";
+    const text = JSON.stringify(data, null, 1);
+    out.textContent = text.length > 600 ? `${text.slice(0, 600)}…` : text;
   }
 
   failed({ error, retryable }) {
@@ -299,14 +311,16 @@ class Card {
   }
 }
 
-/** A URL of a job's routes (`route`: "", "/stream", "/image"), with its token if any. */
+/** A URL of a job's routes (`route`: "", "/stream"), with its token if any: the generic
+ *  /jobs routes, which serve every kind. */
 function jobUrl(jobId, token, route) {
-  return withToken(`${BASE}/imagine/${encodeURIComponent(jobId)}${route}`, token);
+  return withToken(`${BASE}/jobs/${encodeURIComponent(jobId)}${route}`, token);
 }
 
 /** The URL of a file a job saved: GET /jobs/<id>/result/<name>. */
 function resultUrl(jobId, token, name) {
-  return withToken(`/jobs/${encodeURIComponent(jobId)}/result/${encodeURIComponent(name)}`, token);
+  const path = `/jobs/${encodeURIComponent(jobId)}/result/${encodeURIComponent(name)}`;
+  return withToken(`${BASE}${path}`, token);
 }
 
 /** A URL the server handed out for a job (`done`'s url has none), with the job's token set. */
@@ -435,5 +449,5 @@ function launch(job) {
 
 form.addEventListener("submit", submit);
 kindSwitch(document.getElementById("kinds"), { imagine: form, analyze: document.getElementById("analyze") });
-analyzeForm(document.getElementById("analyze"), "/jobs/analyze", launch);
+analyzeForm(document.getElementById("analyze"), `${BASE}/jobs/analyze`, launch);
 restore();
