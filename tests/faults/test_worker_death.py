@@ -136,7 +136,8 @@ def test_a_job_whose_copy_gave_up_runs_again_when_its_holder_dies(stack: Stack) 
     base = stack.web()
     first, second = stack.worker("first"), stack.worker("second")
     client = stack.client()
-    job_id = post_job(base, **{**LONG, "steps": 40})["jobId"]
+    # Long enough to outlast the visibility timeout plus the copy's wait for the lease.
+    job_id = post_job(base, **{**LONG, "steps": 100})["jobId"]
     wait_until(lambda: started_on(client, job_id), 60, "the job to start")
     holder, other = (first, second) if started_on(client, job_id).startswith("first@") else (second, first)  # type: ignore[union-attr]  # fmt: skip
     gave_up = f"Task jobcast.imagine[{job_id}] succeeded"
