@@ -99,6 +99,10 @@ elseif phase == 'done' or phase == 'failed' or phase == 'cancelled' then
   table.insert(fields, 'state'); table.insert(fields, final)
   table.insert(fields, 'finishedAt'); table.insert(fields, now)
   redis.call('ZREM', running, jobid)
+  -- An idempotency key names its job for as long as the job is kept (the record's TTL is
+  -- refreshed by every event; the key's, set at submit, would run out first).
+  local idem = redis.call('HGET', job, 'idem')
+  if idem then redis.call('EXPIRE', idem, ttl) end
   if phase ~= 'done' then redis.call('HINCRBY', stats, final, 1) end
   local started = redis.call('HGET', job, 'startedAt')
   if phase == 'done' and started then
@@ -179,7 +183,10 @@ if KEYS[8] then
 end
 -- The task message with the record: a job in line always has one (tasks/submit.py).
 if ARGV[7] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[7]) end
-if idem then redis.call('SET', idem, jobid, 'EX', ttl) end
+if idem then
+  redis.call('SET', idem, jobid, 'EX', ttl)
+  redis.call('HSET', job, 'idem', idem)  -- so the job's end keeps the key as long as the job
+end
 redis.call('PUBLISH', channel, frame(id, 'queued', data))
 return {pos, waiting + 1, id, avg, busy}
 """

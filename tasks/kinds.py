@@ -33,7 +33,7 @@ RECORD_FIELDS = frozenset(
     {
         "state", "ticket", "created", "updated", "lastEventId", "lastToken", "attempt",
         "cancel", "resent", "startedAt", "finishedAt", "kind", "queue", "meta", "task",
-        "kwargs", "params", "worker",
+        "kwargs", "params", "worker", "args", "idem",
     }
 )  # fmt: skip
 

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from celery import Celery
+from pydantic import BaseModel, ConfigDict, Field
 
 import jobcast
 
@@ -127,3 +128,17 @@ def overtime(job: jobcast.JobContext, seconds: float) -> dict[str, Any]:
     job.log("working")
     time.sleep(seconds)  # the work itself
     return {"seconds": seconds}
+
+
+class CountParams(BaseModel):
+    """What ``POST /jobs/count`` takes: validation, defaults and the OpenAPI schema."""
+
+    model_config = ConfigDict(extra="forbid")
+    n: int = Field(ge=1, le=1000, description="How far to count.")
+
+
+# Offered over HTTP by every web process that imports this module (JOBCAST_IMPORTS).
+jobcast.register_kind(
+    jobcast.Kind(name="count", params=CountParams, task="user.count", queue="user",
+                 title="Count to n", description="Counts, logging every number.")
+)  # fmt: skip

@@ -223,11 +223,12 @@ def post_job(base: str, **body: Any) -> dict[str, Any]:
 def iter_events(
     base: str, job_id: str, last_id: str | None = None, timeout: float = 60.0
 ) -> Iterator[Received]:
-    """Events of a job's stream as a third-party SSE client (httpx-sse) sees them."""
+    """Events of a job's stream (the generic ``/jobs/<id>/stream``, which serves every kind)
+    as a third-party SSE client (httpx-sse) sees them."""
     headers = {"Last-Event-ID": last_id} if last_id else {}
     with (
         httpx.Client(timeout=httpx.Timeout(timeout, connect=5)) as client,
-        connect_sse(client, "GET", f"{base}/imagine/{job_id}/stream", headers=headers) as source,
+        connect_sse(client, "GET", f"{base}/jobs/{job_id}/stream", headers=headers) as source,
     ):
         source.response.raise_for_status()
         previous_id = last_id

@@ -20,6 +20,21 @@ SECTION = "## Use Jobcast with your own Celery tasks"
 
 pytestmark = pytest.mark.browser
 
+# What a web process with JOBCAST_IMPORTS=kinds offers, and how it validates.
+KINDS_CHECK = """
+from tasks.config import Settings
+from tasks.kinds import default_registry, field_problems
+from pydantic import ValidationError
+kind = default_registry(Settings.from_env()).get("count-words")
+assert kind is not None and kind.task == "myapp.count_words" and kind.queue == "myapp"
+try:
+    kind.params.model_validate({"text": ""})
+except ValidationError as exc:
+    assert set(field_problems(kind.params, exc)) == {"text"}
+else:
+    raise AssertionError("an empty text was accepted")
+"""
+
 
 def section() -> str:
     text = README.read_text()
@@ -67,7 +82,7 @@ def test_the_readme_walkthrough_runs_and_the_page_shows_the_users_job(
     command takes the job, the script prints a page address and the result, and that
     page shows the job's card done with the words it logged."""
     files = python_files()
-    assert set(files) == {"myapp.py", "submit.py"}
+    assert {"myapp.py", "submit.py", "kinds.py"} <= set(files)
     for name, code in files.items():
         (tmp_path / name).write_text(code)
     env = {**stack_env, "PYTHONPATH": str(tmp_path)}
@@ -95,6 +110,11 @@ def test_the_readme_walkthrough_runs_and_the_page_shows_the_users_job(
         assert address.startswith("watch it at http://127.0.0.1:8000/?job=")
         events = collect(web, job_id.group(1))
         assert [e.event for e in events if e.id].count("log") == 9
+        offered = subprocess.run(
+            [sys.executable, "-c", KINDS_CHECK], cwd=tmp_path, env={**env, "JOBCAST_IMPORTS": "kinds"},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert offered.returncode == 0, offered.stderr
         page = new_page()
         page.goto(web + "/" + address.strip().split("/", 3)[3])
         card = page.locator(f'.card[data-job="{job_id.group(1)}"]')

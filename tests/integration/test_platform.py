@@ -14,7 +14,16 @@ import httpx
 import pytest
 import redis
 from celery import Celery
-from support import Proc, Received, collect, iter_events, jobcast_monitor, logged, wait_until
+from support import (
+    Proc,
+    Received,
+    collect,
+    gunicorn_web,
+    iter_events,
+    jobcast_monitor,
+    logged,
+    wait_until,
+)
 
 import jobcast
 from tasks.config import Settings
@@ -459,3 +468,41 @@ def test_configure_celery_keeps_the_apps_own_transport_options(stack_env: dict[s
     assert options["global_keyprefix"] == "theirs:" and options["priority_steps"] == [0, 5]
     assert options["visibility_timeout"] == 60
     app.jobcast.redis.close()
+
+
+@pytest.fixture(scope="module")
+def user_web(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # fmt: skip
+    """A web server that imports the user's module (JOBCAST_IMPORTS): it offers the
+    user's kind ``count`` at ``POST /jobs/count``."""
+    env = {
+        **stack_env,
+        "JOBCAST_IMPORTS": "platform_app",
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
+    proc, base = gunicorn_web(env, tmp_path_factory.mktemp("logs") / "user-web.log")
+    yield base
+    proc.stop()
+
+
+def test_a_kind_the_user_declares_is_offered_over_http_and_documented(
+    user_web: str, user_worker: Proc, rds: redis.Redis
+) -> None:
+    """``POST /jobs/count`` validates by the user's model (a 422 naming ``n``, nothing
+    written), queues in the kind's own line, streams to done through ``/jobs/<id>/stream``,
+    and /openapi.json carries the model's schema with its limits."""
+    before = set(rds.scan_iter("jobcast:job:*"))
+    bad = httpx.post(f"{user_web}/jobs/count", json={"n": 0})
+    assert bad.status_code == 422 and set(bad.json()["error"]["fields"]) == {"n"}
+    assert set(rds.scan_iter("jobcast:job:*")) == before
+    made = httpx.post(f"{user_web}/jobs/count", json={"n": 12})
+    assert made.status_code == 202, made.text
+    job = made.json()
+    assert job["kind"] == "count" and job["stream"] == f"/jobs/{job['jobId']}/stream"
+    events = collect(user_web, job["jobId"])
+    assert events[-1].event == "done" and events[-1].data["counted"] == 12
+    status = httpx.get(f"{user_web}/jobs/{job['jobId']}").json()
+    assert status["kind"] == "count" and status["queue"] == QUEUE
+    doc = httpx.get(f"{user_web}/openapi.json").json()
+    assert "/jobs/count" in doc["paths"]
+    schema = json.dumps(doc["components"]["schemas"])
+    assert '"maximum": 1000' in schema

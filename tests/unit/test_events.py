@@ -161,3 +161,17 @@ def test_oversized_event_data_is_refused_with_the_limit_named(rds: redis.Redis) 
     with pytest.raises(ValueError, match="Out of range float"):
         events.publish("c3", "metric", {"value": float("nan")})
     assert [p for _, p in logged(rds, "c3")] == ["started", "delta"]
+
+
+def test_an_idempotency_key_lasts_as_long_as_its_job(rds: redis.Redis) -> None:
+    """The key is set with the job's retention at submit; when the job ends (its record
+    kept a retention from then on) the key's time is renewed with it, so the key never
+    runs out while its job is still kept."""
+    events = JobEvents(rds, retention_seconds=3600)
+    assert events.enqueue("k1", {}, key="kind:order-1").position == 1
+    assert events.enqueue("k2", {}, key="kind:order-1").position == -3
+    rds.expire("jobcast:idem:kind:order-1", 5)  # as if most of its time had passed
+    events.publish("k1", "started", {})
+    events.publish("k1", "done", {})
+    assert rds.ttl("jobcast:idem:kind:order-1") > 3500
+    assert rds.ttl("jobcast:job:{k1}") > 3500

@@ -2,7 +2,8 @@
 //
 //   log   {message, level}        → a line of the list ("Palette: 5 colours")
 //   step  {name, index?, total?}  → a line "Step 2 of 5 · palette"
-//   delta {text}                  → appended to one text block (the texts concatenate)
+//   delta {text}                  → appended to one text block (the texts concatenate;
+//                                   a `started` of attempt 2+ begins the text again)
 //   any other kind listened to    → a line "kind · name" (e.g. tool_call · search)
 //
 // The list keeps the last KEEP lines, newest last, and is announced politely. The card
@@ -40,6 +41,12 @@ export class Activity {
     this.text.textContent += text;
     this.text.hidden = false;
     this.text.scrollTop = this.text.scrollHeight; // follow the end as it grows
+  }
+
+  /** A new attempt (the worker was lost): its text starts over, its lines follow on. */
+  restart(attempt) {
+    if (this.text) this.text.textContent = "";
+    this.line(`Attempt ${attempt}: starting again`, "event");
   }
 
   /** The server replays the log from the start after a `reset`: begin again. */

@@ -208,6 +208,7 @@ class Card {
   }
 
   started({ attempt }) {
+    if (attempt > 1) this.activity.restart(attempt);
     const verb = { analyze: "Analyzing", imagine: "Rendering" }[this.kind] ?? "Running";
     this.state("running", attempt > 1 ? `${verb} (attempt ${attempt})…` : `${verb}…`);
     this.bar(0);
