@@ -128,17 +128,17 @@ class Settings:
         for module in self.import_list:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", module):
                 raise SettingsError(f"JOBCAST_IMPORTS names a module badly: {module!r}")
-
-    @property
-    def import_list(self) -> list[str]:
-        """``imports`` as module names."""
-        return [name.strip() for name in self.imports.split(",") if name.strip()]
         if self.url_prefix and not URL_PREFIX.fullmatch(self.url_prefix):
             raise SettingsError(
                 "JOBCAST_URL_PREFIX must be empty or a path like /jobcast (no trailing slash), "
                 f"got {self.url_prefix!r}"
             )
         _check_origins(self.cors_origins, self.cors_credentials)
+
+    @property
+    def import_list(self) -> list[str]:
+        """``imports`` as module names."""
+        return [name.strip() for name in self.imports.split(",") if name.strip()]
 
     @classmethod
     def from_config(

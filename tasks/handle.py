@@ -167,9 +167,7 @@ def submit(
     fields = {"kind": kind or name}
     if metadata:
         fields["meta"] = _meta_json(metadata)
-    # The kind's length first: no colon in the kind or the key makes another kind's scope.
-    scope = kind or name
-    scoped = f"{len(scope)}:{scope}:{_checked_key(key)}" if key is not None else None
+    scoped = idempotency_scope(kind or name, _checked_key(key)) if key is not None else None
     line = submit_message(
         app, ctx.events, settings, job_id, name, kwargs, fields,
         args=args, queue=queue, key=scoped,
@@ -249,6 +247,13 @@ def _resolve(
         raise TypeError(f"submit takes a signature, a task or a task name, not {target!r}")
     app = app or celery_current_app
     return name, list(args or ()), dict(kwargs or {}), options, app
+
+
+def idempotency_scope(kind: str, key: str) -> str:
+    """An idempotency key as its kind owns it: the kind's length first, so no colon in the
+    kind or the key makes another kind's scope. ``submit()`` and ``POST /jobs/<kind>``
+    scope alike: one key names one job, from Python or over HTTP."""
+    return f"{len(kind)}:{kind}:{key}"
 
 
 def _routed_queue(

@@ -93,11 +93,21 @@ def _quiesce(client: redis.Redis) -> None:
             client.hset(f"jobcast:job:{{{job_id.decode()}}}", "cancel", "1")
     # Celery's lists of waiting task messages, one per queue
     client.delete("jobcast", *(line.name for line in lines))
-    if any(proc.alive() for proc in _workers):
-        wait_until(lambda: client.zcard("jobcast:running") == 0, 30, "running jobs to stop")
-    # The lines' counters only ever grow, as in production: web processes rely on it.
-    counters = {c.encode() for line in lines for c in (line.ticket, line.version)}
-    counters.add(events.keys.lines.encode())  # and so do the names of the lines
-    keys = [k for k in client.scan_iter("jobcast:*", count=1000) if k not in counters]
-    if keys:
-        client.delete(*keys)
+    try:
+        if any(proc.alive() for proc in _workers):
+            wait_until(lambda: client.zcard("jobcast:running") == 0, 30, "running jobs to stop")
+    except AssertionError:
+        # Say which job would not stop and where it ran, then clean up all the same: one
+        # test's leak must not fail every later test that uses Redis.
+        stuck = {
+            job.decode(): client.hget(f"jobcast:job:{{{job.decode()}}}", "last:started")
+            for job in client.zrange("jobcast:running", 0, -1)
+        }
+        raise AssertionError(f"jobs still running after the test: {stuck}") from None
+    finally:
+        # The lines' counters only ever grow, as in production: web processes rely on it.
+        counters = {c.encode() for line in lines for c in (line.ticket, line.version)}
+        counters.add(events.keys.lines.encode())  # and so do the names of the lines
+        keys = [k for k in client.scan_iter("jobcast:*", count=1000) if k not in counters]
+        if keys:
+            client.delete(*keys)

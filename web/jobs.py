@@ -29,6 +29,7 @@ from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import BaseConverter
 
 from tasks.events import Enqueued
+from tasks.handle import idempotency_scope
 from tasks.kinds import Kind, Registry
 from tasks.media import job_file, job_files
 from tasks.submit import request_cancel, submit
@@ -205,7 +206,7 @@ def _submit_options(kind: Kind, key: str | None) -> dict[str, Any]:
     idempotency key scoped by kind (as :func:`tasks.handle.submit` scopes it)."""
     options: dict[str, Any] = {"queue": kind.queue}
     if key is not None:
-        options["key"] = f"{kind.name}:{key}"
+        options["key"] = idempotency_scope(kind.name, key)
     return options
 
 

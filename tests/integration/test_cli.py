@@ -34,7 +34,7 @@ def test_jobcast_dev_runs_everything_and_ctrl_c_stops_all(tmp_path: Path) -> Non
         assert names == {"redis", "worker", "monitor", "web"}, text
         job = post_job(base, prompt="dev smoke test", width=64, height=64, steps=2)
         assert collect(base, job["jobId"])[-1].event == "done"
-        assert (tmp_path / "var" / "media" / f"{job['jobId']}.png").exists()
+        assert (tmp_path / "var" / "media" / job["jobId"] / "image.png").exists()
     finally:
         dev.send_signal(signal.SIGINT)
         dev.wait(60)

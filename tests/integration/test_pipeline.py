@@ -30,7 +30,8 @@ def test_full_job_streams_every_phase_in_order(web: str, worker: Proc, rds: redi
     assert phases[0] == "queued" and phases[1] == "started" and phases[-1] == "done"
     assert "preview" in phases and phases.index("preview") < len(phases) - 1
     percents = [e.data["percent"] for e in events if e.event == "progress"]
-    assert percents == sorted(percents) and percents[-1] == 100 and len(percents) >= 5
+    # Coalesced to 5 % marks at least 250 ms apart: a fast run reports only a few.
+    assert percents == sorted(percents) and percents[-1] == 100 and len(percents) >= 3
     preview = next(e.data for e in events if e.event == "preview")
     assert preview["width"] == 384 and preview["height"] == 384 and len(preview["blurhash"]) > 6
     assert 25 <= preview["percent"] < 100

@@ -305,21 +305,24 @@ def test_the_fast_data_url_check_agrees_with_the_schema_pattern(head: str, body:
     assert is_data_url(url) == (re.search(ecma, url) is not None)  # also matches before \n
 
 
-def test_params_refuse_bytes_that_are_not_the_declared_picture() -> None:
-    """Well-formed base64 of something else, or a PNG called a JPEG, is refused on submit."""
+def test_the_worker_refuses_bytes_that_are_not_the_declared_picture() -> None:
+    """Well-formed base64 of something else, or a PNG called a JPEG, passes the model (the
+    schema allows it, so submit must) and the worker refuses it saying why."""
     png = data_url(Image.new("RGB", (4, 4)))
-    assert problems(image="data:image/png;base64,AAAA")["image"] == (
-        "is not a PNG image Pillow can read"
-    )
+    assert AnalyzeParams(image="data:image/png;base64,AAAA").image  # accepted as sent
+    with pytest.raises(ValueError, match="the upload is not a PNG image Pillow can read"):
+        open_upload("data:image/png;base64,AAAA")
     jpeg_named = png.replace("image/png", "image/jpeg")
-    assert problems(image=jpeg_named)["image"] == "is not a JPEG image Pillow can read"
+    with pytest.raises(ValueError, match="the upload is not a JPEG image Pillow can read"):
+        open_upload(jpeg_named)
 
 
-def test_params_refuse_too_many_pixels_from_the_header() -> None:
+def test_the_worker_refuses_too_many_pixels_from_the_header() -> None:
     """A small file that would decode to 5000×5000 pixels is refused before decoding."""
     url = data_url(Image.new("1", (5000, 5000)))
     assert len(url) < 100_000
-    assert problems(image=url)["image"] == "is too many pixels (at most 16777216)"
+    with pytest.raises(ValueError, match=r"is too many pixels \(at most 16777216\)"):
+        open_upload(url)
 
 
 def test_params_refuse_an_upload_past_two_mib_by_length() -> None:
