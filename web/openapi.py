@@ -161,11 +161,10 @@ def _submit_path(kind: Kind) -> Doc:
                 headers={"Location": _ref("headers", "Location")},
                 links=_links("", "getJob", "streamJob", "cancelJob", "getResult"),
             ),
-            "200": _json(
-                _ref("schemas", "JobSubmitted"),
+            "200": _submit_200(
+                "JobSubmitted",
                 "The `Idempotency-Key` named a job already: that job, as it is now "
                 "(`position` 0 once it left the line); nothing was written.",
-                headers={"Location": _ref("headers", "Location")},
             ),
             **_errors(*sorted(statuses)),
         },
@@ -173,6 +172,29 @@ def _submit_path(kind: Kind) -> Doc:
     if kind.access == "ops":
         operation["security"] = [{"opsBearer": []}, {"opsCookie": []}]
     return {"post": operation}
+
+
+def _submit_200(schema: str, idempotent: str) -> Doc:
+    """A submit's 200: the job an Idempotency-Key named (JSON), or, asked for with
+    ``Accept: text/event-stream``, the new (or named) job's stream from its first event."""
+    stream = _stream("")["content"]
+    return {
+        "description": (
+            f"JSON: {idempotent} `text/event-stream` (the request's `Accept` asked for it): "
+            "the job's stream from its first event, as `GET /jobs/{job_id}/stream` sends "
+            "it (the `queued` event first, carrying `jobId`); the job's id is in "
+            "`X-Job-Id`. Errors before the job exists are the JSON errors below. If the "
+            "stream cannot be opened once the job exists, the usual JSON answer (202)."
+        ),
+        "headers": {
+            "Location": _ref("headers", "Location"),
+            "X-Job-Id": {
+                "description": "The job's id (with `text/event-stream` only).",
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{16,64}$"},
+            },
+        },
+        "content": {JSON: {"schema": _ref("schemas", schema)}, **stream},
+    }
 
 
 def _job_paths() -> Doc:
@@ -276,10 +298,9 @@ def _imagine_paths(kind: Kind) -> Doc:
                         headers={"Location": _ref("headers", "Location")},
                         links=_links("Imagine", "get", "stream", "cancel", "image"),
                     ),
-                    "200": _json(
-                        _ref("schemas", "JobAccepted"),
+                    "200": _submit_200(
+                        "JobAccepted",
                         "The `Idempotency-Key` named a job already: that job, as it is now.",
-                        headers={"Location": _ref("headers", "Location")},
                     ),
                     **_errors(400, 413, 415, 422, 429, 503),
                 },
