@@ -5,6 +5,7 @@
                                      stream from its first event (X-Job-Id, Location)
     GET    /jobs/<id>                the snapshot, with kind, queue and meta
     GET    /jobs/<id>/stream         the SSE stream (web/fastroute.py serves it too)
+    GET    /jobs/stream?job=A&job=B  many jobs' streams on one connection (web/multiplex.py)
     DELETE /jobs/<id>                cancel: queued → cancelled now, running → at its next step
     GET    /jobs/<id>/result         once succeeded: the done data and the saved files' URLs
     GET    /jobs/<id>/result/<name>  one saved file
@@ -55,6 +56,7 @@ from web.errors import ApiError
 from web.extension import Jobcast, jobcast
 from web.hub import HubUnavailable
 from web.line import eta_seconds
+from web.multiplex import parse_cursor, parse_jobs, start_many
 from web.ops import authorized
 from web.stream import is_terminal, snapshot
 from web.validate import validate_params
@@ -284,6 +286,38 @@ def _snapshot(job_id: str, *, details: bool) -> dict[str, Any]:
         # The worker's done url has no token (workers hold none); hand out one that works.
         snap["url"] = with_token(snap["url"], token)
     return snap
+
+
+@bp.get("/jobs/stream", endpoint="stream_many")
+@cross_origin
+def stream_many() -> Response:
+    """Many jobs on one connection (:mod:`web.multiplex`). HEAD checks the request and
+    opens nothing."""
+    ext = jobcast()
+    jobs = request.args.getlist("job")
+    idle = _single("idle", {"0", "1"}) == "1"
+    # Both checked (a bad one is refused even when the other would do); the header wins.
+    query_cursor = _single("lastEventId")
+    parse_cursor(query_cursor, parse_jobs(ext, jobs))
+    raw_cursor = request.headers.get("Last-Event-ID") or query_cursor
+    if request.method != "GET":
+        parse_cursor(raw_cursor, jobs)
+        return Response(iter(()), status=200, headers=STREAM_HEADERS)
+    tokens = request.args.getlist("token")
+    body = start_many(ext, jobs, tokens, raw_cursor, idle, request.environ)
+    if body is None:
+        return Response(status=204)
+    # The body itself, not iter(body): the server calls its close(), which unwatches.
+    return Response(body, status=200, headers=STREAM_HEADERS, direct_passthrough=True)
+
+
+def _single(name: str, allowed: set[str] | None = None) -> str | None:
+    """A query parameter given at most once (and one of ``allowed``); else a 400."""
+    values = request.args.getlist(name)
+    if len(values) > 1 or (values and allowed is not None and values[0] not in allowed):
+        choices = f" ({' or '.join(sorted(allowed))})" if allowed else ""
+        raise ApiError(400, "bad_parameter", f"Give {name} at most once{choices}.")
+    return values[0] if values else None
 
 
 @bp.get("/jobs/<jobid:job_id>/stream", endpoint="stream")
