@@ -93,7 +93,9 @@ def test_resume_with_the_cursor_has_no_duplicate_no_gap_and_skips_finished_jobs(
 ) -> None:
     """Disconnect once some jobs have finished and others not; reconnecting with the last
     cursor as Last-Event-ID gives each job exactly the rest of its log, and a job finished
-    before the cursor sends nothing at all."""
+    before the cursor sends nothing at all; a cursor after every end gets 204; the
+    connection cut mid-way left no watcher behind."""
+    before_streams = hub_streams(web)
     jobs = [submit(web, seed=i, steps=6) for i in range(8)]
     first: list[Muxed] = []
     for item in muxed(web, jobs):
@@ -115,6 +117,7 @@ def test_resume_with_the_cursor_has_no_duplicate_no_gap_and_skips_finished_jobs(
         headers={"Last-Event-ID": next(s.cursor for s in reversed(second) if s.cursor)},
     )
     assert again.status_code == 204  # every job ended before this cursor: stop reconnecting
+    wait_until(lambda: hub_streams(web) == before_streams, 20, "the watchers to be released")
 
 
 def test_past_the_limit_is_a_clean_400_naming_it(web: str, rds: redis.Redis) -> None:
@@ -247,3 +250,32 @@ def test_with_signing_each_job_needs_its_token(
         assert [event for event, data in seen if data["jobId"] == jobs[0]][-1] == "done"
     finally:
         proc.stop()
+
+
+def test_a_killed_pubsub_connection_loses_nothing_on_any_job(
+    web: str, worker: Proc, rds: redis.Redis
+) -> None:
+    """CLIENT KILL of the web's pub/sub connection while 6 jobs stream on one connection:
+    each job still gets exactly its log (the hub resubscribes, each job re-reads its log
+    after its own last sent id)."""
+    jobs = [submit(web, seed=i, steps=8) for i in range(6)]
+    seen: list[Muxed] = []
+    killed = False
+    for item in muxed(web, jobs):
+        seen.append(item)
+        if not killed and item.event == "progress":
+            wait_until(lambda: _kill_subscribers(rds), 10, "a pub/sub client to kill")
+            killed = True
+    assert killed
+    got = per_job(seen, jobs)
+    for job in jobs:
+        assert got[job] == logged(rds, job), job
+
+
+def _kill_subscribers(client: redis.Redis) -> int:
+    """Kill every connection in pub/sub mode (the web hub's)."""
+    return sum(
+        client.client_kill_filter(_id=c["id"])
+        for c in client.client_list()
+        if int(c.get("sub", 0)) > 0 or "P" in c.get("flags", "")
+    )
