@@ -44,6 +44,11 @@ class Settings:
     redis_pool_timeout: float = 10.0
     watcher_queue_size: int = 256
     max_streams: int = 20000
+    # Jobs one multiplexed stream (GET /jobs/stream?job=…) may carry.
+    max_stream_jobs: int = 100
+    # How long a multiplexed stream asked to idle (?idle=1) stays open once all its jobs
+    # have ended, with keep-alives, before it ends (a reconnect then gets 204).
+    stream_idle_seconds: float = 300.0
     send_timeout_seconds: float = 30.0
     max_attempts: int = 3
     publish_retry_seconds: float = 60.0
@@ -182,6 +187,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "redis_pool_timeout": (0.1, 300),
     "watcher_queue_size": (8, 1_000_000),
     "max_streams": (1, 1_000_000),
+    "max_stream_jobs": (1, 10_000),
+    "stream_idle_seconds": (1, 24 * 3600),
     "send_timeout_seconds": (1, 3600),
     "max_attempts": (1, 100),
     "publish_retry_seconds": (0, 3600),

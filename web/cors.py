@@ -7,7 +7,7 @@ the settings refuse ``*`` with it). Only views marked :func:`cross_origin` take 
 
 allowed Origin   Access-Control-Allow-Origin: <the origin> (``*`` for any, no credentials)
                  Access-Control-Allow-Credentials: true (with credentials)
-                 Access-Control-Expose-Headers: Location, Retry-After
+                 Access-Control-Expose-Headers: Location, Retry-After, X-Job-Id
    + preflight   (OPTIONS with Access-Control-Request-Method) 204, Allow-Methods (what
                  the URL takes), Allow-Headers, Max-Age
 other Origin     no Access-Control-* header; the answer is the usual one
@@ -31,7 +31,7 @@ from flask import Blueprint, Response, current_app, request
 from tasks.config import Settings, cors_origins
 
 ALLOW_HEADERS = "Content-Type, Last-Event-ID, Idempotency-Key, Authorization"
-EXPOSE_HEADERS = "Location, Retry-After"
+EXPOSE_HEADERS = "Location, Retry-After, X-Job-Id"
 MAX_AGE = "600"  # seconds a browser may reuse a preflight answer (Chromium caps at 7200)
 Headers = list[tuple[str, str]]
 View = TypeVar("View", bound=Callable[..., Any])

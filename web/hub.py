@@ -74,12 +74,13 @@ class Watcher:
 
     __slots__ = ("_wake", "active_at", "channel", "items", "limit")
 
-    def __init__(self, channel: bytes, limit: int) -> None:
+    def __init__(self, channel: bytes, limit: int, wake: gevent.event.Event | None = None) -> None:
         self.channel = channel
         self.limit = limit
         self.items: list[Item] = []
         self.active_at = _now()
-        self._wake = gevent.event.Event()
+        # Several watchers may share one wake event (a multiplexed stream waits on all).
+        self._wake = gevent.event.Event() if wake is None else wake
 
     def put(self, item: Item) -> None:
         items = self.items
@@ -95,6 +96,10 @@ class Watcher:
         if not self.items:
             self._wake.clear()
             self._wake.wait(timeout)
+        return self.take()
+
+    def take(self) -> list[Item]:
+        """Take the items there are, without waiting."""
         batch, self.items = self.items, []
         self.active_at = _now()
         return batch
@@ -168,11 +173,13 @@ class Hub:
 
     # -- public API -------------------------------------------------------------------
 
-    def watch(self, channel: str | bytes) -> Watcher:
-        """Register a watcher of ``channel``; return once Redis confirms the subscription."""
+    def watch(self, channel: str | bytes, wake: gevent.event.Event | None = None) -> Watcher:
+        """Register a watcher of ``channel``; return once Redis confirms the subscription.
+        ``wake``: an event the watcher sets on each item (shared by a multiplexed stream's
+        watchers), else its own."""
         self.start()
         name = channel.encode() if isinstance(channel, str) else channel
-        watcher = Watcher(name, self.queue_size)
+        watcher = Watcher(name, self.queue_size, wake)
         sub = self.subs.get(name)
         if sub is None:
             sub = self.subs[name] = _Sub()

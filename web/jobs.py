@@ -1,8 +1,11 @@
 """The job routes: any registered kind over HTTP, and ``/imagine`` as the demo's alias.
 
-    POST   /jobs/<kind>              validate by the kind's model, submit → 202 + Location
+    POST   /jobs/<kind>              validate by the kind's model, submit → 202 + Location;
+                                     with ``Accept: text/event-stream``: 200, the job's
+                                     stream from its first event (X-Job-Id, Location)
     GET    /jobs/<id>                the snapshot, with kind, queue and meta
     GET    /jobs/<id>/stream         the SSE stream (web/fastroute.py serves it too)
+    GET    /jobs/stream?job=A&job=B  many jobs' streams on one connection (web/multiplex.py)
     DELETE /jobs/<id>                cancel: queued → cancelled now, running → at its next step
     GET    /jobs/<id>/result         once succeeded: the done data and the saved files' URLs
     GET    /jobs/<id>/result/<name>  one saved file
@@ -18,12 +21,14 @@ URLs are built with ``url_for``, so they follow wherever the blueprint is mounte
 from __future__ import annotations
 
 import json
+import logging
 import mimetypes
 import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from flask import Blueprint, Response, jsonify, request, send_file, url_for
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import BaseConverter
@@ -36,6 +41,7 @@ from tasks.submit import request_cancel, submit
 from web.api import (
     JOB_ID,
     STREAM_HEADERS,
+    admit_stream,
     check_id,
     job_token,
     json_body,
@@ -49,11 +55,14 @@ from web.api import (
 from web.cors import cross_origin
 from web.errors import ApiError
 from web.extension import Jobcast, jobcast
+from web.hub import HubUnavailable
 from web.line import eta_seconds
+from web.multiplex import parse_cursor, parse_jobs, start_many
 from web.ops import authorized
 from web.stream import is_terminal, snapshot
 from web.validate import validate_params
 
+log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
 # The imagine kind's routes from before /jobs; registered only when the kind is offered.
 alias = Blueprint("imagine", __name__)
@@ -87,6 +96,8 @@ def converters(kinds: Registry) -> dict[str, type[BaseConverter]]:
 
 
 IMAGINE = "imagine"
+JSON = "application/json"
+SSE = "text/event-stream"
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 # The options of tasks.submit.submit this version of the core takes (the core branch adds
 # queue= and key=); see _submit_options.
@@ -121,7 +132,8 @@ def link(endpoint: str, job_id: str, token: str = "", **values: Any) -> str:
 
 @bp.post("/jobs/<jobkind:kind>")
 @cross_origin
-def create(kind: str) -> tuple[Response, int, dict[str, str]]:
+def create(kind: str) -> Response | tuple[Response, int, dict[str, str]]:
+    streaming = wants_stream()
     job = accept(kind)
     body: dict[str, Any] = {
         "jobId": job.job_id,
@@ -133,13 +145,14 @@ def create(kind: str) -> tuple[Response, int, dict[str, str]]:
     }
     if job.token:
         body["token"] = job.token
-    return jsonify(body), 202 if job.created else 200, {"Location": body["status"]}
+    return answer(job, body, streaming)
 
 
 @alias.post("/imagine", endpoint="create")
 @cross_origin
-def create_imagine() -> tuple[Response, int, dict[str, str]]:
+def create_imagine() -> Response | tuple[Response, int, dict[str, str]]:
     """``POST /jobs/imagine`` with the answer ``POST /imagine`` has always given."""
+    streaming = wants_stream()
     job = accept(IMAGINE)
     body: dict[str, Any] = {
         **job.common(),
@@ -149,7 +162,40 @@ def create_imagine() -> tuple[Response, int, dict[str, str]]:
     }
     if job.token:
         body["token"] = job.token
-    return jsonify(body), 202 if job.created else 200, {"Location": body["status"]}
+    return answer(job, body, streaming)
+
+
+def wants_stream() -> bool:
+    """Whether the client asked for the new job's stream (``Accept: text/event-stream``,
+    not ranked below JSON); if so, 503 now when this process holds all the streams it
+    can, before any job exists."""
+    accept_header = request.accept_mimetypes
+    sse = max((q for value, q in accept_header if value == SSE), default=0)
+    json_q = max((q for value, q in accept_header if value == JSON), default=0)
+    if not sse or json_q > sse:
+        return False
+    admit_stream(jobcast(), request.environ)
+    return True
+
+
+def answer(
+    job: Submitted, body: dict[str, Any], streaming: bool
+) -> Response | tuple[Response, int, dict[str, str]]:
+    """The submit's answer: 202 JSON (200 for a job the Idempotency-Key named), or, when
+    asked for, 200 with the job's stream from its first event. If the stream cannot be
+    opened once the job exists, the JSON answer: the client still learns its job."""
+    location = {"Location": body["status"]}
+    if streaming:
+        try:
+            stream = start_stream(jobcast(), job.job_id, None, request.environ)
+        except (ApiError, HubUnavailable, redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("job %s queued but its stream did not open: %s", job.job_id, exc)
+            stream = None
+        if stream is not None:
+            headers = {**STREAM_HEADERS, **location, "X-Job-Id": job.job_id}
+            # The body itself, not iter(body): the server calls its close(), which unwatches.
+            return Response(stream, status=200, headers=headers, direct_passthrough=True)
+    return jsonify(body), 202 if job.created else 200, location
 
 
 def accept(name: str) -> Submitted:
@@ -241,6 +287,38 @@ def _snapshot(job_id: str, *, details: bool) -> dict[str, Any]:
         # The worker's done url has no token (workers hold none); hand out one that works.
         snap["url"] = with_token(snap["url"], token)
     return snap
+
+
+@bp.get("/jobs/stream", endpoint="stream_many")
+@cross_origin
+def stream_many() -> Response:
+    """Many jobs on one connection (:mod:`web.multiplex`). HEAD checks the request and
+    opens nothing."""
+    ext = jobcast()
+    jobs = request.args.getlist("job")
+    idle = _single("idle", {"0", "1"}) == "1"
+    # Both checked (a bad one is refused even when the other would do); the header wins.
+    query_cursor = _single("lastEventId")
+    parse_cursor(query_cursor, parse_jobs(ext, jobs))
+    raw_cursor = request.headers.get("Last-Event-ID") or query_cursor
+    if request.method != "GET":
+        parse_cursor(raw_cursor, jobs)
+        return Response(iter(()), status=200, headers=STREAM_HEADERS)
+    tokens = request.args.getlist("token")
+    body = start_many(ext, jobs, tokens, raw_cursor, idle, request.environ)
+    if body is None:
+        return Response(status=204)
+    # The body itself, not iter(body): the server calls its close(), which unwatches.
+    return Response(body, status=200, headers=STREAM_HEADERS, direct_passthrough=True)
+
+
+def _single(name: str, allowed: set[str] | None = None) -> str | None:
+    """A query parameter given at most once (and one of ``allowed``); else a 400."""
+    values = request.args.getlist(name)
+    if len(values) > 1 or (values and allowed is not None and values[0] not in allowed):
+        choices = f" ({' or '.join(sorted(allowed))})" if allowed else ""
+        raise ApiError(400, "bad_parameter", f"Give {name} at most once{choices}.")
+    return values[0] if values else None
 
 
 @bp.get("/jobs/<jobid:job_id>/stream", endpoint="stream")

@@ -161,11 +161,10 @@ def _submit_path(kind: Kind) -> Doc:
                 headers={"Location": _ref("headers", "Location")},
                 links=_links("", "getJob", "streamJob", "cancelJob", "getResult"),
             ),
-            "200": _json(
-                _ref("schemas", "JobSubmitted"),
+            "200": _submit_200(
+                "JobSubmitted",
                 "The `Idempotency-Key` named a job already: that job, as it is now "
                 "(`position` 0 once it left the line); nothing was written.",
-                headers={"Location": _ref("headers", "Location")},
             ),
             **_errors(*sorted(statuses)),
         },
@@ -173,6 +172,29 @@ def _submit_path(kind: Kind) -> Doc:
     if kind.access == "ops":
         operation["security"] = [{"opsBearer": []}, {"opsCookie": []}]
     return {"post": operation}
+
+
+def _submit_200(schema: str, idempotent: str) -> Doc:
+    """A submit's 200: the job an Idempotency-Key named (JSON), or, asked for with
+    ``Accept: text/event-stream``, the new (or named) job's stream from its first event."""
+    stream = _stream("")["content"]
+    return {
+        "description": (
+            f"JSON: {idempotent} `text/event-stream` (the request's `Accept` asked for it): "
+            "the job's stream from its first event, as `GET /jobs/{job_id}/stream` sends "
+            "it (the `queued` event first, carrying `jobId`); the job's id is in "
+            "`X-Job-Id`. Errors before the job exists are the JSON errors below. If the "
+            "stream cannot be opened once the job exists, the usual JSON answer (202)."
+        ),
+        "headers": {
+            "Location": _ref("headers", "Location"),
+            "X-Job-Id": {
+                "description": "The job's id (with `text/event-stream` only).",
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{16,64}$"},
+            },
+        },
+        "content": {JSON: {"schema": _ref("schemas", schema)}, **stream},
+    }
 
 
 def _job_paths() -> Doc:
@@ -190,6 +212,7 @@ def _job_paths() -> Doc:
             },
             "delete": _cancel("cancelJob"),
         },
+        "/jobs/stream": {"get": _stream_many()},
         "/jobs/{job_id}/stream": {"parameters": JOB_PARAMS, "get": _stream_job("streamJob")},
         "/jobs/{job_id}/result": {
             "parameters": JOB_PARAMS,
@@ -255,6 +278,83 @@ def _stream_job(operation_id: str) -> Doc:
     }
 
 
+MAX_STREAM_JOBS = Settings().max_stream_jobs
+CURSOR = "^[A-Za-z0-9_-]{0,8192}$"  # empty: from the start
+
+
+def _stream_many() -> Doc:
+    cursor_schema = {"type": "string", "pattern": CURSOR}
+    many = (
+        "Resume after this composite cursor (the `id:` of the last event received). Text "
+        "that is not base64url is a 400; a cursor this list did not send (forged, or of "
+        "another list that is not this one's start) makes every job start over with `reset`."
+    )
+    return {
+        "operationId": "streamJobs",
+        "summary": "Many jobs' events on one Server-Sent Events connection, resumable per job",
+        "description": (
+            "Every event's data names its job (`jobId`); the `id:` of each logged event is "
+            "a composite cursor of every job's last id (docs/protocol.md), so a reconnect "
+            "with it as `Last-Event-ID` resumes each job after its own last event and "
+            "replays no job that had ended. An unknown (or, with signing, unauthorised) job "
+            "gets an `error` event `{jobId, code, message}`; the others stream on. Ends "
+            "once every job has ended (`idle=1`: stays with keep-alives for "
+            "`JOBCAST_STREAM_IDLE_SECONDS`). "
+            f"At most `JOBCAST_MAX_STREAM_JOBS` ({MAX_STREAM_JOBS} by default) jobs."
+        ),
+        "tags": ["jobs"],
+        "parameters": [
+            {
+                "name": "job",
+                "in": "query",
+                "required": True,
+                "style": "form",
+                "explode": True,
+                "description": "The jobs, each once (repeat the parameter); new jobs go at the end.",
+                "schema": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "minItems": 1,
+                    "maxItems": MAX_STREAM_JOBS,
+                    "uniqueItems": True,
+                },
+            },
+            {
+                "name": "token",
+                "in": "query",
+                "required": False,
+                "style": "form",
+                "explode": True,
+                "description": "With signing on: each job's token, in the order of `job`.",
+                "schema": {"type": "array", "items": {"type": "string"}},
+            },
+            {
+                "name": "idle",
+                "in": "query",
+                "required": False,
+                "description": "`1`: once every job has ended, stay open with keep-alives.",
+                "schema": {"enum": ["0", "1"]},
+            },
+            {"name": "lastEventId", "in": "query", "required": False,
+             "description": many, "schema": cursor_schema},
+            {"name": "Last-Event-ID", "in": "header", "required": False,
+             "description": many, "schema": cursor_schema},
+        ],
+        "responses": {
+            "200": {
+                **_stream(
+                    "`retry:`, each job's events after its cursor id (with `jobId` in the "
+                    "data, the composite cursor as `id:`), `error` events for jobs that "
+                    "cannot be streamed, `: keep-alive` comments in silences."
+                ),
+                "content": {SSE: {"schema": MUX_EVENT}},
+            },
+            "204": {"description": "Every job had ended before the cursor: nothing to send."},
+            **_errors(400, 503),
+        },
+    }  # fmt: skip
+
+
 def _imagine_paths(kind: Kind) -> Doc:
     """``/imagine…``: the imagine kind's routes as they were before ``/jobs``."""
     return {
@@ -276,10 +376,9 @@ def _imagine_paths(kind: Kind) -> Doc:
                         headers={"Location": _ref("headers", "Location")},
                         links=_links("Imagine", "get", "stream", "cancel", "image"),
                     ),
-                    "200": _json(
-                        _ref("schemas", "JobAccepted"),
+                    "200": _submit_200(
+                        "JobAccepted",
                         "The `Idempotency-Key` named a job already: that job, as it is now.",
-                        headers={"Location": _ref("headers", "Location")},
                     ),
                     **_errors(400, 413, 415, 422, 429, 503),
                 },
@@ -347,6 +446,20 @@ SSE_EVENT = {
         },
         "id": {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"},  # (ours are smaller)
         "retry": {"type": "integer", "minimum": 0},
+    },
+}
+
+
+MUX_EVENT = {
+    **SSE_EVENT,
+    "properties": {
+        **SSE_EVENT["properties"],  # type: ignore[dict-item]
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"type": "object", "required": ["jobId"]},
+        },
+        "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
     },
 }
 
@@ -508,7 +621,7 @@ def _error_responses() -> Doc:
     error = _ref("schemas", "Error")
     retry = {"headers": {"Retry-After": _ref("headers", "Retry-After")}}
     return {
-        "BadRequest": _json(error, "Malformed: not JSON (`bad_json`), a `Last-Event-ID` this stream never sent (`bad_last_event_id`), or a bad `Idempotency-Key` (`bad_idempotency_key`)."),
+        "BadRequest": _json(error, "Malformed: not JSON (`bad_json`), a `Last-Event-ID` this stream never sent (`bad_last_event_id`), a bad `Idempotency-Key` (`bad_idempotency_key`); for `/jobs/stream`: no jobs, too many, one twice, or a parameter given twice or out of its values (`no_jobs`, `too_many_jobs`, `duplicate_job`, `bad_parameter`)."),
         "Unauthorized": _json(error, "The ops token is needed (`unauthorized`).", headers={"WWW-Authenticate": {"schema": {"type": "string"}}}),
         "BadToken": _json(error, "Signing is on and the job's token is missing or wrong (`bad_token`); or this client may not submit this kind (`forbidden`)."),
         "NotFound": _json(error, "No such job, or not an id (`not_found`); for a result or file: not succeeded yet, or no such file; no such kind (`unknown_kind`)."),

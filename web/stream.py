@@ -210,10 +210,18 @@ class Stream:
     def _place(self, item: Item) -> bytes:
         """A derived frame, unless it would move this connection back in line."""
         if item.position is None:
-            return item.frame
+            return self._derived(item)
         if self.position is not None and item.position >= self.position:
             return b""
         self.position = item.position
+        return self._derived(item)
+
+    def _logged(self, item: Item) -> bytes:
+        """The bytes to send for a logged item (a multiplexed stream relabels them)."""
+        return item.frame
+
+    def _derived(self, item: Item) -> bytes:
+        """The bytes to send for a derived item or a keep-alive comment."""
         return item.frame
 
     def _trimmed(self, oldest: EventId | None) -> bool:
@@ -238,8 +246,8 @@ class Stream:
         """Frames of logged items, up to and including a terminal one."""
         parts: list[bytes] = []
         for item in items:
-            parts.append(item.frame)
             self.sent = item.key
+            parts.append(self._logged(item))
             if item.terminal:
                 self.finished = True
                 break
@@ -258,8 +266,8 @@ class Stream:
             elif item.key is None:
                 parts.append(self._place(item))  # derived: never replayed
             elif sent is None or item.key > sent:
-                parts.append(item.frame)
                 sent = item.key
+                parts.append(self._logged(item))
                 if item.terminal:
                     self.finished = True
             if self.finished:

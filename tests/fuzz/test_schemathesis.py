@@ -15,7 +15,8 @@ log) until its retention runs out, as the document's description says.
 
 Nothing can hang. The server is configured with tiny limits (sides up to 64 px, 3 steps),
 which the document shows and the fuzzer keeps to, so every job the fuzzer submits ends in
-milliseconds and so does its stream. ``JOBCAST_OPS_TOKEN`` is set, so the never-ending
+milliseconds and so does its stream (a multiplexed one asked to idle lingers 2 s).
+``JOBCAST_OPS_TOKEN`` is set, so the never-ending
 ``/ops/stream`` answers 401 to the fuzzer, which does not know it. Every call has a read
 timeout, and the whole run a time limit (the subprocess is killed past it).
 """
@@ -58,6 +59,8 @@ def fuzz_web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         JOBCAST_DEFAULT_SIDE="32",
         JOBCAST_MAX_STEPS="3",
         JOBCAST_MAX_QUEUE="200",
+        # A multiplexed stream asked to idle (?idle=1) stays this long after its jobs end.
+        JOBCAST_STREAM_IDLE_SECONDS="2",
         PYTHONUNBUFFERED="1",
     )
     try:
