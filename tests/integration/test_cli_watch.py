@@ -150,3 +150,33 @@ def test_submit_without_watch_prints_the_id(
     job_id = next(line.strip() for line in ANSI.sub("", output).splitlines() if line.strip())
     with Client(web) as client:
         assert client.wait(Job(job_id), timeout=60)["width"] == 64
+
+
+def test_custom_events_print_as_lines_and_delta_text_streams(
+    web: str, worker: Proc, rds: redis.Redis, stack_env: dict[str, str]
+) -> None:
+    """log and step events print as lines, other kinds with their data, delta text as the
+    lines it makes up."""
+    with Client(web) as client:
+        blocker = client.submit("imagine", LONG)
+        job = client.submit("imagine", QUICK)
+        child = jobcast("watch", job.id, "--url", web, env=stack_env)
+        child.expect(r"#\d+ in line")
+        events = JobEvents(rds)
+        for kind, data in [
+            ("log", {"message": "Reading file 1 of 2", "level": "warning"}),
+            ("step", {"name": "palette", "index": 2, "total": 5}),
+            ("delta", {"text": "Hello "}),
+            ("delta", {"text": "world\nsecond "}),
+            ("tool_call", {"name": "search"}),
+            ("delta", {"text": "line"}),
+            ("failed", {"error": "stopped by the test"}),
+        ]:
+            events.publish(job.id, kind, data)
+        output, code = finish(child)
+        client.cancel(blocker)
+    text = ANSI.sub("", output)
+    assert code == 1
+    assert "warning Reading file 1 of 2" in text and "▸ palette (2/5)" in text
+    assert 'tool_call {"name":"search"}' in text
+    assert "Hello world\r\n" in text and "second line\r\n" in text

@@ -17,6 +17,7 @@ from jobcast.client import (
     AsyncClient,
     Client,
     ConnectionGaveUp,
+    DeltaText,
     Event,
     JobCancelled,
     JobFailed,
@@ -213,3 +214,33 @@ def test_async_client_submit_watch_wait_and_watch_many(
             assert caught.value.status == 422 and "prompt" in caught.value.fields
 
     asyncio.run(scenario())
+
+
+def test_custom_events_arrive_typed_and_delta_text_joins(
+    web: str, worker: Proc, rds: redis.Redis
+) -> None:
+    """log, step, delta and any custom kind come through as Events in log order; DeltaText
+    joins the deltas; the job's failure ends the watch."""
+    with Client(web) as client:
+        blocker = client.submit("imagine", LONG)
+        job = client.submit("imagine", QUICK)
+        events_log = JobEvents(rds)
+        for kind, data in [
+            ("log", {"message": "Reading file 1 of 2", "level": "info"}),
+            ("step", {"name": "palette", "index": 2, "total": 5}),
+            ("delta", {"text": "Hel"}),
+            ("tool_call", {"name": "search"}),
+            ("delta", {"text": "lo"}),
+            ("failed", {"error": "stopped by the test"}),
+        ]:
+            events_log.publish(job.id, kind, data)
+        events = list(client.watch(job))
+        client.cancel(blocker)
+    assert ids(events) == logged(rds, job.id)
+    text = DeltaText()
+    for event in events:
+        text.feed(event)
+    assert str(text) == "Hello"
+    assert [e.message for e in events if e.kind == "log"] == ["Reading file 1 of 2"]
+    assert [e.data for e in events if e.kind == "tool_call"] == [{"name": "search"}]
+    assert events[-1].error == "stopped by the test"
