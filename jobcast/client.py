@@ -36,12 +36,13 @@ import threading
 import time
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
-from httpx_sse import ServerSentEvent, SSEError, aconnect_sse, connect_sse
+from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 __all__ = [
     "ApiError",
@@ -104,7 +105,8 @@ class ConnectionGaveUp(JobcastError):
     """The job's stream failed ``attempts`` times in a row; ``cause`` is the last failure."""
 
     def __init__(self, job_id: str, attempts: int, cause: BaseException | None) -> None:
-        super().__init__(f"gave up on job {job_id} after {attempts} failed connections: {cause}")
+        why = cause or "the server kept ending the stream"
+        super().__init__(f"gave up on job {job_id} after {attempts} failed connections: {why}")
         self.job_id = job_id
         self.attempts = attempts
         self.cause = cause
@@ -225,20 +227,22 @@ class Job:
 
 class _Cursor:
     """One job's stream across connections: the last id seen, the server's ``retry:``,
-    and the frames turned into Events (a durable event seen before is dropped)."""
+    the failures in a row; frames become Events (a durable event seen before is dropped)."""
 
     def __init__(self, job_id: str, last_event_id: str | None) -> None:
         self.job_id = job_id
         self.last = last_event_id
         self.retry: float | None = None
+        self.failures = 0
         self.fresh = False  # an event arrived on this connection
         self._previous = ""
 
-    def connected(self) -> dict[str, str]:
+    def headers(self) -> dict[str, str]:
         """Start a connection: the headers it sends."""
         self.fresh = False
         self._previous = ""  # httpx-sse repeats the last id on events that carry none
-        return {"Last-Event-ID": self.last} if self.last else {}
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+        return {**headers, "Last-Event-ID": self.last} if self.last else headers
 
     def accept(self, sse: ServerSentEvent) -> Event | None:
         if sse.retry is not None:
@@ -258,7 +262,10 @@ class _Cursor:
 
 
 class _Base:
-    """What both clients share: paths, settings, the backoff and the reading of answers."""
+    """What both clients share: settings, the requests they send, reading the answers and
+    the backoff. ``http`` is an httpx.Client or httpx.AsyncClient."""
+
+    http: Any
 
     def __init__(
         self, timeout: float, stream_timeout: float, max_retries: int, max_backoff: float
@@ -267,7 +274,7 @@ class _Base:
         self.stream_timeout = stream_timeout
         self.max_retries = max_retries
         self.max_backoff = max_backoff
-        self.backoff = 1.0  # the first delay until the server has sent its `retry:`
+        self.backoff = 1.0  # the first delay, until the server has sent its `retry:`
         self._tokens: dict[str, str] = {}
 
     def job(self, job_id: str, token: str | None = None) -> Job:
@@ -279,11 +286,22 @@ class _Base:
     def _ref(self, job: Job | str) -> Job:
         return job if isinstance(job, Job) else self.job(job)
 
-    def _path(self, job: Job, *parts: str) -> str:
-        return "/".join(["jobs", _quote(job.id), *map(_quote, parts)])
+    def _submit(self, kind: str, params: dict[str, Any], key: str | None) -> httpx.Request:
+        headers = {"Idempotency-Key": key} if key else {}
+        return self.http.build_request("POST", f"jobs/{_quote(kind)}", json=params, headers=headers)
 
-    def _params(self, job: Job) -> dict[str, str]:
-        return {"token": job.token} if job.token else {}
+    def _on(self, method: str, job: Job, *parts: str, **options: Any) -> httpx.Request:
+        """A request to a job route: ``jobs/<id>/<parts>``, with the job's token."""
+        path = "/".join(["jobs", _quote(job.id), *map(_quote, parts)])
+        params = {"token": job.token} if job.token else {}
+        return self.http.build_request(method, path, params=params, **options)
+
+    def _stream(self, job: Job, cursor: _Cursor, deadline: float | None) -> httpx.Request:
+        read = self.stream_timeout
+        if deadline is not None:
+            read = max(0.001, min(read, deadline - time.monotonic()))
+        timeout = httpx.Timeout(self.timeout, read=read)
+        return self._on("GET", job, "stream", headers=cursor.headers(), timeout=timeout)
 
     def _submitted(self, response: httpx.Response) -> Job:
         job = Job.from_body(_json(response))
@@ -291,16 +309,16 @@ class _Base:
             self._tokens[job.id] = job.token
         return job
 
-    def _delay(self, failures: int, cursor: _Cursor, retry_after: float | None) -> float:
+    def _retry(self, cursor: _Cursor, failure: Exception | None) -> float:
+        """After a connection ended without the job's end: the delay before the next one,
+        or ConnectionGaveUp."""
+        cursor.failures = 1 if cursor.fresh else cursor.failures + 1
+        if cursor.failures > self.max_retries:
+            raise ConnectionGaveUp(cursor.job_id, cursor.failures, failure)
         base = cursor.retry if cursor.retry is not None else self.backoff
-        delay = min(self.max_backoff, base * 2 ** (failures - 1))
+        delay = min(self.max_backoff, base * 2 ** (cursor.failures - 1))
+        retry_after = failure.retry_after if isinstance(failure, ApiError) else None
         return max(random.uniform(delay / 2, delay), retry_after or 0.0)
-
-    def _stream_timeout(self, deadline: float | None) -> httpx.Timeout:
-        read = self.stream_timeout
-        if deadline is not None:
-            read = max(0.001, min(read, deadline - time.monotonic()))
-        return httpx.Timeout(self.timeout, read=read)
 
 
 class Client(_Base):
@@ -331,55 +349,51 @@ class Client(_Base):
     def submit(
         self, kind: str, params: dict[str, Any], *, idempotency_key: str | None = None
     ) -> Job:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        response = self.http.post(f"jobs/{_quote(kind)}", json=params, headers=headers)
-        return self._submitted(_checked(response))
+        return self._submitted(self.http.send(self._submit(kind, params, idempotency_key)))
 
     def status(self, job: Job | str) -> dict[str, Any]:
-        job = self._ref(job)
-        return _json(_checked(self.http.get(self._path(job), params=self._params(job))))
+        return _json(self.http.send(self._on("GET", self._ref(job))))
 
     def result(self, job: Job | str) -> dict[str, Any]:
-        """``{"result": done data, "files": {name: url}}`` of a job that succeeded."""
-        job = self._ref(job)
-        response = self.http.get(self._path(job, "result"), params=self._params(job))
-        return _json(_checked(response))
+        """``{"result": the done data, "files": {name: url}}`` of a job that succeeded."""
+        return _json(self.http.send(self._on("GET", self._ref(job), "result")))
 
     def cancel(self, job: Job | str) -> dict[str, Any]:
         """Cancel: ``state`` is ``cancelled`` (it was waiting) or ``cancelling`` (running)."""
-        job = self._ref(job)
-        return _json(_checked(self.http.delete(self._path(job), params=self._params(job))))
+        return _json(self.http.send(self._on("DELETE", self._ref(job))))
 
     def download(self, job: Job | str, name: str, path: str | Path) -> Path:
         """Save the job's result file ``name`` at ``path`` (whole or not at all)."""
-        job, target = self._ref(job), Path(path)
-        partial = target.with_name(target.name + ".part")
-        url = self._path(job, "result", name)
-        with self.http.stream("GET", url, params=self._params(job)) as response:
-            if not response.is_success:
-                response.read()
-                raise ApiError.from_response(response)
-            with partial.open("wb") as out:
+        response = self.http.send(self._on("GET", self._ref(job), "result", name), stream=True)
+        with _writing(Path(path)) as out:
+            try:
+                if not response.is_success:
+                    response.read()
+                    raise ApiError.from_response(response)
                 for chunk in response.iter_bytes():
                     out.write(chunk)
-        return partial.replace(target)
+            finally:
+                response.close()
+        return Path(path)
 
     def watch(self, job: Job | str, *, last_event_id: str | None = None) -> Iterator[Event]:
-        """The job's events from after ``last_event_id`` (all without one) to its end."""
+        """The job's events after ``last_event_id`` (all without one), to its end."""
         return self._watch(self._ref(job), last_event_id, None)
 
     def wait(self, job: Job | str, timeout: float | None = None) -> dict[str, Any]:
         """The job's ``done`` data; JobFailed / JobCancelled / WaitTimeout otherwise.
-
         The timeout is checked at every event and bounds every silent stretch."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        return _outcome(self._watch(self._ref(job), None, deadline))
+        for event in self._watch(self._ref(job), None, deadline):
+            if event.terminal:
+                return _outcome(event)
+        raise JobcastError("the stream ended before the job did")
 
     def watch_many(self, jobs: Iterable[Job | str]) -> Iterator[Event]:
         """The events of several jobs as they come (``event.job_id`` names the job), until
-        all have ended. One stream per job for now; a multiplexed one later, same iterator."""
+        all have ended. One stream per job for now; one multiplexed stream later."""
         refs = [self._ref(job) for job in jobs]
-        feed: queue.Queue[Event | BaseException | None] = queue.Queue()
+        feed: queue.Queue[Event | Exception | None] = queue.Queue()
         stop = threading.Event()
 
         def follow(job: Job) -> None:
@@ -388,7 +402,7 @@ class Client(_Base):
                     if stop.is_set():
                         return
                     feed.put(event)
-            except BaseException as exc:  # handed to the reader, who raises it
+            except Exception as exc:  # handed to the reader, who raises it
                 feed.put(exc)
             finally:
                 feed.put(None)
@@ -396,7 +410,14 @@ class Client(_Base):
         for job in refs:
             threading.Thread(target=follow, args=(job,), daemon=True).start()
         try:
-            yield from _merged(feed.get, len(refs))
+            ended = 0
+            while ended < len(refs):
+                item = feed.get()
+                if isinstance(item, Exception):
+                    raise item
+                ended += item is None
+                if item is not None:
+                    yield item
         finally:
             stop.set()  # each thread leaves at its next event (or read timeout)
 
@@ -404,48 +425,38 @@ class Client(_Base):
         self, job: Job, last_event_id: str | None, deadline: float | None
     ) -> Iterator[Event]:
         cursor = _Cursor(job.id, last_event_id)
-        failures = 0
-        cause: Exception | None = None
         while True:
-            retry_after: float | None = None
+            failure: Exception | None = None
             try:
-                headers = cursor.connected()
-                timeout = self._stream_timeout(deadline)
-                url = self._path(job, "stream")
-                with connect_sse(
-                    self.http, "GET", url, params=self._params(job), headers=headers,
-                    timeout=timeout,
-                ) as source:  # fmt: skip
-                    if source.response.status_code not in (200, 204):
-                        source.response.read()
-                    if _opened(source.response):
-                        for sse in source.iter_sse():
-                            event = cursor.accept(sse)
-                            if event is not None:
-                                yield event
-                                if event.terminal:
-                                    return
-                            _check_deadline(deadline)
-                    else:
-                        return  # 204: finished, nothing after our last id
-                cause = None  # the server ended the stream early (a restart): go on
+                response = self.http.send(self._stream(job, cursor, deadline), stream=True)
+                try:
+                    if response.status_code not in (200, 204):
+                        response.read()
+                    if not _opened(response):
+                        return
+                    for sse in EventSource(response).iter_sse():
+                        event = cursor.accept(sse)
+                        if event is not None:
+                            yield event
+                            if event.terminal:
+                                return
+                        _check(deadline)
+                finally:
+                    response.close()
             except ApiError as exc:
                 if not exc.transient:
                     raise
-                cause, retry_after = exc, exc.retry_after
+                failure = exc
             except (httpx.TransportError, SSEError) as exc:  # refused, dropped, cut, silent
-                _check_deadline(deadline)
-                cause = exc
-            failures = 1 if cursor.fresh else failures + 1
-            if failures > self.max_retries:
-                raise ConnectionGaveUp(job.id, failures, cause)
-            delay = self._delay(failures, cursor, retry_after)
+                _check(deadline)
+                failure = exc
+            delay = self._retry(cursor, failure)
             time.sleep(delay if deadline is None else min(delay, _left(deadline)))
-            _check_deadline(deadline)
+            _check(deadline)
 
 
 class AsyncClient(_Base):
-    """The asyncio client: the same methods as :class:`Client`, to await."""
+    """The asyncio client: the methods of :class:`Client`, to await."""
 
     def __init__(
         self,
@@ -472,36 +483,31 @@ class AsyncClient(_Base):
     async def submit(
         self, kind: str, params: dict[str, Any], *, idempotency_key: str | None = None
     ) -> Job:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        response = await self.http.post(f"jobs/{_quote(kind)}", json=params, headers=headers)
-        return self._submitted(_checked(response))
+        request = self._submit(kind, params, idempotency_key)
+        return self._submitted(await self.http.send(request))
 
     async def status(self, job: Job | str) -> dict[str, Any]:
-        job = self._ref(job)
-        return _json(_checked(await self.http.get(self._path(job), params=self._params(job))))
+        return _json(await self.http.send(self._on("GET", self._ref(job))))
 
     async def result(self, job: Job | str) -> dict[str, Any]:
-        job = self._ref(job)
-        response = await self.http.get(self._path(job, "result"), params=self._params(job))
-        return _json(_checked(response))
+        return _json(await self.http.send(self._on("GET", self._ref(job), "result")))
 
     async def cancel(self, job: Job | str) -> dict[str, Any]:
-        job = self._ref(job)
-        response = await self.http.delete(self._path(job), params=self._params(job))
-        return _json(_checked(response))
+        return _json(await self.http.send(self._on("DELETE", self._ref(job))))
 
     async def download(self, job: Job | str, name: str, path: str | Path) -> Path:
-        job, target = self._ref(job), Path(path)
-        partial = target.with_name(target.name + ".part")
-        url = self._path(job, "result", name)
-        async with self.http.stream("GET", url, params=self._params(job)) as response:
-            if not response.is_success:
-                await response.aread()
-                raise ApiError.from_response(response)
-            with partial.open("wb") as out:  # local writes of a result file: brief
+        request = self._on("GET", self._ref(job), "result", name)
+        response = await self.http.send(request, stream=True)
+        with _writing(Path(path)) as out:  # local writes of one result file: brief
+            try:
+                if not response.is_success:
+                    await response.aread()
+                    raise ApiError.from_response(response)
                 async for chunk in response.aiter_bytes():
                     out.write(chunk)
-        return partial.replace(target)
+            finally:
+                await response.aclose()
+        return Path(path)
 
     def watch(self, job: Job | str, *, last_event_id: str | None = None) -> AsyncIterator[Event]:
         return self._watch(self._ref(job), last_event_id)
@@ -512,7 +518,7 @@ class AsyncClient(_Base):
             async with asyncio.timeout(timeout):
                 async for event in events:
                     if event.terminal:
-                        return _terminal(event)
+                        return _outcome(event)
         except TimeoutError:
             raise WaitTimeout(f"the job did not end within {timeout} s") from None
         finally:
@@ -521,7 +527,7 @@ class AsyncClient(_Base):
 
     async def watch_many(self, jobs: Iterable[Job | str]) -> AsyncIterator[Event]:
         refs = [self._ref(job) for job in jobs]
-        feed: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
+        feed: asyncio.Queue[Event | Exception | None] = asyncio.Queue()
 
         async def follow(job: Job) -> None:
             try:
@@ -537,11 +543,10 @@ class AsyncClient(_Base):
             ended = 0
             while ended < len(refs):
                 item = await feed.get()
-                if item is None:
-                    ended += 1
-                elif isinstance(item, BaseException):
+                if isinstance(item, Exception):
                     raise item
-                else:
+                ended += item is None
+                if item is not None:
                     yield item
         finally:
             for task in tasks:
@@ -550,40 +555,30 @@ class AsyncClient(_Base):
 
     async def _watch(self, job: Job, last_event_id: str | None) -> AsyncGenerator[Event, None]:
         cursor = _Cursor(job.id, last_event_id)
-        failures = 0
-        cause: Exception | None = None
         while True:
-            retry_after: float | None = None
+            failure: Exception | None = None
             try:
-                headers = cursor.connected()
-                timeout = self._stream_timeout(None)
-                url = self._path(job, "stream")
-                async with aconnect_sse(
-                    self.http, "GET", url, params=self._params(job), headers=headers,
-                    timeout=timeout,
-                ) as source:  # fmt: skip
-                    response = source.response
+                response = await self.http.send(self._stream(job, cursor, None), stream=True)
+                try:
                     if response.status_code not in (200, 204):
                         await response.aread()
                     if not _opened(response):
                         return
-                    async for sse in source.aiter_sse():
+                    async for sse in EventSource(response).aiter_sse():
                         event = cursor.accept(sse)
                         if event is not None:
                             yield event
                             if event.terminal:
                                 return
-                cause = None
+                finally:
+                    await response.aclose()
             except ApiError as exc:
                 if not exc.transient:
                     raise
-                cause, retry_after = exc, exc.retry_after
+                failure = exc
             except (httpx.TransportError, SSEError) as exc:  # refused, dropped, cut, silent
-                cause = exc
-            failures = 1 if cursor.fresh else failures + 1
-            if failures > self.max_retries:
-                raise ConnectionGaveUp(job.id, failures, cause)
-            await asyncio.sleep(self._delay(failures, cursor, retry_after))
+                failure = exc
+            await asyncio.sleep(self._retry(cursor, failure))
 
 
 def _opened(response: httpx.Response) -> bool:
@@ -595,14 +590,8 @@ def _opened(response: httpx.Response) -> bool:
     return True
 
 
-def _outcome(events: Iterator[Event]) -> dict[str, Any]:
-    for event in events:
-        if event.terminal:
-            return _terminal(event)
-    raise JobcastError("the stream ended before the job did")
-
-
-def _terminal(event: Event) -> dict[str, Any]:
+def _outcome(event: Event) -> dict[str, Any]:
+    """A terminal event's done data, or the error it stands for."""
     if event.kind == "failed":
         raise JobFailed(event)
     if event.kind == "cancelled":
@@ -610,19 +599,19 @@ def _terminal(event: Event) -> dict[str, Any]:
     return event.data
 
 
-def _merged(get: Any, count: int) -> Iterator[Event]:
-    ended = 0
-    while ended < count:
-        item = get()
-        if item is None:
-            ended += 1
-        elif isinstance(item, BaseException):
-            raise item
-        else:
-            yield item
+@contextmanager
+def _writing(target: Path) -> Iterator[BinaryIO]:
+    """A file that appears at ``target`` only once written whole."""
+    partial = target.with_name(target.name + ".part")
+    try:
+        with partial.open("wb") as out:
+            yield out
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
-def _check_deadline(deadline: float | None) -> None:
+def _check(deadline: float | None) -> None:
     if deadline is not None and time.monotonic() >= deadline:
         raise WaitTimeout("the job did not end in time")
 
@@ -631,13 +620,10 @@ def _left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
-def _checked(response: httpx.Response) -> httpx.Response:
+def _json(response: httpx.Response) -> dict[str, Any]:
+    """The JSON object of a successful answer; ApiError for an error."""
     if not response.is_success:
         raise ApiError.from_response(response)
-    return response
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
     body = response.json()
     if not isinstance(body, dict):
         raise JobcastError(f"expected a JSON object from {response.url}, got {body!r:.80}")
