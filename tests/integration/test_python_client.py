@@ -244,3 +244,23 @@ def test_custom_events_arrive_typed_and_delta_text_joins(
     assert [e.message for e in events if e.kind == "log"] == ["Reading file 1 of 2"]
     assert [e.data for e in events if e.kind == "tool_call"] == [{"name": "search"}]
     assert events[-1].error == "stopped by the test"
+
+
+def test_signed_mode_uses_the_jobs_token(
+    stack_env: dict[str, str], worker: Proc, rds: redis.Redis, tmp_path: Path
+) -> None:
+    """With job tokens on, the client sends the token from the 202 on every job route;
+    without it the API's 403 comes back typed; client.job(id, token) attaches to a job."""
+    env = {**stack_env, "JOBCAST_SIGNING_KEY": "a-test-signing-key-of-some-length"}
+    proc, base = gunicorn_web(env, tmp_path / "signed.log")
+    try:
+        with Client(base) as client, Client(base) as stranger, Client(base) as friend:
+            job = client.submit("imagine", QUICK)
+            assert job.token and "token=" in job.urls["stream"]
+            assert client.wait(job.id, timeout=60)["width"] == 64
+            with pytest.raises(ApiError) as caught:
+                stranger.status(job.id)
+            assert ids(list(friend.watch(friend.job(job.id, job.token)))) == logged(rds, job.id)
+    finally:
+        proc.stop()
+    assert (caught.value.status, caught.value.code) == (403, "bad_token")
