@@ -91,8 +91,9 @@ class ApiError(JobcastError):
             error = response.json()["error"]
             code, message = str(error["code"]), str(error["message"])
             fields = error.get("fields")
-        except (ValueError, KeyError, TypeError):  # a proxy's page, not the API's JSON
+        except (ValueError, KeyError, TypeError, AttributeError):  # a proxy's page, not ours
             code, message, fields = f"http_{response.status_code}", response.reason_phrase, None
+        fields = fields if isinstance(fields, dict) else None
         return cls(response.status_code, code, message, fields, _seconds(response))
 
     @property
@@ -102,11 +103,13 @@ class ApiError(JobcastError):
 
 
 class ConnectionGaveUp(JobcastError):
-    """The job's stream failed ``attempts`` times in a row; ``cause`` is the last failure."""
+    """The server could not be reached: a request failed to get an answer (``job_id``
+    None), or a job's stream failed ``attempts`` times in a row; ``cause``: the last."""
 
-    def __init__(self, job_id: str, attempts: int, cause: BaseException | None) -> None:
+    def __init__(self, job_id: str | None, attempts: int, cause: BaseException | None) -> None:
         why = cause or "the server kept ending the stream"
-        super().__init__(f"gave up on job {job_id} after {attempts} failed connections: {why}")
+        what = f"job {job_id} after {attempts} failed connections" if job_id else "the server"
+        super().__init__(f"gave up on {what}: {why}")
         self.job_id = job_id
         self.attempts = attempts
         self.cause = cause
@@ -349,22 +352,22 @@ class Client(_Base):
     def submit(
         self, kind: str, params: dict[str, Any], *, idempotency_key: str | None = None
     ) -> Job:
-        return self._submitted(self.http.send(self._submit(kind, params, idempotency_key)))
+        return self._submitted(self._send(self._submit(kind, params, idempotency_key)))
 
     def status(self, job: Job | str) -> dict[str, Any]:
-        return _json(self.http.send(self._on("GET", self._ref(job))))
+        return _json(self._send(self._on("GET", self._ref(job))))
 
     def result(self, job: Job | str) -> dict[str, Any]:
         """``{"result": the done data, "files": {name: url}}`` of a job that succeeded."""
-        return _json(self.http.send(self._on("GET", self._ref(job), "result")))
+        return _json(self._send(self._on("GET", self._ref(job), "result")))
 
     def cancel(self, job: Job | str) -> dict[str, Any]:
         """Cancel: ``state`` is ``cancelled`` (it was waiting) or ``cancelling`` (running)."""
-        return _json(self.http.send(self._on("DELETE", self._ref(job))))
+        return _json(self._send(self._on("DELETE", self._ref(job))))
 
     def download(self, job: Job | str, name: str, path: str | Path) -> Path:
         """Save the job's result file ``name`` at ``path`` (whole or not at all)."""
-        response = self.http.send(self._on("GET", self._ref(job), "result", name), stream=True)
+        response = self._send(self._on("GET", self._ref(job), "result", name), stream=True)
         with _writing(Path(path)) as out:
             try:
                 if not response.is_success:
@@ -375,6 +378,12 @@ class Client(_Base):
             finally:
                 response.close()
         return Path(path)
+
+    def _send(self, request: httpx.Request, stream: bool = False) -> httpx.Response:
+        try:
+            return self.http.send(request, stream=stream)
+        except httpx.TransportError as exc:
+            raise ConnectionGaveUp(None, 1, exc) from exc
 
     def watch(self, job: Job | str, *, last_event_id: str | None = None) -> Iterator[Event]:
         """The job's events after ``last_event_id`` (all without one), to its end."""
@@ -484,20 +493,20 @@ class AsyncClient(_Base):
         self, kind: str, params: dict[str, Any], *, idempotency_key: str | None = None
     ) -> Job:
         request = self._submit(kind, params, idempotency_key)
-        return self._submitted(await self.http.send(request))
+        return self._submitted(await self._send(request))
 
     async def status(self, job: Job | str) -> dict[str, Any]:
-        return _json(await self.http.send(self._on("GET", self._ref(job))))
+        return _json(await self._send(self._on("GET", self._ref(job))))
 
     async def result(self, job: Job | str) -> dict[str, Any]:
-        return _json(await self.http.send(self._on("GET", self._ref(job), "result")))
+        return _json(await self._send(self._on("GET", self._ref(job), "result")))
 
     async def cancel(self, job: Job | str) -> dict[str, Any]:
-        return _json(await self.http.send(self._on("DELETE", self._ref(job))))
+        return _json(await self._send(self._on("DELETE", self._ref(job))))
 
     async def download(self, job: Job | str, name: str, path: str | Path) -> Path:
         request = self._on("GET", self._ref(job), "result", name)
-        response = await self.http.send(request, stream=True)
+        response = await self._send(request, stream=True)
         with _writing(Path(path)) as out:  # local writes of one result file: brief
             try:
                 if not response.is_success:
@@ -508,6 +517,12 @@ class AsyncClient(_Base):
             finally:
                 await response.aclose()
         return Path(path)
+
+    async def _send(self, request: httpx.Request, stream: bool = False) -> httpx.Response:
+        try:
+            return await self.http.send(request, stream=stream)
+        except httpx.TransportError as exc:
+            raise ConnectionGaveUp(None, 1, exc) from exc
 
     def watch(self, job: Job | str, *, last_event_id: str | None = None) -> AsyncIterator[Event]:
         return self._watch(self._ref(job), last_event_id)

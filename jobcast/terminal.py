@@ -78,22 +78,24 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def submit_command(args: argparse.Namespace) -> int:
-    console = Console(stderr=True)
+    console = Console(stderr=True, markup=False, highlight=False)
     try:
         params = parse_params(args.param, args.prompt)
     except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
+        console.print(Text(str(exc), "red"))
         return REFUSED
     with _client(args) as client:
         try:
             job = client.submit(args.kind, params, idempotency_key=args.idempotency_key)
         except ApiError as exc:
             return _refused(console, exc)
+        except ConnectionGaveUp as exc:
+            return _gave_up(console, exc)
         if not (args.watch or args.out):
             print(job.id, flush=True)  # alone on stdout, for ID=$(jobcast submit ...)
             console.print(f"queued: {_place(job.position, job.eta_seconds)}")
             return DONE
-        console.print(f"job [bold]{job.id}[/]")
+        console.print(Text.assemble("job ", (job.id, "bold")))
         return follow(client, job, args)
 
 
@@ -120,7 +122,7 @@ def parse_params(pairs: Iterable[str], prompt: str | None) -> dict[str, Any]:
 
 def follow(client: Client, job: Job, args: argparse.Namespace) -> int:
     """Draw the job until it ends (or Ctrl-C); the exit code."""
-    console = Console()
+    console = Console(markup=False, highlight=False)
     board = Board(console)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -129,8 +131,7 @@ def follow(client: Client, job: Job, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return _detach(console, client, job, args.cancel_on_exit)
     except ConnectionGaveUp as exc:
-        console.print(f"[red]gave up:[/] {exc}")
-        return GAVE_UP
+        return _gave_up(console, exc)
     except ApiError as exc:
         return _refused(console, exc)
     finally:
@@ -256,8 +257,8 @@ def _detach(console: Console, client: Client, job: Job, cancel: bool) -> int:
         return DETACHED
     try:
         state = client.cancel(job)["state"]
-    except ApiError as exc:
-        console.print(f"could not cancel: {exc.message}")
+    except (ApiError, ConnectionGaveUp) as exc:
+        console.print(f"could not cancel: {exc}")
         return DETACHED
     console.print(f"cancel requested: the job is {state}")
     return CANCELLED
@@ -268,21 +269,28 @@ def _save(console: Console, client: Client, job: Job, out: Path, name: str | Non
         if name is None:
             files = sorted(client.result(job).get("files") or {})
             if len(files) != 1:
-                console.print(f"[red]--out: pick one with --file from {files}[/]")
+                console.print(Text(f"--out: pick one with --file from {files}", "red"))
                 return REFUSED
             name = files[0]
         saved = client.download(job, name, out)
     except ApiError as exc:
         return _refused(console, exc)
+    except ConnectionGaveUp as exc:
+        return _gave_up(console, exc)
     console.print(f"saved {name} as {saved} ({saved.stat().st_size} bytes)")
     return DONE
 
 
 def _refused(console: Console, exc: ApiError) -> int:
-    console.print(f"[red]{exc.status} {exc.code}:[/] {exc.message}")
+    console.print(Text.assemble((f"{exc.status} {exc.code}: ", "red"), exc.message))
     for name, reason in exc.fields.items():
         console.print(f"  {name}: {reason}")
     return REFUSED
+
+
+def _gave_up(console: Console, exc: ConnectionGaveUp) -> int:
+    console.print(Text(str(exc), "red"))
+    return GAVE_UP
 
 
 def _place(position: int | None, eta: int | None) -> str:

@@ -37,6 +37,11 @@ def finish(child: pexpect.spawn) -> tuple[str, int]:
     return child.before, child.exitstatus
 
 
+def plain(output: str) -> str:
+    """The text without colours, line breaks and runs of spaces (rich wraps long lines)."""
+    return " ".join(ANSI.sub("", output).split())
+
+
 def percents(output: str) -> set[int]:
     return {int(p) for p in re.findall(r"(?<![\d.])(\d{1,3})%", ANSI.sub("", output))}
 
@@ -112,13 +117,16 @@ def test_ctrl_c_with_cancel_on_exit_cancels(
 
 
 def test_unreachable_server_gives_up_with_3(stack_env: dict[str, str]) -> None:
-    """No server at the URL: the watcher retries --max-retries times, then exits with 3."""
-    child = jobcast(
-        "watch", "A" * 22, "--url", f"http://127.0.0.1:{free_port()}", "--max-retries", "1",
-        env=stack_env,
-    )  # fmt: skip
-    output, code = finish(child)
-    assert code == 3 and "gave up" in output
+    """No server at the URL: the watcher retries --max-retries times, then exits with 3;
+    a submit there exits with 3 at once."""
+    url = f"http://127.0.0.1:{free_port()}"
+    watch = jobcast("watch", "A" * 22, "--url", url, "--max-retries", "1", env=stack_env)
+    output, code = finish(watch)
+    assert code == 3 and "after 2 failed connections" in plain(output)
+    output, code = finish(
+        jobcast("submit", "imagine", "--prompt", "x", "--url", url, env=stack_env)
+    )
+    assert code == 3 and "gave up on the server" in plain(output)
 
 
 @pytest.mark.parametrize("params", [{"prompt": ""}, {"prompt": "ok", "width": 3}])
