@@ -264,3 +264,15 @@ def test_signed_mode_uses_the_jobs_token(
     finally:
         proc.stop()
     assert (caught.value.status, caught.value.code) == (403, "bad_token")
+
+
+def test_idempotency_key_gives_back_the_same_job(web: str, worker: Proc, rds: redis.Redis) -> None:
+    """Submitting twice with one Idempotency-Key makes one job; a bad key is a typed 400."""
+    with Client(web) as client:
+        first = client.submit("imagine", QUICK, idempotency_key="order-17")
+        again = client.submit("imagine", QUICK, idempotency_key="order-17")
+        with pytest.raises(ApiError) as caught:
+            client.submit("imagine", QUICK, idempotency_key="no spaces allowed")
+        client.wait(first, timeout=60)
+    assert again.id == first.id
+    assert (caught.value.status, caught.value.code) == (400, "bad_idempotency_key")
