@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 from PIL import Image
-from support import Proc, free_port, gunicorn_web, logged, wait_until
+from support import Proc, free_port, gunicorn_web, logged
 
 from jobcast.client import (
     ApiError,
@@ -56,26 +56,29 @@ def test_watch_resumes_through_a_killed_web_process(
     goes on by itself, with no event twice and none missing."""
     port = free_port()
     web, base = gunicorn_web(stack_env, tmp_path / "web1.log", port=port)
-    restarted: list[Proc] = []
+    procs = [web]
+    restart = threading.Thread(
+        target=lambda: procs.append(gunicorn_web(stack_env, tmp_path / "web2.log", port=port)[0])
+    )
     try:
         with Client(base, max_retries=20) as client:
             job = client.submit("imagine", LONG)
             events: list[Event] = []
             for event in client.watch(job):
                 events.append(event)
-                if event.kind == "progress" and not restarted:
+                if event.kind == "progress" and restart.ident is None:  # not started yet
                     assert rds.hget(f"jobcast:job:{{{job.id}}}", "state") == b"running"
-                    web.kill()
-                    restarted.append(web)
-                    threading.Thread(target=lambda: restarted.append(
-                        gunicorn_web(stack_env, tmp_path / "web2.log", port=port)[0]
-                    )).start()  # fmt: skip
-        assert len(restarted) == 2, "the web server was killed and started again"
+                    web.kill()  # SIGKILL, the whole process group: master and worker
+                    restart.start()  # on the same port, while the client retries
+        restart.join(60)
+        assert len(procs) == 2, "the web server was killed and started again"
         assert events[-1].kind == "done"
         assert ids(events) == logged(rds, job.id)
     finally:
-        wait_until(lambda: len(restarted) == 2, 60, "the second web server")
-        restarted[-1].stop()
+        if restart.ident is not None:
+            restart.join(60)
+        for proc in procs:
+            proc.stop()
 
 
 def test_wait_returns_the_result_and_download_saves_the_png(
