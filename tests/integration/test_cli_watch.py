@@ -53,8 +53,8 @@ def test_submit_watch_moves_the_bar_draws_the_preview_and_saves_the_png(
     colours, --out writes the PNG, and the exit code is 0."""
     out = tmp_path / "picture.png"
     child = jobcast(
-        "submit", "imagine", "--prompt", "a red barn in snow", "-p", "width=256",
-        "-p", "height=128", "-p", "steps=16", "--out", str(out), "--url", web, env=stack_env,
+        "submit", "imagine", "--prompt", "a red barn in snow", "-p", "width=384",
+        "-p", "height=256", "-p", "steps=24", "--out", str(out), "--url", web, env=stack_env,
     )  # fmt: skip
     output, code = finish(child)
     assert code == 0, output
@@ -63,7 +63,7 @@ def test_submit_watch_moves_the_bar_draws_the_preview_and_saves_the_png(
     assert "▀" in output and re.search(r"\x1b\[[0-9;]*48;[25];", output), "no coloured cells"
     assert "done" in output and "saved image.png" in ANSI.sub("", output)
     with Image.open(out) as image:
-        assert image.format == "PNG" and image.size == (256, 128)
+        assert image.format == "PNG" and image.size == (384, 256)
 
 
 def test_exit_codes_for_a_failed_and_a_cancelled_job(
