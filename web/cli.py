@@ -2,6 +2,7 @@
 
 jobcast dev [--port 8000]   embedded Redis + worker + monitor + web; Ctrl-C stops all
 jobcast web | worker | monitor | redis
+jobcast submit KIND ... | watch JOB_ID   a client of a running server (jobcast/terminal.py)
 """
 
 from __future__ import annotations
@@ -241,7 +242,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_worker = sub.add_parser("worker", help="celery -A tasks worker")
     p_worker.add_argument("--concurrency", type=int, default=1)
     sub.add_parser("monitor", help="follow Celery events; publish the ops snapshot")
+    from jobcast.terminal import add_commands
+
+    add_commands(sub)
     args = parser.parse_args(argv)
+    if hasattr(args, "run"):
+        return int(args.run(args))  # a client: the server's settings are not its business
     problem = settings_problem()
     if problem:
         print(f"jobcast: {problem}", file=sys.stderr, flush=True)
