@@ -539,10 +539,10 @@ class Monitor:
             pipe.zrange(line.running, 0, -1)
         ids = [m.decode() for running in pipe.execute() for m in running]
         for task_id in ids:
-            pipe.hmget(self.keys.job(task_id), "state", "last:started")
+            pipe.hmget(self.keys.job(task_id), "state", "last:started", "task")
         now = self.clock()
         known = {t for w in self.workers.values() for t in w.jobs}
-        for task_id, (state, started) in zip(ids, pipe.execute(), strict=True):
+        for task_id, (state, started, task) in zip(ids, pipe.execute(), strict=True):
             hostname = _worker_of(started)
             if state != b"running" or not hostname or task_id in known:
                 continue
@@ -551,7 +551,9 @@ class Monitor:
                 # Never heard from yet: busy, so alive until it stays silent too long.
                 worker.online, worker.last_heartbeat, self.urgent = True, now, True
             if worker.online:
-                worker.start(task_id, names.get(task_id, "?"), now)
+                # The record names the task too: a job seen here before its events has one.
+                name = names.get(task_id) or (task.decode(errors="replace") if task else "?")
+                worker.start(task_id, name, now)
             else:
                 self.orphans[task_id] = now
 

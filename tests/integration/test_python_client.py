@@ -216,7 +216,22 @@ def test_async_client_submit_watch_wait_and_watch_many(
                 await client.submit("imagine", {"prompt": ""})
             assert caught.value.status == 422 and "prompt" in caught.value.fields
 
-    asyncio.run(scenario())
+    # A loop of its own on a thread of its own: an earlier test (Playwright's sync API) may
+    # leave an event loop running in this thread, where asyncio.run() refuses to start.
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(scenario())
+        except BaseException as exc:  # re-raised below, in the test's thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "the asyncio scenario did not finish"
+    if failures:
+        raise failures[0]
 
 
 def test_custom_events_arrive_typed_and_delta_text_joins(

@@ -123,6 +123,7 @@ def test_custom_kinds_are_logged_in_order_without_touching_the_snapshot(rds: red
     assert record[b"state"] == b"running"
     assert not any(k.startswith(b"last:log") or k.startswith(b"last:tool") for k in record)
     assert rds.get("jobcast:queue:version") == version
+    events.publish("c1", "done", {})  # no job is left running for the next test
 
 
 @pytest.mark.parametrize(
@@ -147,6 +148,7 @@ def test_bad_or_reserved_kind_names_are_refused(rds: redis.Redis, kind: str, why
     with pytest.raises(ValueError, match=why):
         events.publish("c2", kind, {"x": 1})
     assert [p for _, p in logged(rds, "c2")] == ["started"]
+    events.publish("c2", "done", {})
 
 
 def test_oversized_event_data_is_refused_with_the_limit_named(rds: redis.Redis) -> None:
@@ -161,6 +163,7 @@ def test_oversized_event_data_is_refused_with_the_limit_named(rds: redis.Redis) 
     with pytest.raises(ValueError, match="Out of range float"):
         events.publish("c3", "metric", {"value": float("nan")})
     assert [p for _, p in logged(rds, "c3")] == ["started", "delta"]
+    events.publish("c3", "done", {})
 
 
 def test_an_idempotency_key_lasts_as_long_as_its_job(rds: redis.Redis) -> None:
