@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,61 @@ def gunicorn_web(
     wait_until(lambda: _healthy(base) or not proc.alive(), 30, "gunicorn to serve /healthz")
     assert proc.alive(), proc.output()[-3000:]
     return proc, base
+
+
+@dataclass
+class Stack:
+    """A stack of a test's own, for a test that breaks it: a Redis, and the workers, web
+    servers and monitors started on it, each under a name, stopped in reverse order."""
+
+    tmp: Path
+    redis: RedisServer
+    env: dict[str, str]
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    def keep(self, name: str, proc: Proc) -> Proc:
+        assert name not in self.procs, f"{name} started twice"
+        self.procs[name] = proc
+        return proc
+
+    def worker(self, name: str = "w1", **kwargs: Any) -> Proc:
+        return self.keep(name, celery_worker(self.env, self.tmp / f"{name}.log", name, **kwargs))
+
+    def web(self, workers: int = 1, **env: str) -> tuple[Proc, str]:
+        proc, base = gunicorn_web({**self.env, **env}, self.tmp / "web.log", workers=workers)
+        return self.keep("web", proc), base
+
+    def monitor(self) -> Proc:
+        return self.keep("monitor", jobcast_monitor(self.env, self.tmp / "monitor.log"))
+
+    def client(self) -> redis.Redis:
+        return self.redis.client()
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs.values()):
+            proc.stop()
+        self.redis.stop()
+
+
+@contextmanager
+def own_stack(tmp: Path, kind: type[Stack] = Stack, **env: str) -> Iterator[Stack]:
+    """A Redis of its own under ``tmp`` and the environment its processes get: that Redis,
+    a private media folder, Celery's default visibility timeout (an hour) unless ``env``
+    says, and ``env``. Everything the stack started is stopped on the way out."""
+    server = RedisServer(tmp / "redis").start()
+    environ = dict(os.environ)
+    environ.pop("JOBCAST_VISIBILITY_TIMEOUT", None)
+    environ.update(
+        REDIS_URL=server.url,
+        JOBCAST_MEDIA_DIR=str(tmp / "media"),
+        PYTHONUNBUFFERED="1",
+        **env,
+    )
+    stack = kind(tmp, server, environ)
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 def _healthy(base: str) -> bool:

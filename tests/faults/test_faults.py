@@ -16,21 +16,17 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from httpx_sse import aconnect_sse
 from support import (
-    Proc,
     Received,
-    RedisServer,
-    celery_worker,
-    gunicorn_web,
+    Stack,
     iter_events,
     logged,
+    own_stack,
     post_job,
     wait_until,
 )
@@ -42,42 +38,10 @@ pytestmark = pytest.mark.slow
 LONG = {"width": 384, "height": 384, "steps": 24}
 
 
-@dataclass
-class Stack:
-    tmp: Path
-    redis: RedisServer
-    env: dict[str, str]
-    procs: list[Proc] = field(default_factory=list)
-
-    def worker(self, name: str = "w1") -> Proc:
-        proc = celery_worker(self.env, self.tmp / f"{name}.log", name)
-        self.procs.append(proc)
-        return proc
-
-    def web(self, workers: int = 1, **env: str) -> tuple[Proc, str]:
-        proc, base = gunicorn_web({**self.env, **env}, self.tmp / "web.log", workers=workers)
-        self.procs.append(proc)
-        return proc, base
-
-    def client(self) -> redis.Redis:
-        return self.redis.client()
-
-
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    server = RedisServer(tmp_path / "redis").start()
-    env = dict(os.environ)
-    env.update(
-        REDIS_URL=server.url,
-        JOBCAST_MEDIA_DIR=str(tmp_path / "media"),
-        JOBCAST_VISIBILITY_TIMEOUT="6",
-        PYTHONUNBUFFERED="1",
-    )
-    s = Stack(tmp_path, server, env)
-    yield s
-    for proc in reversed(s.procs):
-        proc.stop()
-    server.stop()
+    with own_stack(tmp_path, JOBCAST_VISIBILITY_TIMEOUT="6") as s:
+        yield s
 
 
 class Follower:

@@ -4,17 +4,16 @@ its own Redis and workers of the user's app, so it can break them freely."""
 
 from __future__ import annotations
 
-import os
+import functools
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from celery import Celery
-from support import Proc, RedisServer, jobcast_monitor, logged, wait_until
+from support import Proc, Stack, logged, own_stack, wait_until
 
 import jobcast
 from tasks.config import Settings
@@ -26,61 +25,45 @@ pytestmark = pytest.mark.slow
 QUEUE = "user"
 
 
-@dataclass
-class Stack:
-    tmp: Path
-    redis: RedisServer
-    env: dict[str, str]
-    app: Celery
-    procs: dict[str, Proc] = field(default_factory=dict)
+class UserStack(Stack):
+    """A stack whose workers run the user's app (tests/platform_app.py) on its queue, and
+    which submits as that app does."""
 
-    def worker(self, name: str) -> Proc:
+    @functools.cached_property
+    def app(self) -> Celery:
+        app = Celery("client", broker=self.redis.url)
+        jobcast.configure_celery(app, Settings.from_env(self.env))
+        return app
+
+    def worker(self, name: str = "w1", **kwargs: Any) -> Proc:
         """``celery -A platform_app worker -Q user``, one pool process."""
         argv = worker_argv(1, "-P", "prefork", "-Q", QUEUE, f"--hostname={name}@%h")
         argv[argv.index("tasks")] = "platform_app"
-        proc = Proc(argv, self.env, self.tmp / f"{name}.log").start()
-        self.procs[name] = proc
+        proc = self.keep(name, Proc(argv, self.env, self.tmp / f"{name}.log").start())
         wait_until(lambda: "ready." in proc.output() or not proc.alive(), 60, f"worker {name}")
         assert proc.alive(), proc.output()[-3000:]
         return proc
 
-    def monitor(self) -> Proc:
-        self.procs["monitor"] = jobcast_monitor(self.env, self.tmp / "monitor.log")
-        return self.procs["monitor"]
-
-    def client(self) -> redis.Redis:
-        return self.redis.client()
-
     def submit(self, name: str, **kwargs: Any) -> jobcast.JobHandle:
         return jobcast.submit(name, kwargs=kwargs, queue=QUEUE, app=self.app)
+
+    def stop(self) -> None:
+        if "app" in self.__dict__:
+            self.app.jobcast.redis.close()
+        super().stop()
 
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    server = RedisServer(tmp_path / "redis").start()
-    env = dict(os.environ)
-    env.update(
-        REDIS_URL=server.url,
-        JOBCAST_MEDIA_DIR=str(tmp_path / "media"),
-        PYTHONUNBUFFERED="1",
-        PYTHONPATH=str(Path(__file__).parents[1]),
-    )
-    env.pop("JOBCAST_VISIBILITY_TIMEOUT", None)
-    app = Celery("client", broker=server.url)
-    jobcast.configure_celery(app, Settings.from_env(env))
-    s = Stack(tmp_path, server, env, app)
-    yield s
-    for proc in reversed(s.procs.values()):
-        proc.stop()
-    app.jobcast.redis.close()
-    server.stop()
+    with own_stack(tmp_path, UserStack, PYTHONPATH=str(Path(__file__).parents[1])) as s:
+        yield s
 
 
 def phases(client: redis.Redis, job_id: str) -> list[str]:
     return [phase for _, phase in logged(client, job_id)]
 
 
-def test_wait_rides_out_a_redis_restart(stack: Stack) -> None:
+def test_wait_rides_out_a_redis_restart(stack: UserStack) -> None:
     """handle.wait() blocked on a running job while Redis restarts (AOF on, down a
     second): it reconnects and returns the job's `done` data, as the worker's publishes
     ride the restart out, instead of raising redis.ConnectionError."""
@@ -111,7 +94,7 @@ def started_on(client: redis.Redis, job_id: str) -> str | None:
     return raw.decode().split('"worker":"')[1].split('"')[0] if raw else None
 
 
-def test_a_user_job_whose_worker_is_killed_runs_again_and_ends_once(stack: Stack) -> None:
+def test_a_user_job_whose_worker_is_killed_runs_again_and_ends_once(stack: UserStack) -> None:
     """The worker running a user's job is SIGKILLed (whole process group) after some of
     its lines: the monitor hands the job to the other worker, which runs it as attempt 2
     and ends it with one `done`, counted once in the stats; the handle's wait() gets it."""
@@ -132,7 +115,7 @@ def test_a_user_job_whose_worker_is_killed_runs_again_and_ends_once(stack: Stack
     assert client.zcard(line.running) == 0
 
 
-def test_an_attempt_that_lost_its_lease_publishes_nothing_more(stack: Stack) -> None:
+def test_an_attempt_that_lost_its_lease_publishes_nothing_more(stack: UserStack) -> None:
     """Another attempt takes the job's lease (as one does after this attempt stalled past
     the lease TTL): this attempt's body, which only logs, stops at its next log line once
     its lease keeper notices, and publishes neither more lines nor `done`."""

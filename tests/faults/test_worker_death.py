@@ -7,22 +7,17 @@ nothing. Each test runs its own Redis, workers, web and (where it matters) monit
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import redis
 from support import (
-    Proc,
-    RedisServer,
-    celery_worker,
+    Stack,
     collect,
-    gunicorn_web,
-    jobcast_monitor,
     logged,
+    own_stack,
     post_job,
     wait_until,
 )
@@ -33,42 +28,10 @@ MEDIUM = {"prompt": "a medium one", "width": 320, "height": 320, "steps": 20}
 LONG = {"prompt": "longer than the visibility timeout", "width": 1024, "height": 1024, "steps": 24}
 
 
-@dataclass
-class Stack:
-    tmp: Path
-    redis: RedisServer
-    env: dict[str, str]
-    procs: dict[str, Proc] = field(default_factory=dict)
-
-    def worker(self, name: str) -> Proc:
-        self.procs[name] = celery_worker(self.env, self.tmp / f"{name}.log", name)
-        return self.procs[name]
-
-    def web(self) -> str:
-        self.procs["web"], base = gunicorn_web(self.env, self.tmp / "web.log")
-        return base
-
-    def monitor(self) -> Proc:
-        self.procs["monitor"] = jobcast_monitor(self.env, self.tmp / "monitor.log")
-        return self.procs["monitor"]
-
-    def client(self) -> redis.Redis:
-        return self.redis.client()
-
-
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    server = RedisServer(tmp_path / "redis").start()
-    env = dict(os.environ)
-    env.update(
-        REDIS_URL=server.url, JOBCAST_MEDIA_DIR=str(tmp_path / "media"), PYTHONUNBUFFERED="1"
-    )
-    env.pop("JOBCAST_VISIBILITY_TIMEOUT", None)  # the default hour, unless a test says
-    s = Stack(tmp_path, server, env)
-    yield s
-    for proc in reversed(s.procs.values()):
-        proc.stop()
-    server.stop()
+    with own_stack(tmp_path) as s:
+        yield s
 
 
 def started_on(client: redis.Redis, job_id: str) -> str | None:
@@ -85,7 +48,7 @@ def test_dead_workers_job_runs_again_within_seconds(stack: Stack) -> None:
     """A whole worker SIGKILLed mid-job (default one-hour visibility timeout): the monitor
     hands the job to the other worker, which finishes it as attempt 2 within ~20 s; the
     log holds each event once and the stream a client reads equals the log."""
-    base = stack.web()
+    _, base = stack.web()
     stack.monitor()
     stack.worker("first"), stack.worker("second")
     client = stack.client()
@@ -111,7 +74,7 @@ def test_visibility_timeout_shorter_than_a_job_runs_it_once(stack: Stack) -> Non
     out again while it runs; the copy finds the job's lease held and does nothing: one
     ``started``, one run."""
     stack.env["JOBCAST_VISIBILITY_TIMEOUT"] = "5"
-    base = stack.web()
+    _, base = stack.web()
     first, second = stack.worker("first"), stack.worker("second")
     client = stack.client()
     job_id = post_job(base, **LONG)["jobId"]
@@ -133,7 +96,7 @@ def test_a_job_whose_copy_gave_up_runs_again_when_its_holder_dies(stack: Stack) 
     (attempt 2) instead of staying `running` with a frozen bar until the retention."""
     stack.env["JOBCAST_VISIBILITY_TIMEOUT"] = "10"
     stack.env["JOBCAST_WORKER_TIMEOUT"] = "5"
-    base = stack.web()
+    _, base = stack.web()
     first, second = stack.worker("first"), stack.worker("second")
     client = stack.client()
     # Long enough to outlast the visibility timeout plus the copy's wait for the lease.
