@@ -16,12 +16,14 @@ object and answers whether that request may submit the kind.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from tasks.config import Settings
 
@@ -38,6 +40,33 @@ RECORD_FIELDS = frozenset(
 )  # fmt: skip
 
 Access = Literal["public", "ops", "none"] | Callable[[Any], bool]
+
+
+def problem(message: str, **ctx: Any) -> PydanticCustomError:
+    """A parameter's refusal as the API words it: ``message``, its ``{name}`` parts filled
+    from ``ctx`` (a validator of a kind's model raises it)."""
+    return PydanticCustomError("jobcast", message, ctx or None)
+
+
+def bounded_integer(
+    low: int, high: int, default: Callable[[], int] | None = None, **schema: Any
+) -> Any:
+    """The annotation of an integer parameter from ``low`` to ``high``: a JSON integer
+    (``141.0`` is one, ``true`` is not). With ``default``, null stands for ``default()``
+    and the schema says so; ``schema`` adds to the field's JSON schema (a description)."""
+
+    def check(value: Any) -> int:
+        if value is None and default is not None:
+            return int(default())
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise problem("must be an integer from {low} to {high}", low=low, high=high)
+        return value
+
+    kind = "integer" if default is None else ["integer", "null"]
+    extra = {"type": kind, "minimum": low, "maximum": high, **schema}
+    return Annotated[int, BeforeValidator(check), Field(json_schema_extra=extra)]
 
 
 class Missing:

@@ -21,7 +21,6 @@ import binascii
 import io
 import math
 import re
-import secrets
 import warnings
 from typing import Annotated, Any
 
@@ -29,8 +28,10 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from tasks.demo.params import MAX_SEED, random_seed
+from tasks.kinds import bounded_integer, problem
+
 TASK = "jobcast.analyze"
-MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 200
 DEFAULT_PROMPT = "a lighthouse on a cliff at sunset"
 MIN_SIZE, MAX_SIZE, DEFAULT_SIZE = 64, 512, 256
@@ -60,35 +61,13 @@ _PROMPT = re.compile(PROMPT_PATTERN)
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
-def _problem(message: str, **ctx: Any) -> PydanticCustomError:
-    return PydanticCustomError("jobcast", message, ctx or None)
-
-
-def _integer(low: int, high: int) -> BeforeValidator:
-    """A JSON integer from ``low`` to ``high`` (``141.0`` is one, ``true`` is not)."""
-
-    def check(value: Any) -> int:
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise _problem("must be an integer from {low} to {high}", low=low, high=high)
-        return value
-
-    return BeforeValidator(check)
-
-
-def _bounded(low: int, high: int, **extra: Any) -> Any:
-    schema = {"type": "integer", "minimum": low, "maximum": high, **extra}
-    return Annotated[int, _integer(low, high), Field(json_schema_extra=schema)]
-
-
 def _prompt(value: Any) -> str:
     if not isinstance(value, str):
-        raise _problem("must be a text")
+        raise problem("must be a text")
     if len(value) > MAX_PROMPT_CHARS:
-        raise _problem("must be at most {limit} characters", limit=MAX_PROMPT_CHARS)
+        raise problem("must be at most {limit} characters", limit=MAX_PROMPT_CHARS)
     if not _PROMPT.match(value) or _SURROGATE.search(value):
-        raise _problem("must not contain control characters")
+        raise problem("must not contain control characters")
     return " ".join(value.split())
 
 
@@ -96,11 +75,11 @@ def _image(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise _problem("must be a data URL: data:image/png;base64,...")
+        raise problem("must be a data URL: data:image/png;base64,...")
     if len(value) > MAX_DATA_URL_CHARS:
-        raise _problem("must be at most {limit} bytes once decoded (2 MiB)", limit=MAX_UPLOAD_BYTES)
+        raise problem("must be at most {limit} bytes once decoded (2 MiB)", limit=MAX_UPLOAD_BYTES)
     if not is_data_url(value):
-        raise _problem(
+        raise problem(
             "must be a base64 data URL of a PNG, JPEG, GIF or WebP image "
             "(data:image/png;base64,...)"
         )
@@ -125,7 +104,7 @@ def decode(url: str) -> tuple[str, bytes]:
     try:
         return FORMATS[kind], base64.b64decode(body, validate=True)
     except (binascii.Error, KeyError) as exc:  # the pattern lets neither through
-        raise _problem("is not valid base64") from exc
+        raise problem("is not valid base64") from exc
 
 
 def peek(url: str) -> tuple[int, int]:
@@ -138,11 +117,11 @@ def peek(url: str) -> tuple[int, int]:
                 width, height = image.size
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         # Pillow reports a damaged header with any of these.
-        raise _problem("is not a {kind} image Pillow can read", kind=declared) from exc
+        raise problem("is not a {kind} image Pillow can read", kind=declared) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _problem("is too many pixels (at most {limit})", limit=MAX_PIXELS) from exc
+        raise problem("is too many pixels (at most {limit})", limit=MAX_PIXELS) from exc
     if width * height > MAX_PIXELS:
-        raise _problem("is too many pixels (at most {limit})", limit=MAX_PIXELS)
+        raise problem("is too many pixels (at most {limit})", limit=MAX_PIXELS)
     return width, height
 
 
@@ -163,13 +142,9 @@ def open_upload(url: str) -> Image.Image:
     return image
 
 
-def random_seed() -> int:
-    return secrets.randbelow(MAX_SEED + 1)
-
-
-Seed = _bounded(0, MAX_SEED, description="Random when left out.")
-Size = _bounded(MIN_SIZE, MAX_SIZE, description="Side of the generated picture, in pixels.")
-Colours = _bounded(MIN_COLOURS, MAX_COLOURS, description="How many palette colours to find.")
+Seed = bounded_integer(0, MAX_SEED, description="Random when left out.")
+Size = bounded_integer(MIN_SIZE, MAX_SIZE, description="Side of the generated picture, in pixels.")
+Colours = bounded_integer(MIN_COLOURS, MAX_COLOURS, description="How many palette colours to find.")
 PROMPT_SCHEMA = {
     "type": "string",
     "maxLength": MAX_PROMPT_CHARS,

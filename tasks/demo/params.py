@@ -8,17 +8,15 @@ and ``true`` are not).
 
 from __future__ import annotations
 
-import math
 import re
 import secrets
 from functools import lru_cache
 from typing import Annotated, Any, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
-from pydantic_core import PydanticCustomError
 
 from tasks.config import Settings
-from tasks.kinds import Kind, Missing
+from tasks.kinds import Kind, Missing, bounded_integer, problem
 
 TASK = "jobcast.imagine"
 MAX_SEED = 2**32 - 1
@@ -56,47 +54,22 @@ class Limits(NamedTuple):
         return cls(*(getattr(settings, name) for name in cls._fields))
 
 
-def _problem(message: str, **ctx: Any) -> PydanticCustomError:
-    return PydanticCustomError("jobcast", message, ctx or None)
-
-
 def prompt_text(max_chars: int) -> BeforeValidator:
     """The prompt with runs of whitespace collapsed to one space; or why it is refused."""
 
     def check(value: Any) -> str:
         if not isinstance(value, str):
-            raise _problem("required: a text describing the picture")
+            raise problem("required: a text describing the picture")
         if not value.split():
-            raise _problem("must not be empty")
+            raise problem("must not be empty")
         if len(value) > max_chars:
-            raise _problem("must be at most {limit} characters", limit=max_chars)
+            raise problem("must be at most {limit} characters", limit=max_chars)
         if _FORBIDDEN.search(value):
-            raise _problem("must not contain control characters")
+            raise problem("must not contain control characters")
         assert _PROMPT.search(value)  # the schema's pattern says the same
         return " ".join(value.split())
 
     return BeforeValidator(check)
-
-
-def integer(low: int, high: int, default: Any) -> BeforeValidator:
-    """A JSON integer from ``low`` to ``high`` (``141.0`` is one); null means ``default()``."""
-
-    def check(value: Any) -> int:
-        if value is None:
-            return int(default())
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise _problem("must be an integer from {low} to {high}", low=low, high=high)
-        return value
-
-    return BeforeValidator(check)
-
-
-def _bounded(low: int, high: int, default: Any, **extra: Any) -> Any:
-    """An integer field's annotation: checked by :func:`integer`, documented as nullable."""
-    schema = {"type": ["integer", "null"], "minimum": low, "maximum": high, **extra}
-    return Annotated[int, integer(low, high, default), Field(json_schema_extra=schema)]
 
 
 def random_seed() -> int:
@@ -112,9 +85,9 @@ def imagine_params(settings: Settings) -> type[BaseModel]:
 def _model(limits: Limits) -> type[BaseModel]:
     side = (limits.min_side, limits.max_side)
     default_side, default_steps = limits.default_side, limits.default_steps
-    Side = _bounded(*side, lambda: default_side)
-    Steps = _bounded(1, limits.max_steps, lambda: default_steps)
-    Seed = _bounded(0, MAX_SEED, random_seed, description="Random when left out or null.")
+    Side = bounded_integer(*side, lambda: default_side)
+    Steps = bounded_integer(1, limits.max_steps, lambda: default_steps)
+    Seed = bounded_integer(0, MAX_SEED, random_seed, description="Random when left out or null.")
     prompt_schema = {
         "minLength": 1,
         "maxLength": limits.max_prompt_chars,
