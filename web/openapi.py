@@ -133,6 +133,43 @@ def _links(prefix: str, *operations: str) -> Doc:
     return {op: {"operationId": f"{op}{prefix}", "parameters": job} for op in operations}
 
 
+def _submit_operation(
+    kind: Kind,
+    *,
+    operation_id: str,
+    summary: str,
+    description: str,
+    tag: str,
+    accepted: str,
+    links: Doc,
+    repeated: str,
+    statuses: list[int],
+) -> Doc:
+    """A POST that submits ``kind``: its parameters in, ``accepted`` (a schema's name) out
+    with 202, or with 200 for a repeated Idempotency-Key (``repeated`` says what then)."""
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "description": description,
+        "tags": [tag],
+        "parameters": [_ref("parameters", "idempotencyKey")],
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": _ref("schemas", params_schema(kind))}},
+        },
+        "responses": {
+            "202": _json(
+                _ref("schemas", accepted),
+                "Queued; follow `stream` for live events.",
+                headers={"Location": _ref("headers", "Location")},
+                links=links,
+            ),
+            "200": _submit_200(accepted, repeated),
+            **_errors(*sorted(statuses)),
+        },
+    }
+
+
 def _submit_path(kind: Kind) -> Doc:
     per_request = "Whether a request may submit it is decided per request; else 403."
     access = ACCESS.get(kind.access, per_request) if isinstance(kind.access, str) else per_request
@@ -144,31 +181,18 @@ def _submit_path(kind: Kind) -> Doc:
     if kind.result:
         notes.append(f"Its result (`GET /jobs/{{job_id}}/result`): {kind.result}")
     statuses = [400, 413, 415, 422, 429, 503] + ([] if kind.access == "public" else [403])
-    operation: Doc = {
-        "operationId": _operation(kind),
-        "summary": kind.title or f"Submit a {kind.name} job",
-        "description": " ".join(note for note in notes if note),
-        "tags": ["jobs"],
-        "parameters": [_ref("parameters", "idempotencyKey")],
-        "requestBody": {
-            "required": True,
-            "content": {JSON: {"schema": _ref("schemas", params_schema(kind))}},
-        },
-        "responses": {
-            "202": _json(
-                _ref("schemas", "JobSubmitted"),
-                "Queued; follow `stream` for live events.",
-                headers={"Location": _ref("headers", "Location")},
-                links=_links("", "getJob", "streamJob", "cancelJob", "getResult"),
-            ),
-            "200": _submit_200(
-                "JobSubmitted",
-                "The `Idempotency-Key` named a job already: that job, as it is now "
-                "(`position` 0 once it left the line); nothing was written.",
-            ),
-            **_errors(*sorted(statuses)),
-        },
-    }
+    operation = _submit_operation(
+        kind,
+        operation_id=_operation(kind),
+        summary=kind.title or f"Submit a {kind.name} job",
+        description=" ".join(note for note in notes if note),
+        tag="jobs",
+        accepted="JobSubmitted",
+        links=_links("", "getJob", "streamJob", "cancelJob", "getResult"),
+        repeated="The `Idempotency-Key` named a job already: that job, as it is now "
+        "(`position` 0 once it left the line); nothing was written.",
+        statuses=statuses,
+    )
     if kind.access == "ops":
         operation["security"] = [{"opsBearer": []}, {"opsCookie": []}]
     return {"post": operation}
@@ -359,30 +383,17 @@ def _imagine_paths(kind: Kind) -> Doc:
     """``/imagine…``: the imagine kind's routes as they were before ``/jobs``."""
     return {
         "/imagine": {
-            "post": {
-                "operationId": "createJob",
-                "summary": "Queue an image job (the same as `POST /jobs/imagine`)",
-                "description": "Rate limited per client (`JOBCAST_POST_RATE_LIMIT`).",
-                "tags": ["imagine"],
-                "parameters": [_ref("parameters", "idempotencyKey")],
-                "requestBody": {
-                    "required": True,
-                    "content": {JSON: {"schema": _ref("schemas", params_schema(kind))}},
-                },
-                "responses": {
-                    "202": _json(
-                        _ref("schemas", "JobAccepted"),
-                        "Queued; follow `stream` for live events.",
-                        headers={"Location": _ref("headers", "Location")},
-                        links=_links("Imagine", "get", "stream", "cancel", "image"),
-                    ),
-                    "200": _submit_200(
-                        "JobAccepted",
-                        "The `Idempotency-Key` named a job already: that job, as it is now.",
-                    ),
-                    **_errors(400, 413, 415, 422, 429, 503),
-                },
-            }
+            "post": _submit_operation(
+                kind,
+                operation_id="createJob",
+                summary="Queue an image job (the same as `POST /jobs/imagine`)",
+                description="Rate limited per client (`JOBCAST_POST_RATE_LIMIT`).",
+                tag="imagine",
+                accepted="JobAccepted",
+                links=_links("Imagine", "get", "stream", "cancel", "image"),
+                repeated="The `Idempotency-Key` named a job already: that job, as it is now.",
+                statuses=[400, 413, 415, 422, 429, 503],
+            )
         },
         "/imagine/{job_id}": {
             "parameters": JOB_PARAMS,
