@@ -99,8 +99,6 @@ IMAGINE = "imagine"
 JSON = "application/json"
 SSE = "text/event-stream"
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-# The options of tasks.submit.submit this version of the core takes (the core branch adds
-# queue= and key=); see _submit_options.
 
 
 @dataclass(frozen=True)
@@ -133,32 +131,29 @@ def link(endpoint: str, job_id: str, token: str = "", **values: Any) -> str:
 @bp.post("/jobs/<jobkind:kind>")
 @cross_origin
 def create(kind: str) -> Response | tuple[Response, int, dict[str, str]]:
-    streaming = wants_stream()
-    job = accept(kind)
-    body: dict[str, Any] = {
-        "jobId": job.job_id,
-        "kind": job.kind.name,
-        **job.common(),
-        "stream": link("jobs.stream", job.job_id, job.token),
-        "status": link("jobs.status", job.job_id, job.token),
-        "result": link("jobs.result", job.job_id, job.token),
-    }
-    if job.token:
-        body["token"] = job.token
-    return answer(job, body, streaming)
+    return submit_and_answer(kind, "jobs", "result", named=True)
 
 
 @alias.post("/imagine", endpoint="create")
 @cross_origin
 def create_imagine() -> Response | tuple[Response, int, dict[str, str]]:
     """``POST /jobs/imagine`` with the answer ``POST /imagine`` has always given."""
+    return submit_and_answer(IMAGINE, "imagine", "image", named=False)
+
+
+def submit_and_answer(
+    kind: str, routes: str, outcome: str, named: bool
+) -> Response | tuple[Response, int, dict[str, str]]:
+    """Submit a ``kind`` job from this request and answer with its links under the
+    ``routes`` blueprint (``outcome``: the route of its result); ``named`` adds its kind."""
     streaming = wants_stream()
-    job = accept(IMAGINE)
+    job = accept(kind)
     body: dict[str, Any] = {
         **job.common(),
-        "stream": link("imagine.stream", job.job_id, job.token),
-        "status": link("imagine.status", job.job_id, job.token),
-        "image": link("imagine.image", job.job_id, job.token),
+        **({"kind": job.kind.name} if named else {}),
+        "stream": link(f"{routes}.stream", job.job_id, job.token),
+        "status": link(f"{routes}.status", job.job_id, job.token),
+        outcome: link(f"{routes}.{outcome}", job.job_id, job.token),
     }
     if job.token:
         body["token"] = job.token
@@ -210,9 +205,10 @@ def accept(name: str) -> Submitted:
     params = validate_params(kind.params, json_body(ext))
     job_id = secrets.token_urlsafe(16)
     fields = {"kind": kind.name, **{k: _field(v) for k, v in params.items()}}
+    scoped = None if key is None else idempotency_scope(kind.name, key)  # as submit() scopes
     line = submit(
         ext.celery, ext.events, ext.settings, job_id, kind.task,
-        params, fields, **_submit_options(kind, key),
+        params, fields, queue=kind.queue, key=scoped,
     )  # fmt: skip
     if line.position == -1:
         raise queue_full(line)
@@ -245,15 +241,6 @@ def idempotency_key() -> str | None:
             "Idempotency-Key must be 1 to 128 characters of A-Z a-z 0-9 _ . : -",
         )  # fmt: skip
     return raw
-
-
-def _submit_options(kind: Kind, key: str | None) -> dict[str, Any]:
-    """The keyword options for tasks.submit.submit: the kind's queue, and the client's
-    idempotency key scoped by kind (as :func:`tasks.handle.submit` scopes it)."""
-    options: dict[str, Any] = {"queue": kind.queue}
-    if key is not None:
-        options["key"] = idempotency_scope(kind.name, key)
-    return options
 
 
 def _field(value: Any) -> str:
