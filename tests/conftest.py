@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -70,6 +70,22 @@ def web(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     proc, base = gunicorn_web(stack_env, tmp_path_factory.mktemp("logs") / "web.log")
     yield base
     proc.stop()
+
+
+@pytest.fixture
+def web_with(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """``web_with(**env)`` starts a web server of the test's own on the session's Redis,
+    with extra environment, and answers its base URL; each is stopped after the test."""
+    procs: list[Proc] = []
+
+    def start(**env: str) -> str:
+        proc, base = gunicorn_web({**stack_env, **env}, tmp_path / f"web{len(procs)}.log")
+        procs.append(proc)
+        return base
+
+    yield start
+    for proc in procs:
+        proc.stop()
 
 
 @pytest.fixture

@@ -309,3 +309,15 @@ def logged(client: redis.Redis, job_id: str, prefix: str = "jobcast:") -> list[t
     """The (id, phase) pairs in the job's event log, the ground truth for streams."""
     entries = client.xrange(f"{prefix}job:{{{job_id}}}:events")
     return [(raw_id.decode(), fields[b"phase"].decode()) for raw_id, fields in entries]
+
+
+def job_state(client: redis.Redis) -> dict[bytes, object]:
+    """Every key and its content, but the web processes' own metrics (rewritten every 2 s)
+    and the bookkeeping Celery's workers rewrite on their own (kombu's binding deadlines,
+    unacked messages of jobs other tests left running): what a refused request must not
+    change."""
+    return {
+        key: client.dump(key)
+        for key in client.scan_iter("*")
+        if not key.startswith((b"jobcast:web:", b"LIMITS:", b"_kombu.", b"unacked"))
+    }

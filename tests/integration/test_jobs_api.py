@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 import redis
 from httpx_sse import connect_sse
-from support import Proc, gunicorn_web
+from support import Proc, job_state
 
 TINY = {"width": 64, "height": 64, "steps": 1}
 LONG = {"width": 512, "height": 512, "steps": 40}
 UNKNOWN = "AAAAAAAAAAAAAAAAAAAAAA"
 JSON = "application/json"
-
-
-def job_state(client: redis.Redis) -> dict[bytes, object]:
-    """Every key and its content, but the web processes' own metrics (rewritten every 2 s)
-    and the bookkeeping Celery's workers rewrite on their own (kombu's binding deadlines,
-    unacked messages of other tests' jobs)."""
-    return {
-        key: client.dump(key)
-        for key in client.scan_iter("*")
-        if not key.startswith((b"jobcast:web:", b"LIMITS:", b"_kombu.", b"unacked"))
-    }
 
 
 def submit(base: str, kind: str = "imagine", **body: Any) -> dict[str, Any]:
@@ -225,19 +213,12 @@ def test_unknown_jobs_are_404_on_every_route(web: str, rds: redis.Redis) -> None
         assert response.json()["error"]["code"] == "not_found"
 
 
-@pytest.fixture
-def signed_web(stack_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
-    proc, base = gunicorn_web({**stack_env, "JOBCAST_SIGNING_KEY": "s3cret"}, tmp_path / "web.log")
-    yield base
-    proc.stop()
-
-
 def test_signed_tokens_guard_every_jobs_route(
-    signed_web: str, worker: Proc, rds: redis.Redis
+    web_with: Callable[..., str], worker: Proc, rds: redis.Redis
 ) -> None:
     """With JOBCAST_SIGNING_KEY, each /jobs/<id> route is a 403 without the job's token;
     the links the submit hands out carry it and work."""
-    base = signed_web
+    base = web_with(JOBCAST_SIGNING_KEY="s3cret")
     job = submit(base, **TINY)
     token = job["token"]
     for key in ("stream", "status", "result"):
@@ -258,15 +239,12 @@ def test_signed_tokens_guard_every_jobs_route(
 
 
 def test_submits_share_the_rate_limit(
-    stack_env: dict[str, str], tmp_path: Path, worker: Proc, rds: redis.Redis
+    web_with: Callable[..., str], worker: Proc, rds: redis.Redis
 ) -> None:
     """POST /jobs/<kind> and POST /imagine draw on one budget per client."""
-    proc, base = gunicorn_web({**stack_env, "JOBCAST_POST_RATE_LIMIT": "2/minute"}, tmp_path / "w")
-    try:
-        submit(base, **TINY)
-        assert httpx.post(base + "/imagine", json={"prompt": "x", **TINY}).status_code == 202
-        refused = httpx.post(base + "/jobs/imagine", json={"prompt": "x", **TINY})
-        assert refused.status_code == 429
-        assert refused.json()["error"]["code"] == "too_many_requests"
-    finally:
-        proc.stop()
+    base = web_with(JOBCAST_POST_RATE_LIMIT="2/minute")
+    submit(base, **TINY)
+    assert httpx.post(base + "/imagine", json={"prompt": "x", **TINY}).status_code == 202
+    refused = httpx.post(base + "/jobs/imagine", json={"prompt": "x", **TINY})
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "too_many_requests"

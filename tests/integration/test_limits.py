@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import pytest
 import redis
-from support import Proc, collect, gunicorn_web, post_job
+from support import Proc, collect, post_job
 
 TINY = {"width": 64, "height": 64, "steps": 1}
-
-
-@pytest.fixture
-def web_with(stack_env: dict[str, str], tmp_path: Path) -> Iterator[object]:
-    """Start a web server with extra environment; stopped after the test."""
-    procs: list[Proc] = []
-
-    def start(**env: str) -> str:
-        proc, base = gunicorn_web({**stack_env, **env}, tmp_path / f"web{len(procs)}.log")
-        procs.append(proc)
-        return base
-
-    yield start
-    for proc in procs:
-        proc.stop()
 
 
 def test_rate_limit_per_client(web_with, worker: Proc, rds: redis.Redis) -> None:  # type: ignore[no-untyped-def]

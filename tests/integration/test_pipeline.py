@@ -10,7 +10,7 @@ import httpx
 import pytest
 import redis
 from PIL import Image
-from support import Proc, Received, collect, iter_events, logged, post_job, wait_until
+from support import Proc, Received, collect, iter_events, job_state, logged, post_job, wait_until
 
 SMALL = {"width": 96, "height": 64, "steps": 8}
 # Long enough (a few seconds) to act on while it runs.
@@ -232,17 +232,6 @@ def test_bad_posts_are_refused_and_change_nothing(
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
     assert job_state(rds) == before
-
-
-def job_state(client: redis.Redis) -> dict[bytes, object]:
-    """Every key and its content, but the web processes' own metrics (rewritten every 2 s)
-    and the bookkeeping Celery's workers rewrite on their own (kombu's binding deadlines,
-    unacked messages of jobs other tests left running)."""
-    return {
-        key: client.dump(key)
-        for key in client.scan_iter("*")
-        if not key.startswith((b"jobcast:web:", b"LIMITS:", b"_kombu.", b"unacked"))
-    }
 
 
 def test_invalid_fields_are_named_with_the_reason(web: str, rds: redis.Redis) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -120,18 +120,11 @@ def test_cancelling_job_five_moves_everyone_behind_up(
         assert httpx.get(f"{web}/imagine/{job['jobId']}").json()["position"] == ahead.index(job) + 1
 
 
-@pytest.fixture
-def small_line_web(stack_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
-    """A second web server whose line holds at most 3 waiting jobs."""
-    proc, base = gunicorn_web({**stack_env, "JOBCAST_MAX_QUEUE": "3"}, tmp_path / "web.log")
-    yield base
-    proc.stop()
-
-
 def test_full_line_is_refused_with_retry_after(
-    small_line_web: str, worker: Proc, rds: redis.Redis
+    web_with: Callable[..., str], worker: Proc, rds: redis.Redis
 ) -> None:
     """Above JOBCAST_MAX_QUEUE waiting jobs: 429, Retry-After, JSON error, nothing enqueued."""
+    small_line_web = web_with(JOBCAST_MAX_QUEUE="3")  # its line holds at most 3 waiting jobs
     blocker = post_job(small_line_web, **BLOCKER)
     wait_running(rds, blocker["jobId"])
     for _ in range(3):
