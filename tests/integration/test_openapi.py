@@ -111,48 +111,41 @@ def test_live_document_is_the_one_in_code(web: str) -> None:
     assert response.json() == document()
 
 
-def test_a_job_lifecycle_matches_the_document(web: str, worker: Proc, rds: redis.Redis) -> None:
-    """Enqueue, stream, status, image, resume-after-the-end and a late cancel each answer
-    with a status, type, headers and body the document lists."""
-    created = httpx.post(web + "/imagine", json={"prompt": "a red kite", **TINY})
-    conforms("/imagine", "POST", created)
+LIFECYCLES = {
+    "imagine": ("/imagine", "/imagine", (("GET", "", 200), ("GET", "/image", 200), ("DELETE", "", 409))),
+    "jobs": ("/jobs/imagine", "/jobs", (
+        ("GET", "", 200), ("GET", "/result", 200), ("GET", "/result/image.png", 200),
+        ("GET", "/result/nothing.txt", 404), ("DELETE", "", 409),
+    )),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("routes", LIFECYCLES, ids=str)
+def test_a_job_lifecycle_matches_the_document(
+    routes: str, web: str, worker: Proc, rds: redis.Redis
+) -> None:
+    """Submit, stream, resume-after-the-end, status, result (the image, a file) and a late
+    cancel, through the /jobs routes and their /imagine aliases: each answers with a
+    status, type, headers and body the document lists."""
+    create, prefix, checks = LIFECYCLES[routes]
+    created = httpx.post(web + create, json={"prompt": "a red kite", **TINY})
+    conforms(create, "POST", created)
     assert created.status_code == 202
     job_id = created.json()["jobId"]
-    with httpx.stream("GET", f"{web}/imagine/{job_id}/stream", timeout=60) as streamed:
+    stream = f"{prefix}/{{job_id}}/stream"
+    with httpx.stream("GET", f"{web}{prefix}/{job_id}/stream", timeout=60) as streamed:
         streamed.read()  # the job ends, so does its stream
-    conforms("/imagine/{job_id}/stream", "GET", streamed)
+    conforms(stream, "GET", streamed)
     assert streamed.status_code == 200
     last = collect(web, job_id)[-1].id
     assert last is not None
-    ended = httpx.get(f"{web}/imagine/{job_id}/stream", headers={"Last-Event-ID": last})
-    conforms("/imagine/{job_id}/stream", "GET", ended)
+    ended = httpx.get(f"{web}{prefix}/{job_id}/stream", headers={"Last-Event-ID": last})
+    conforms(stream, "GET", ended)
     assert ended.status_code == 204
-    for method, suffix, expected in (("GET", "", 200), ("GET", "/image", 200), ("DELETE", "", 409)):
-        response = httpx.request(method, f"{web}/imagine/{job_id}{suffix}")
-        conforms(f"/imagine/{{job_id}}{suffix}", method, response)
-        assert response.status_code == expected, response.text
-
-
-def test_a_job_of_a_kind_matches_the_document(web: str, worker: Proc, rds: redis.Redis) -> None:
-    """POST /jobs/imagine, its stream, status, result, file and a late cancel each answer
-    with a status, type, headers and body the document lists."""
-    created = httpx.post(web + "/jobs/imagine", json={"prompt": "a red kite", **TINY})
-    conforms("/jobs/imagine", "POST", created)
-    assert created.status_code == 202
-    job_id = created.json()["jobId"]
-    with httpx.stream("GET", f"{web}/jobs/{job_id}/stream", timeout=60) as streamed:
-        streamed.read()
-    conforms("/jobs/{job_id}/stream", "GET", streamed)
-    for method, suffix, expected in (
-        ("GET", "", 200), ("GET", "/result", 200), ("GET", "/result/image.png", 200),
-        ("GET", "/result/nothing.txt", 404), ("DELETE", "", 409),
-    ):  # fmt: skip
-        response = httpx.request(method, f"{web}/jobs/{job_id}{suffix}")
-        path = (
-            "/jobs/{job_id}/result/{name}"
-            if suffix.count("/") == 2
-            else f"/jobs/{{job_id}}{suffix}"
-        )
+    for method, suffix, expected in checks:
+        response = httpx.request(method, f"{web}{prefix}/{job_id}{suffix}")
+        named = suffix.count("/") == 2  # a file of the result
+        path = f"{prefix}/{{job_id}}/result/{{name}}" if named else f"{prefix}/{{job_id}}{suffix}"
         conforms(path, method, response)
         assert response.status_code == expected, response.text
 
