@@ -30,7 +30,6 @@ import io
 import json
 import logging
 import os
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +44,7 @@ from tasks.config import Settings
 from tasks.errors import JobCancelled, JobError
 from tasks.events import EventTooLarge, check_kind
 from tasks.lease import JobLease, LeaseLost, held
-from tasks.media import FILE_MODE, FILE_NAME, job_dir
+from tasks.media import FILE_NAME, job_dir, write_file
 from tasks.reporter import Reporter
 
 log = logging.getLogger(__name__)
@@ -228,7 +227,7 @@ class JobContext:
             return None
         self._check_lease()
         path = job_dir(self._ctx.settings.media_dir, self.id) / name
-        _write_atomic(path, _file_bytes(name, content))
+        write_file(path, _file_bytes(name, content))
         if name not in self.files:
             self.files.append(name)
         return path
@@ -406,17 +405,3 @@ def _file_bytes(name: str, content: bytes | str | Image.Image) -> bytes:
         content.save(out, format=fmt)
         return out.getvalue()
     raise TypeError(f"save_file takes bytes, str or a PIL image, not {type(content).__name__}")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

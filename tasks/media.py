@@ -11,11 +11,9 @@ import re
 import secrets
 from pathlib import Path
 
-from PIL import Image
-
 # Readable by all, as any file the process writes: a web process running as another user
 # on a shared volume must serve it. The umask still applies (the kernel masks it).
-FILE_MODE = IMAGE_MODE = 0o644
+FILE_MODE = 0o644
 # A file name a job may use: no path separators, no leading dot.
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -30,18 +28,18 @@ def image_path(media_dir: str, job_id: str) -> Path:
     return job_dir(media_dir, job_id) / "image.png"
 
 
-def save_png(image: Image.Image, path: Path) -> None:
-    """Write to a temporary file and rename, so readers never see half a file.
+def write_file(path: Path, data: bytes) -> None:
+    """Write to a temporary name and rename, so readers never see half a file.
 
     A worker killed mid-write leaves ``<name>.<random>.tmp``; the retention sweep
     removes those once they are old (``tasks.retention``).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, IMAGE_MODE)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as out:
-            image.save(out, format="PNG")
+            out.write(data)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
