@@ -24,6 +24,7 @@ from typing import Any
 from celery import Celery, Signature
 from celery import current_app as celery_current_app
 
+from tasks import records
 from tasks.app import Context, context
 from tasks.errors import JobCancelled, JobError, QueueFull
 from tasks.events import TERMINAL, dumps
@@ -203,23 +204,20 @@ def read_status(ctx: Context, job_id: str) -> dict[str, Any]:
     record = ctx.redis.hgetall(k.job(job_id))
     if not record:
         return {"jobId": job_id, "state": None}
-    rec = {key.decode(): value.decode() for key, value in record.items()}
+    rec = records.decode(record)
     rank = ctx.redis.zrank(_line_of(k, rec.get("queue")).queue, job_id)
-    last = {name[5:]: json.loads(v) for name, v in rec.items() if name.startswith("last:")}
+    last = records.last_events(rec)
     state = rec.get("state")
-    status: dict[str, Any] = {
+    return {
         "jobId": job_id,
         "state": state,
         "kind": rec.get("kind"),
         "queue": rec.get("queue"),
         "position": rank + 1 if rank is not None and state == "queued" else None,
-        "percent": 100 if state == "succeeded" else last.get("progress", {}).get("percent", 0),
-        "attempt": int(rec.get("attempt", 0)),
+        **records.progress(state, last, rec),
         "result": last.get("done") if state == "succeeded" else None,
-        "error": (last.get("failed") or {}).get("error"),
-        "meta": json.loads(rec["meta"]) if "meta" in rec else None,
+        "meta": records.json_object(rec.get("meta")),
     }
-    return status
 
 
 def _resolve(

@@ -15,11 +15,11 @@ A Last-Event-ID newer than the job's log is not one this job sent: the client ge
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+from tasks import records
 from tasks.events import TERMINAL_STATES, EventId, dumps, format_id, parse_id
 from tasks.keys import DEFAULT_QUEUE
 from web.extension import Jobcast
@@ -284,10 +284,9 @@ def snapshot(ext: Jobcast, job_id: str, *, details: bool = False) -> dict[str, A
     raw = ext.redis.hgetall(ext.keys.job(job_id))
     if not raw:
         return None
-    record = {k.decode(): v.decode() for k, v in raw.items()}
+    record = records.decode(raw)
     state = record.get("state", "running")
-    last = _last_events(record)
-    progress = last.get("progress") or {}
+    last = records.last_events(record)
     snap: dict[str, Any] = {
         "jobId": job_id,
         "state": state,
@@ -295,11 +294,9 @@ def snapshot(ext: Jobcast, job_id: str, *, details: bool = False) -> dict[str, A
         "position": None,
         "queueLength": None,
         "etaSeconds": None,
-        "percent": 100 if state == "succeeded" else progress.get("percent", 0),
+        **records.progress(state, last, record),
         "preview": last.get("preview"),
         "url": (last.get("done") or {}).get("url"),
-        "error": (last.get("failed") or {}).get("error"),
-        "attempt": int(record.get("attempt", 0)),
         "lastEventId": record.get("lastEventId"),
         "prompt": record.get("prompt"),
         "width": _int(record.get("width")),
@@ -308,7 +305,7 @@ def snapshot(ext: Jobcast, job_id: str, *, details: bool = False) -> dict[str, A
     if details:
         snap["kind"] = record.get("kind")
         snap["queue"] = record.get("queue")
-        meta = _json_object(record.get("meta"))
+        meta = records.json_object(record.get("meta"))
         if meta is not None:
             snap["meta"] = meta
     if state == "queued":
@@ -320,18 +317,6 @@ def snapshot(ext: Jobcast, job_id: str, *, details: bool = False) -> dict[str, A
 
 def is_terminal(state: str | None) -> bool:
     return state in TERMINAL_STATES
-
-
-def _last_events(record: dict[str, str]) -> dict[str, Any]:
-    return {k[5:]: json.loads(v) for k, v in record.items() if k.startswith("last:")}
-
-
-def _json_object(raw: str | None) -> dict[str, Any] | None:
-    try:
-        value = json.loads(raw) if raw else None
-    except ValueError:
-        return None  # not ours to fix here; the snapshot just leaves it out
-    return value if isinstance(value, dict) else None
 
 
 def _int(value: str | None) -> int | None:
