@@ -356,11 +356,14 @@ export function watchMany(ids, handlers = {}, options = {}) {
 // ---- tabs sharing one connection: a Web Locks leader, a BroadcastChannel -------------
 //
 // Every tab of an origin (and base) joins one channel. The tab holding the lock leads: its
-// Connection streams the union of every tab's jobs, and it posts each frame (with the
-// connection's list and cursor) on the channel. A tab that wants a job posts "want"; the
-// leader adds it and replays the frames it has seen of it (each tab drops what it had).
-// When the leader closes, its lock passes to another tab, which asks every tab what it
-// wants ("roll") and resumes the last list from the last cursor it saw: nothing replayed.
+// Connection streams the union of every tab's jobs and posts each frame (with the
+// connection's list and cursor) on the channel; every tab keeps the frames it saw. A tab
+// that wants jobs posts "want" and holds their live frames back until the leader answers
+// with a "replay" of what it has seen of them (or a few seconds pass). When the leader's
+// tab closes, its lock passes to another tab, which asks the others what they want
+// ("roll") and resumes the last list from the last cursor it saw: nothing is replayed.
+
+const REPLAY_WAIT = 3000; // ms a tab waits for the leader's replay of a job it asked for
 
 class Tab {
   static of(options) {
@@ -371,8 +374,9 @@ class Tab {
   }
 
   constructor(base, options) {
-    Object.assign(this, { base, options, members: new Set(), frames: new Map() });
-    Object.assign(this, { list: [], cursor: "", tokens: new Map(), connection: null });
+    Object.assign(this, { base, options, members: new Set(), frames: new Map(), pending: new Map() });
+    Object.assign(this, { id: crypto.randomUUID(), list: [], cursor: "", tokens: new Map() });
+    this.connection = null;
     this.channel = new BroadcastChannel(`jobcast:${base}`);
     this.channel.onmessage = ({ data }) => this.receive(data);
     navigator.locks.request(`jobcast-leader:${base}`, () => this.lead());
@@ -388,13 +392,41 @@ class Tab {
   }
 
   want(jobs, pairs) {
+    if (!pairs.length) return;
     for (const [id, token] of pairs) this.tokens.set(id, token);
-    for (const [id] of pairs) for (const frame of this.frames.get(id) ?? []) jobs.feed(...frame);
-    if (this.connection) this.connection.want(pairs);
-    else this.channel.postMessage({ t: "want", pairs });
+    if (this.connection) {
+      for (const [id] of pairs) for (const frame of this.frames.get(id) ?? []) jobs.feed(...frame);
+      return this.connection.want(pairs);
+    }
+    const ids = pairs.map(([id]) => id);
+    for (const id of ids) if (!this.pending.has(id)) this.pending.set(id, []);
+    this.channel.postMessage({ t: "want", pairs, from: this.id, replay: true });
+    setTimeout(() => this.release(ids, new Set()), REPLAY_WAIT);
+  }
+
+  /** Hand on the frames held back for `ids` (those not in `given`, a replay's ids). */
+  release(ids, given) {
+    for (const id of ids) {
+      const held = this.pending.get(id);
+      this.pending.delete(id);
+      for (const frame of held ?? []) if (!frame[3] || !given.has(frame[3])) this.deliver(frame);
+    }
+  }
+
+  deliver(frame) {
+    for (const { jobs } of this.members) jobs.feed(...frame);
+  }
+
+  keep(frame) {
+    const [jobId, kind, data] = frame;
+    const kept = this.frames.get(jobId) ?? [];
+    if (kept.length < KEEP_FRAMES) kept.push(frame);
+    this.frames.set(jobId, kept);
+    if (TERMINAL.has(kind) || (kind === "error" && data.code)) this.tokens.delete(jobId);
   }
 
   async lead() {
+    this.release([...this.pending.keys()], new Set()); // no one else will replay them now
     this.connection = new Connection(
       this.options,
       (jobId, kind, data, own, list, cursor) => {
@@ -413,30 +445,32 @@ class Tab {
   }
 
   receive(message) {
-    if (message.t === "frame") {
-      const [jobId] = message.frame;
-      const kept = this.frames.get(jobId) ?? [];
-      if (kept.length < KEEP_FRAMES) kept.push(message.frame);
-      this.frames.set(jobId, kept);
+    const { t } = message;
+    if (t === "frame") {
+      this.keep(message.frame);
       Object.assign(this, { list: message.list, cursor: message.cursor });
-      for (const { jobs } of this.members) jobs.feed(...message.frame);
-    } else if (message.t === "status") {
+      const held = this.pending.get(message.frame[0]);
+      if (held) held.push(message.frame);
+      else this.deliver(message.frame);
+    } else if (t === "replay" && message.to === this.id) {
+      for (const frame of message.frames) this.deliver(frame);
+      this.release(message.ids, new Set(message.frames.map((frame) => frame[3]).filter(Boolean)));
+    } else if (t === "status") {
       for (const { jobs } of this.members) {
         const h = jobs.handlers;
         message.down ? h.onReconnecting?.({ ...message.info }) : h.onConnected?.();
       }
-    } else if (message.t === "roll") {
+    } else if (t === "roll") {
       const pairs = [...this.members].flatMap((member) => member.pairs());
-      if (pairs.length) this.channel.postMessage({ t: "want", pairs });
-    } else if (message.t === "want") {
+      if (pairs.length) this.channel.postMessage({ t: "want", pairs, from: this.id, replay: false });
+    } else if (t === "want") {
       for (const [id, token] of message.pairs) this.tokens.set(id, token);
       if (!this.connection) return;
       this.connection.want(message.pairs);
-      for (const [id] of message.pairs) {
-        for (const frame of this.frames.get(id) ?? []) {
-          this.channel.postMessage({ t: "frame", frame, list: this.list, cursor: this.cursor });
-        }
-      }
+      if (!message.replay) return;
+      const ids = message.pairs.map(([id]) => id);
+      const frames = ids.flatMap((id) => this.frames.get(id) ?? []);
+      this.channel.postMessage({ t: "replay", to: message.from, ids, frames });
     }
   }
 }
