@@ -49,7 +49,7 @@ export function later(a, b) {
  * `request(lastEventId)` gives the URL (or {url, init}) of each attempt; the position is
  * sent as `?lastEventId=` unless the request says otherwise (no CORS preflight).
  * handlers: onEvent(kind, data, id) (id "" on a frame without one), onOpen(response),
- * onResponse(response) for an ok answer that is no stream (then it reconnects),
+ * onResponse(response) for an ok answer that is no stream (→ true: read, reconnect now),
  * onEnd() → true to reconnect after the server ended the response, onReconnecting(info),
  * onError(error) when it gives up (a 4xx, or 204: error null). Stop: options.signal, close().
  */
@@ -73,14 +73,15 @@ export function stream(request, handlers = {}, options = {}) {
         if (!response.ok) {
           const body = await response.json().catch(() => ({}));
           const error = new JobcastError(response.status, body.error);
-          if (response.status < 500 && response.status !== 408 && response.status !== 429) {
+          if (response.status < 500 && response.status !== 408) {
             return handlers.onError?.(error);
           }
           throw error;
         }
         if (!(response.headers.get("Content-Type") ?? "").startsWith("text/event-stream")) {
-          await handlers.onResponse?.(response);
-          continue;
+          // An answer that is no stream: the caller may read it (submit's 202), else a drop.
+          if (await handlers.onResponse?.(response)) continue;
+          throw new JobcastError(response.status, { message: "The answer was not a stream." });
         }
         handlers.onOpen?.(response);
         await read(response, state, handlers);
@@ -113,7 +114,11 @@ async function read(response, state, handlers) {
         if (frame.id !== null) state.last = frame.id;
         if (frame.data.length) {
           state.failures = 0;
-          handlers.onEvent?.(frame.kind || "message", frame.data.join("\n"), frame.id ?? "");
+          try {
+            handlers.onEvent?.(frame.kind || "message", frame.data.join("\n"), frame.id ?? "");
+          } catch (error) {
+            reportError(error); // a handler's bug: the stream goes on (no reconnect, no replay)
+          }
         }
         frame = { kind: "", data: [], id: null };
         continue;
@@ -502,6 +507,7 @@ export function submit(kind, params, handlers = {}, options = {}) {
   const job = { jobId: "", token: options.token ?? "" };
   const jobs = new Jobs(handlers);
   return new Promise((resolve, reject) => {
+    options.signal?.addEventListener("abort", () => reject(options.signal.reason));
     const known = (jobId, location) => {
       if (job.jobId) return;
       const token = location ? new URL(location, globalThis.location.href).searchParams.get("token") : "";
@@ -521,9 +527,11 @@ export function submit(kind, params, handlers = {}, options = {}) {
         if (id) known(id, response.headers.get("Location"));
       },
       onResponse: async (response) => {
-        const body = await response.json();
-        known(body.jobId, body.status);
+        const body = await response.json().catch(() => ({}));
+        if (typeof body.jobId !== "string") return false;
         if (body.token) job.token = body.token;
+        known(body.jobId, body.status);
+        return true;
       },
       onEvent: (name, text, id) => {
         const data = text ? JSON.parse(text) : {};

@@ -163,7 +163,8 @@ class Card {
     const snap = await response.json();
     if (TERMINAL.has(phaseOf(snap.state))) return this.reset(snap), this.close();
     const options = { base: BASE, token: this.token, lastEventId: this.lastId };
-    debug.watches.push(watch(this.id, { ...handlers, onError: card((c) => c.recover()) }, options));
+    const again = () => this.recover(); // refused again, or nothing left: ask the status
+    debug.watches.push(watch(this.id, { ...handlers, onError: again, onClosed: again }, options));
   }
 
   connection(text) {
