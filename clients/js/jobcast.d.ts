@@ -64,6 +64,8 @@ export interface ManyOptions extends Options {
   share?: boolean;
   /** Keep the connection open with keep-alives after every job ended (`?idle=1`). */
   idle?: boolean;
+  /** Jobs per connection: the server's JOBCAST_MAX_STREAM_JOBS (default 100). */
+  maxJobs?: number;
 }
 
 export interface JobState {

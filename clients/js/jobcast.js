@@ -283,8 +283,9 @@ class Connection {
   open() {
     this.reader?.close();
     const waiting = [...this.tokens.keys()].filter((id) => !this.ended.has(id) && !this.list.includes(id));
-    if (this.list.every((id) => this.ended.has(id)) || this.list.length + waiting.length > MAX_JOBS) {
-      this.list = [...this.tokens.keys()].filter((id) => !this.ended.has(id)).slice(0, MAX_JOBS);
+    const max = this.options.maxJobs ?? MAX_JOBS;
+    if (this.list.every((id) => this.ended.has(id)) || this.list.length + waiting.length > max) {
+      this.list = [...this.tokens.keys()].filter((id) => !this.ended.has(id)).slice(0, max);
       this.cursor = "";
     } else this.list = this.list.concat(waiting);
     if (!this.list.length) return void (this.reader = null);
@@ -298,10 +299,22 @@ class Connection {
     const reader = (this.reader = stream(url, {
       onEvent: (kind, text, id) => reader === this.reader && this.frame(list, kind, text, id),
       onOpen: () => this.status(false),
-      onEnd: () => list.some((id) => !this.ended.has(id)),
+      onEnd: () => list.some((id) => !this.ended.has(id)) || void this.schedule(), // more waiting?
       onReconnecting: (info) => this.status(true, info),
-      onError: () => list.forEach((id) => this.ended.add(id)),
+      onError: (error) => this.refused(list, error),
     }, { ...this.options, lastEventId: this.cursor }));
+  }
+
+  /** The server ended the stream for good: 204 (nothing left), or refused the request
+   *  (e.g. more jobs than its JOBCAST_MAX_STREAM_JOBS): each job gets an error then. */
+  refused(list, error) {
+    for (const id of list) {
+      if (this.ended.has(id)) continue;
+      this.ended.add(id);
+      const data = { jobId: id, code: error?.code ?? "ended", message: error?.message ?? "Nothing left to stream." };
+      this.sink(id, "error", data, "", list, this.cursor);
+    }
+    this.schedule(); // jobs past maxJobs waited for this list to end
   }
 
   frame(list, kind, text, id) {

@@ -198,3 +198,31 @@ def test_submit_streams_the_post_and_resumes_after_a_drop(
         assert re.fullmatch(r"\d+-\d+", parse_qs(urlsplit(resumed[-1].url).query)["lastEventId"][0])
     finally:
         server.stop()
+
+
+def test_jobs_past_max_jobs_wait_for_the_next_connection(
+    web: str, worker: Proc, rds: redis.Redis, new_page: NewPage
+) -> None:
+    """``watchMany`` with ``maxJobs: 2`` and three jobs: two share the first connection,
+    the third gets the next one once those ended; each job's handlers see its whole log
+    once."""
+    jobs = [post_job(web, prompt=f"a kite {n}", **TINY)["jobId"] for n in range(3)]
+    page = new_page()
+    streams = stream_requests(page)
+    page.goto(web + "/")
+    page.evaluate(
+        """async (ids) => {
+          const kit = await import("/static/jobcast.js");
+          const got = (window.__kit = { events: {}, done: [] });
+          kit.watchMany(ids, {
+            onAny: (kind, data, meta) => (got.events[meta.jobId] ??= []).push([meta.id, kind]),
+            onDone: (data, meta) => got.done.push(meta.jobId),
+          }, { maxJobs: 2 });
+        }""",
+        jobs,
+    )
+    page.wait_for_function("() => window.__kit.done.length === 3", timeout=WAIT)
+    for job_id in jobs:
+        got = page.evaluate("id => window.__kit.events[id]", job_id)
+        assert [tuple(e) for e in got] == logged(rds, job_id)
+    assert [jobs_of(r) for r in streams] == [jobs[:2], jobs[2:]]
