@@ -66,7 +66,6 @@ export function stream(request, handlers = {}, options = {}) {
   };
   (async () => {
     while (!stop.signal.aborted) {
-      let again = true;
       try {
         const response = await attempt();
         if (response.status === 204) return handlers.onError?.(null);
@@ -84,9 +83,9 @@ export function stream(request, handlers = {}, options = {}) {
           throw new JobcastError(response.status, { message: "The answer was not a stream." });
         }
         handlers.onOpen?.(response);
-        await read(response, state, handlers);
-        again = handlers.onEnd?.() ?? false;
-        if (!again) return;
+        const heard = await read(response, state, handlers);
+        if (!handlers.onEnd?.()) return;
+        if (!heard) throw new Error("The stream ended before any event."); // no tight loop
       } catch (error) {
         if (stop.signal.aborted) return;
         state.failures++;
@@ -103,9 +102,10 @@ async function read(response, state, handlers) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   let frame = { kind: "", data: [], id: null };
+  let heard = false;
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) return;
+    if (done) return heard;
     buffer += value;
     const lines = buffer.split(/\r\n|\r|\n/);
     buffer = lines.pop();
@@ -114,6 +114,7 @@ async function read(response, state, handlers) {
         if (frame.id !== null) state.last = frame.id;
         if (frame.data.length) {
           state.failures = 0;
+          heard = true;
           try {
             handlers.onEvent?.(frame.kind || "message", frame.data.join("\n"), frame.id ?? "");
           } catch (error) {
