@@ -119,7 +119,7 @@ export function stream(
   request: StreamRequest,
   handlers?: StreamHandlers,
   options?: Options,
-): { close(): void; state: { last: string; retry: number; failures: number } };
+): { close(): void; state: { last: string; retry: number; failures: number; done: boolean } };
 
 export function watch(jobId: string, handlers?: Handlers, options?: ManyOptions): Watch;
 export function watchMany(

@@ -56,7 +56,7 @@ export function later(a, b) {
 export function stream(request, handlers = {}, options = {}) {
   const stop = new AbortController();
   options.signal?.addEventListener("abort", () => stop.abort());
-  const state = { last: options.lastEventId ?? "", retry: options.retry ?? 1000, failures: 0 };
+  const state = { last: options.lastEventId ?? "", retry: options.retry ?? 1000, failures: 0, done: false };
   const attempt = () => {
     const made = typeof request === "function" ? request(state.last) : request;
     const { url, init = {}, query = true } = typeof made === "string" ? { url: made } : made;
@@ -94,7 +94,7 @@ export function stream(request, handlers = {}, options = {}) {
       const delay = Math.min(MAX_DELAY, state.retry * 2 ** Math.max(0, state.failures - 1));
       await sleep(state.failures ? delay : 0, stop.signal);
     }
-  })();
+  })().finally(() => (state.done = true));
   return { close: () => stop.abort(), state };
 }
 
@@ -246,9 +246,8 @@ export function watch(jobId, handlers = {}, options = {}) {
 // ---- many jobs, one connection --------------------------------------------------------
 
 /** The multiplexed connection: its list of jobs, its cursor, the reader. Frames go to
- *  `sink(jobId, kind, data, ownId)`; the list only grows by appending (the cursor stays
- *  valid) until every job on it ended, or it would pass MAX_JOBS (then: a fresh list, no
- *  cursor, and the jobs' last ids drop what is sent again). */
+ *  `sink(jobId, kind, data, ownId)`; the list only grows by appending (so the cursor stays
+ *  valid) until every job on it ended; jobs past maxJobs wait for the next list. */
 class Connection {
   constructor(options, sink, status) {
     Object.assign(this, { options, sink, status, list: [], tokens: new Map(), cursor: "" });
@@ -282,13 +281,12 @@ class Connection {
   }
 
   open() {
-    this.reader?.close();
+    if (this.list.every((id) => this.ended.has(id))) Object.assign(this, { list: [], cursor: "" });
     const waiting = [...this.tokens.keys()].filter((id) => !this.ended.has(id) && !this.list.includes(id));
-    const max = this.options.maxJobs ?? MAX_JOBS;
-    if (this.list.every((id) => this.ended.has(id)) || this.list.length + waiting.length > max) {
-      this.list = [...this.tokens.keys()].filter((id) => !this.ended.has(id)).slice(0, max);
-      this.cursor = "";
-    } else this.list = this.list.concat(waiting);
+    const room = waiting.slice(0, Math.max(0, (this.options.maxJobs ?? MAX_JOBS) - this.list.length));
+    if (this.reader && !this.reader.state.done && !room.length) return; // the rest wait their turn
+    this.reader?.close();
+    this.list = this.list.concat(room);
     if (!this.list.length) return void (this.reader = null);
     const list = this.list;
     const signed = list.some((id) => this.tokens.get(id));
