@@ -4,6 +4,7 @@ WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY pyproject.toml README.md ./
 COPY web ./web
+COPY clients/js ./clients/js
 COPY tasks ./tasks
 RUN pip install .
 RUN useradd --create-home jobcast && mkdir -p /data/media && chown jobcast /data/media

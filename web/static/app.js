@@ -1,10 +1,11 @@
-// The progressive-reveal page: a form that POSTs /imagine and one card per job, each
-// fed by its own EventSource.
+// The progressive-reveal page: a form that POSTs /jobs/imagine and one card per job, every
+// card fed by ONE multiplexed connection (jobcast.js watchMany; the tabs of this origin
+// share it).
 //
 //   queued  → "#3 in line · about 20 s"      (derived updates carry no id)
 //   started → progress bar                   progress → bar + "step 4 of 20"
 //   preview → blurhash on a canvas, blurred  done → the image fades in over it
-//   failed / cancelled → the message;  the page closes the stream on any of these.
+//   failed / cancelled → the message.
 //
 // Every durable event (one with an id) is applied at most once, in id order, and noted in
 // window.__jobcast.log[jobId] as [id, phase] so tests can compare it with the server's log.
@@ -12,34 +13,21 @@
 // With JOBCAST_SIGNING_KEY on the server, a job comes with a token: every request for the
 // job carries it (stream, status, cancel, image), and so does the card's shared link.
 
-import { Activity, CUSTOM_KINDS } from "./activity.js";
+import { Activity } from "./activity.js";
 import { analyzeForm, kindSwitch, showAnalysis } from "./analyze.js";
-import { paint } from "./blurhash.js";
+import { create, JobcastError, paintBlurhash, watch, watchMany } from "./jobcast.js";
 
 const TERMINAL = new Set(["done", "failed", "cancelled"]);
-const PHASES = ["queued", "started", "progress", "preview", "done", "failed", "cancelled", "reset"];
 const MAX_IN_URL = 12;
-// Over HTTP/1.1 a browser opens at most 6 connections per origin: keep one free for
-// fetch, and let further cards wait for a stream of their own.
-const MAX_STREAMS = 5;
-const streams = { open: new Set(), waiting: [] };
 // Where Jobcast's routes start ("" at the root, "/jobcast" embedded in another app): the
 // page says, so every URL below is built on it.
 const BASE = document.body.dataset.base ?? "";
 const PICTURE_KINDS = new Set(["imagine", "analyze"]);
-const debug = (window.__jobcast = { log: {}, positions: {}, timings: {}, skipped: 0, cards: {} });
+const debug = (window.__jobcast = { log: {}, positions: {}, timings: {}, cards: {}, watches: [] });
 
 const form = document.getElementById("imagine");
 const list = document.getElementById("jobs");
 const template = document.getElementById("card");
-
-/** Is event id `a` ("ms-seq") later than `b`? Compared as numbers, never as text. */
-function later(a, b) {
-  if (!b) return true;
-  const [am, as] = a.split("-").map(Number);
-  const [bm, bs] = b.split("-").map(Number);
-  return am > bm || (am === bm && as > bs);
-}
 
 function queuedText({ position, etaSeconds }) {
   if (position == null) return "Waiting in line";
@@ -51,12 +39,36 @@ function duration(seconds) {
   return seconds < 90 ? `${Math.max(1, Math.round(seconds))} s` : `${Math.round(seconds / 60)} min`;
 }
 
+// Every card's events: the kit hands each durable event on once, in order, by job.
+const card = (fn) => (data, meta) => {
+  const target = debug.cards[meta.jobId];
+  if (target && !target.finished) fn(target, data, meta);
+};
+const handlers = {
+  onAny: (kind, data, meta) => card((c) => c.applied(meta.id, kind))(data, meta),
+  onQueue: card((c, data) => c.queued(data)),
+  onStarted: card((c, data) => c.started(data)),
+  onProgress: card((c, data) => c.progress(data)),
+  onPreview: card((c, data) => c.preview(data)),
+  onDone: card((c, data) => (c.done(data), c.close())),
+  onFailed: card((c, data) => (c.failed(data), c.close())),
+  onCancelled: card((c, data) => (c.cancelled(data), c.close())),
+  onReset: card((c, data) => c.restart(data)),
+  onEvent: (kind, data, meta) => card((c) => c.activity.receive(kind, data))(data, meta),
+  onError: card((c) => c.recover()), // the stream refused this job: ask its status
+  onReconnecting: () => live().forEach((c) => c.connection("reconnecting…")),
+  onConnected: () => live().forEach((c) => c.connection("")),
+};
+const many = watchMany([], handlers, { base: BASE, share: true });
+debug.watches.push(many);
+Object.defineProperty(debug, "skipped", { get: () => debug.watches.reduce((n, w) => n + w.jobs.skipped, 0) });
+const live = () => Object.values(debug.cards).filter((c) => !c.finished);
+
 class Card {
   constructor(job) {
     this.id = job.jobId;
     this.kind = job.kind || "imagine";
     this.token = job.token || "";
-    this.stream = job.stream || this.url("/stream");
     this.lastId = "";
     this.finished = false;
     this.retries = 0;
@@ -98,14 +110,9 @@ class Card {
     img.height = height;
   }
 
-  /** Open the stream when a connection is free; until then the card waits its turn. */
+  /** Watch the job on the page's one connection. */
   start() {
-    if (streams.open.size >= MAX_STREAMS) {
-      streams.waiting.push(this);
-      return this.connection("waiting for a free connection");
-    }
-    streams.open.add(this);
-    this.open();
+    many.add(this.id, this.token);
   }
 
   url(route) {
@@ -121,51 +128,27 @@ class Card {
     return withToken(href, this.token);
   }
 
-  open() {
-    const url = new URL(this.stream, location.href);
-    if (this.lastId) url.searchParams.set("lastEventId", this.lastId);
-    const source = (this.source = new EventSource(url));
-    for (const phase of PHASES) source.addEventListener(phase, (e) => this.receive(e));
-    for (const kind of CUSTOM_KINDS) source.addEventListener(kind, (e) => this.receive(e));
-    source.onopen = () => this.connection("");
-    source.onerror = () => this.lost(source);
-  }
-
   close() {
     this.finished = true;
-    this.source?.close();
     this.connection("");
-    if (streams.open.delete(this)) streams.waiting.shift()?.start();
   }
 
-  receive(event) {
+  applied(id, kind) {
     this.connection("");
-    const data = event.data ? JSON.parse(event.data) : {};
-    const id = event.lastEventId;
-    const own = id !== "" && id !== this.lastId;
-    if (event.type === "reset") {
-      // What follows is the log the server still has, possibly older than our last id
-      // (an id it never sent, e.g. after a Redis crash lost its last second): take it all.
-      this.lastId = "";
-      this.activity.clear();
-      return this.reset(data);
-    }
-    if (!own && event.type === "queued") return this.queued(data); // derived: no id of its own
-    if (!own || !later(id, this.lastId)) return void debug.skipped++;
     this.lastId = id;
-    debug.log[this.id].push([id, event.type]);
-    if (PHASES.includes(event.type)) this[event.type](data);
-    else this.activity.receive(event.type, data); // the job's own kinds: log, step, delta…
-    if (TERMINAL.has(event.type)) this.close();
+    debug.log[this.id].push([id, kind]);
   }
 
-  /** EventSource retries by itself while CONNECTING; CLOSED means the server refused. */
-  lost(source) {
-    if (this.finished || source !== this.source) return;
-    this.connection("reconnecting…");
-    if (source.readyState === EventSource.CLOSED) this.recover();
+  /** A `reset`: what follows is the log the server still has (possibly older than our
+   *  last id, e.g. after a Redis crash lost its last second), so start the card over. */
+  restart(snap) {
+    this.lastId = "";
+    this.activity.clear();
+    this.reset(snap);
   }
 
+  /** The stream reported the job (not found, or refused): its status says whether it is
+   *  gone, ended, or still on (then watch it again on its own from its last id). */
   async recover() {
     const delay = Math.min(15000, 1000 * 2 ** this.retries++);
     await new Promise((resolve) => setTimeout(resolve, delay));
@@ -179,7 +162,9 @@ class Card {
     if (!response.ok) return this.recover();
     const snap = await response.json();
     if (TERMINAL.has(phaseOf(snap.state))) return this.reset(snap), this.close();
-    this.open();
+    const options = { base: BASE, token: this.token, lastEventId: this.lastId };
+    const again = () => this.recover(); // refused again, or nothing left: ask the status
+    debug.watches.push(watch(this.id, { ...handlers, onError: again, onClosed: again }, options));
   }
 
   connection(text) {
@@ -222,7 +207,7 @@ class Card {
   preview({ blurhash, width, height }) {
     if (width && height) this.size(width, height);
     try {
-      paint(this.part(".blur"), blurhash);
+      paintBlurhash(this.part(".blur"), blurhash);
     } catch {
       return; // a hash we cannot read: keep the placeholder
     }
@@ -375,13 +360,7 @@ async function submit(event) {
   button.disabled = true;
   const posted = performance.now();
   try {
-    const response = await fetch(`${BASE}/imagine`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: JSON.stringify(body),
-    });
-    const json = await response.json().catch(() => ({}));
-    if (response.status !== 202) return showErrors(json.error);
+    const json = await create("imagine", body, { base: BASE });
     const width = body.width ?? 512;
     const height = body.height ?? 512;
     const card = new Card({ ...json, prompt: body.prompt.trim().replace(/\s+/g, " "), width, height });
@@ -389,7 +368,8 @@ async function submit(event) {
     card.queued(json);
     card.start();
     remember();
-  } catch {
+  } catch (error) {
+    if (error instanceof JobcastError) return showErrors(error);
     showErrors({ message: "Could not reach the server. Check your connection and try again." });
   } finally {
     button.disabled = false;
@@ -415,12 +395,10 @@ function remember() {
   history.replaceState(null, "", query ? `${BASE}/?${query}` : `${BASE}/`);
 }
 
-async function watch(jobId, token) {
+/** A linked job's status (null: gone), fetched before its card is made. */
+async function follow(jobId, token) {
   const response = await fetch(jobUrl(jobId, token, "")).catch(() => null);
-  const snap = response?.ok ? await response.json() : null;
-  const card = new Card({ ...(snap ?? {}), jobId, token });
-  if (!snap) return card.gone();
-  card.start();
+  return [jobId, token, response?.ok ? await response.json() : null];
 }
 
 /** The jobs of the address bar, each with its token ("" without one). */
@@ -434,8 +412,14 @@ function linked() {
   return jobs;
 }
 
+/** The linked jobs: their statuses at once, then all of them on the one connection. */
 async function restore() {
-  for (const [id, token] of linked()) await watch(id, token);
+  const snaps = await Promise.all([...linked()].map(([id, token]) => follow(id, token)));
+  for (const [jobId, token, snap] of snaps) {
+    const card = new Card({ ...(snap ?? {}), jobId, token });
+    if (snap) card.start();
+    else card.gone();
+  }
 }
 
 /** A job another form posted (its 202 answer, plus what the card shows): card it, watch it. */

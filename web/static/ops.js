@@ -1,8 +1,11 @@
-// The operator dashboard: one EventSource on /ops/stream, each snapshot redraws the page.
+// The operator dashboard: one stream on /ops/stream (the JS kit's reconnecting reader),
+// each snapshot redraws the page.
 // Everything is drawn here from the stream's data (sparklines as SVG paths); text goes in
 // through textContent only, so error messages from tasks cannot inject markup.
 // An open feed (no JOBCAST_OPS_TOKEN) says `redacted: true` and carries a short label in
 // place of each job id: an id would let anyone watch, cancel and download the job.
+
+import { stream } from "./jobcast.js";
 
 const $ = (id) => document.getElementById(id);
 // Where Jobcast's routes start ("" at the root, "/jobcast" embedded): the page says.
@@ -13,29 +16,27 @@ let lastAt = 0;
 let lastSeen = 0;
 
 function connect() {
-  const source = new EventSource(`${BASE}/ops/stream`);
-  source.addEventListener("open", () => feed("live", "Live"));
-  source.addEventListener("error", () => {
-    // EventSource retries by itself (retry: 3000); CLOSED means it gave up (e.g. 401).
-    if (source.readyState === EventSource.CLOSED) {
-      feed("down", "Disconnected — reload to retry");
-    } else {
-      feed("reconnecting", "Reconnecting…");
-    }
-  });
-  source.addEventListener("snapshot", (event) => {
-    const snap = JSON.parse(event.data);
-    if (snap.at < lastAt) return; // an older snapshot than the one shown (connect race)
-    lastAt = snap.at;
-    lastSeen = Date.now();
-    feed("live", "Live");
-    render(snap);
+  // The kit's reader reconnects by itself (retry: 3000); it gives up on a refusal (e.g. 401).
+  stream(`${BASE}/ops/stream`, {
+    onOpen: () => feed("live", "Live"),
+    onReconnecting: () => feed("reconnecting", "Reconnecting…"),
+    onEnd: () => true, // the feed never ends: a closed response is a drop
+    onError: () => feed("down", "Disconnected — reload to retry"),
+    onEvent: (kind, data) => kind === "snapshot" && show(JSON.parse(data)),
   });
   setInterval(() => {
     if (lastSeen && Date.now() - lastSeen > SILENT_MS && $("feed").dataset.state === "live") {
       feed("stale", "Monitor silent");
     }
   }, 1000);
+}
+
+function show(snap) {
+  if (snap.at < lastAt) return; // an older snapshot than the one shown (connect race)
+  lastAt = snap.at;
+  lastSeen = Date.now();
+  feed("live", "Live");
+  render(snap);
 }
 
 function feed(state, text) {
