@@ -21,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from httpx_sse import connect_sse
 from support import Proc, RedisServer, free_port, gunicorn_web, logged, wait_until
 
@@ -75,8 +74,9 @@ class MuxFollower:
         params = [("job", job) for job in self.jobs]
         with (
             httpx.Client(timeout=httpx.Timeout(30, connect=5)) as client,
-            connect_sse(client, "GET", self.base + "/jobs/stream", params=params, headers=headers)
-            as source,
+            connect_sse(
+                client, "GET", self.base + "/jobs/stream", params=params, headers=headers
+            ) as source,
         ):
             if source.response.status_code == 204:
                 return True
