@@ -1,7 +1,7 @@
 """``GET /jobs/stream?job=A&job=B…``: many jobs' events on one SSE connection.
 
 open:    1 to ``max_stream_jobs`` distinct ids (else 400), the composite cursor from
-         Last-Event-ID or ``?lastEventId=`` (:mod:`web.cursor`; a bad one is a 400); one
+         Last-Event-ID or ``?lastEventId=`` (:mod:`jobcast.cursor`; a bad one is a 400); one
          hub watcher per job, all sharing one wake event; each job opened as its own
          stream would be: unknown or not allowed → an ``error`` event for it · ended at
          or before its cursor id → nothing (not replayed) · else a :class:`Part`
@@ -25,9 +25,9 @@ from typing import Any
 import gevent
 import gevent.event
 
+from jobcast import cursor as cursors
 from tasks.events import EventId, dumps
 from tasks.tokens import job_token
-from web import cursor as cursors
 from web.api import JOB_ID, admit_stream
 from web.errors import ApiError
 from web.extension import Jobcast

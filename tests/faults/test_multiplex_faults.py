@@ -24,8 +24,8 @@ import pytest
 from httpx_sse import connect_sse
 from support import Proc, RedisServer, free_port, gunicorn_web, logged, wait_until
 
+from jobcast import cursor as cursors
 from tasks.events import JobEvents
-from web import cursor as cursors
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import redis
 from httpx_sse import connect_sse
 from support import Proc, gunicorn_web, logged, wait_until
 
-from web import cursor as cursors
+from jobcast import cursor as cursors
 
 TINY = {"width": 64, "height": 64, "steps": 2}
 UNKNOWN = "AAAAAAAAAAAAAAAAAAAAAA"
