@@ -15,7 +15,9 @@ token, which the API wants on every job route when it signs them.
 A watch survives any connection error: it reconnects with ``Last-Event-ID`` after a delay
 that starts at the server's ``retry:``, doubles up to ``max_backoff`` and is jittered; a
 ``Retry-After`` is honoured. It gives up with :class:`ConnectionGaveUp` after
-``max_retries`` reconnects in a row that brought no event. Errors::
+``max_retries`` reconnects in a row that brought no event. ``watch_many`` does the same
+for many jobs on one connection (the multiplexed ``GET /jobs/stream``), resuming each job
+from its own place with the composite cursor (:mod:`jobcast.cursor`). Errors::
 
     JobcastError
     ├── ApiError           the API's JSON error: status, code, message, fields, retry_after
