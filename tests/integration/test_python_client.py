@@ -321,7 +321,8 @@ def test_signed_mode_uses_the_jobs_token(
     stack_env: dict[str, str], worker: Proc, rds: redis.Redis, tmp_path: Path
 ) -> None:
     """With job tokens on, the client sends the token from the 202 on every job route;
-    without it the API's 403 comes back typed; client.job(id, token) attaches to a job."""
+    without it the API's 403 comes back typed; client.job(id, token) attaches to a job,
+    and watch_many sends each job's token (a job without one gets a bad_token error event)."""
     env = {**stack_env, "JOBCAST_SIGNING_KEY": "a-test-signing-key-of-some-length"}
     proc, base = gunicorn_web(env, tmp_path / "signed.log")
     try:
@@ -332,6 +333,12 @@ def test_signed_mode_uses_the_jobs_token(
             with pytest.raises(ApiError) as caught:
                 stranger.status(job.id)
             assert ids(list(friend.watch(friend.job(job.id, job.token)))) == logged(rds, job.id)
+            handle = friend.job(job.id, job.token)
+            many = list(friend.watch_many([handle, stranger.job("A" * 22)]))
+            assert ids([e for e in many if e.job_id == job.id]) == logged(rds, job.id)
+            assert [(e.job_id, e.data["code"]) for e in many if e.kind == "error"] == [
+                ("A" * 22, "bad_token")
+            ]
     finally:
         proc.stop()
     assert (caught.value.status, caught.value.code) == (403, "bad_token")
