@@ -15,7 +15,9 @@ token, which the API wants on every job route when it signs them.
 A watch survives any connection error: it reconnects with ``Last-Event-ID`` after a delay
 that starts at the server's ``retry:``, doubles up to ``max_backoff`` and is jittered; a
 ``Retry-After`` is honoured. It gives up with :class:`ConnectionGaveUp` after
-``max_retries`` reconnects in a row that brought no event. Errors::
+``max_retries`` reconnects in a row that brought no event. ``watch_many`` does the same
+for many jobs on one connection (the multiplexed ``GET /jobs/stream``), resuming each job
+from its own place with the composite cursor (:mod:`jobcast.cursor`). Errors::
 
     JobcastError
     ├── ApiError           the API's JSON error: status, code, message, fields, retry_after
@@ -30,19 +32,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
 import random
-import threading
 import time
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Generic, TypeVar
 
 import httpx
 from httpx_sse import EventSource, ServerSentEvent, SSEError
+
+from jobcast import cursor as cursors
+from jobcast import problem
+from jobcast.problem import Problem
 
 __all__ = [
     "ApiError",
@@ -66,8 +70,11 @@ class JobcastError(Exception):
     """Anything this client raises."""
 
 
-class ApiError(JobcastError):
-    """The API refused a request; its JSON error, its HTTP status and its Retry-After."""
+class ApiError(JobcastError, Problem):
+    """The API refused a request; its JSON error (the shape: :mod:`jobcast.problem`), its
+    HTTP status and its Retry-After."""
+
+    fields: dict[str, str]
 
     def __init__(
         self,
@@ -77,23 +84,19 @@ class ApiError(JobcastError):
         fields: dict[str, str] | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.fields = fields or {}
+        Problem.__init__(self, status, code, message, fields or {})
         self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"
 
     @classmethod
     def from_response(cls, response: httpx.Response) -> ApiError:
         """From an error response (read already); a body that is not ours still makes one."""
         try:
-            error = response.json()["error"]
-            code, message = str(error["code"]), str(error["message"])
-            fields = error.get("fields")
-        except (ValueError, KeyError, TypeError, AttributeError):  # a proxy's page, not ours
+            code, message, fields = problem.parse(response.json())
+        except ValueError:  # not JSON, or not ours: a proxy's page
             code, message, fields = f"http_{response.status_code}", response.reason_phrase, None
-        fields = fields if isinstance(fields, dict) else None
         return cls(response.status_code, code, message, fields, _seconds(response))
 
     @property
@@ -104,13 +107,18 @@ class ApiError(JobcastError):
 
 class ConnectionGaveUp(JobcastError):
     """The server could not be reached: a request failed to get an answer (``job_id``
-    None), or a job's stream failed ``attempts`` times in a row; ``cause``: the last."""
+    None), or a job's stream (or the multiplexed stream of ``jobs`` jobs) failed
+    ``attempts`` times in a row; ``cause``: the last."""
 
-    def __init__(self, job_id: str | None, attempts: int, cause: BaseException | None) -> None:
+    def __init__(
+        self, job_id: str | None, attempts: int, cause: BaseException | None, *, jobs: int = 0
+    ) -> None:
         why = cause or "the server kept ending the stream"
-        what = f"job {job_id} after {attempts} failed connections" if job_id else "the server"
+        what = f"job {job_id}" if job_id else f"the stream of {jobs} jobs" if jobs else ""
+        what = f"{what} after {attempts} failed connections" if what else "the server"
         super().__init__(f"gave up on {what}: {why}")
         self.job_id = job_id
+        self.jobs = jobs
         self.attempts = attempts
         self.cause = cause
 
@@ -147,6 +155,7 @@ class Event:
     data: dict[str, Any]
     id: str | None = None
     job_id: str = ""
+    cursor: str | None = None  # watch_many: the composite cursor to resume all jobs from
 
     @property
     def terminal(self) -> bool:
@@ -228,16 +237,20 @@ class Job:
         )  # fmt: skip
 
 
-class _Cursor:
-    """One job's stream across connections: the last id seen, the server's ``retry:``,
-    the failures in a row; frames become Events (a durable event seen before is dropped)."""
+class _Watch:
+    """One watch across its connections: the route it reads, the server's ``retry:``, the
+    failures in a row, and turning frames into Events (a durable event seen before is
+    dropped). :class:`_One` follows one job's stream, :class:`_Many` the multiplexed one."""
 
-    def __init__(self, job_id: str, last_event_id: str | None) -> None:
-        self.job_id = job_id
+    path: str
+    params: Any
+
+    def __init__(self, last_event_id: str | None) -> None:
         self.last = last_event_id
         self.retry: float | None = None
         self.failures = 0
         self.fresh = False  # an event arrived on this connection
+        self.over = False  # nothing more to come: stop, do not reconnect
         self._previous = ""
 
     def headers(self) -> dict[str, str]:
@@ -248,30 +261,110 @@ class _Cursor:
         return {**headers, "Last-Event-ID": self.last} if self.last else headers
 
     def accept(self, sse: ServerSentEvent) -> Event | None:
+        """The Event of one frame, or None (no data, or a durable event seen already)."""
         if sse.retry is not None:
             self.retry = sse.retry / 1000
         own_id = sse.id if sse.id and sse.id != self._previous else None
         self._previous = sse.id or self._previous
         if not sse.data and sse.event in ("", "message"):
             return None  # a frame with only `retry:`
+        event = self._event(sse.event or "message", _data(sse.data), own_id)
+        if event is not None:
+            self.fresh = True
+        return event
+
+    def _event(self, kind: str, data: dict[str, Any], own_id: str | None) -> Event | None:
+        raise NotImplementedError
+
+    def gave_up(self, failure: BaseException | None) -> ConnectionGaveUp:
+        raise NotImplementedError
+
+
+class _One(_Watch):
+    """A job's own stream, ``GET /jobs/<id>/stream``; ids are the job's event ids."""
+
+    def __init__(self, job: Job, last_event_id: str | None) -> None:
+        super().__init__(last_event_id)
+        self.job_id = job.id
+        self.path = f"jobs/{_quote(job.id)}/stream"
+        self.params = {"token": job.token} if job.token else {}
+
+    def _event(self, kind: str, data: dict[str, Any], own_id: str | None) -> Event | None:
         if own_id is not None and _seen(own_id, self.last):
             return None
         if own_id is not None:
             self.last = own_id
-        if sse.event == "reset":
+        if kind == "reset":
             self.last = None  # the server replays what the log still holds
-        self.fresh = True
-        return Event(sse.event or "message", _data(sse.data), own_id, self.job_id)
+        self.over = kind in TERMINAL
+        return Event(kind, data, own_id, self.job_id)
+
+    def gave_up(self, failure: BaseException | None) -> ConnectionGaveUp:
+        return ConnectionGaveUp(self.job_id, self.failures, failure)
 
 
-class _Base:
+class _Many(_Watch):
+    """The multiplexed stream, ``GET /jobs/stream?job=…``: each frame's data names its job
+    and its id is the composite cursor (:mod:`jobcast.cursor`), read here for the job's own
+    event id. Over once every job has ended or been reported (an ``error`` event)."""
+
+    def __init__(self, jobs: list[Job], last_event_id: str | None) -> None:
+        super().__init__(last_event_id)
+        self.ids = [job.id for job in jobs]
+        self.index = {job_id: n for n, job_id in enumerate(self.ids)}
+        self.open = set(self.ids)
+        self.seen: dict[str, tuple[int, int]] = {}  # each job's last event id
+        self.path = "jobs/stream"
+        self.params = [("job", job_id) for job_id in self.ids]
+        if any(job.token for job in jobs):  # in the order of the jobs
+            self.params += [("token", job.token or "") for job in jobs]
+
+    def _event(self, kind: str, data: dict[str, Any], own_id: str | None) -> Event | None:
+        job_id = data.get("jobId")
+        if not isinstance(job_id, str) or job_id not in self.index:
+            return None  # not one of this watch's jobs: nothing to show
+        event_id = None
+        if own_id is not None:
+            self.last = own_id
+            position = self._position(own_id, job_id)
+            if position is not None:
+                if position <= self.seen.get(job_id, (-1, -1)):
+                    return None
+                self.seen[job_id] = position
+                event_id = f"{position[0]}-{position[1]}"
+        if kind == "reset":
+            self.seen.pop(job_id, None)  # the server replays what the log still holds
+        if kind in TERMINAL or kind == "error":
+            self.open.discard(job_id)
+        self.over = not self.open
+        return Event(kind, data, event_id, job_id, own_id)
+
+    def _position(self, cursor: str, job_id: str) -> tuple[int, int] | None:
+        try:
+            return cursors.decode(cursor, self.ids).last.get(self.index[job_id])
+        except ValueError:  # not a cursor of this list: keep the event, without its id
+            return None
+
+    def gave_up(self, failure: BaseException | None) -> ConnectionGaveUp:
+        return ConnectionGaveUp(None, self.failures, failure, jobs=len(self.ids))
+
+
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
+
+
+class _Base(Generic[H]):
     """What both clients share: settings, the requests they send, reading the answers and
     the backoff. ``http`` is an httpx.Client or httpx.AsyncClient."""
 
-    http: Any
-
     def __init__(
-        self, timeout: float, stream_timeout: float, max_retries: int, max_backoff: float
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        timeout: float = 10.0,
+        stream_timeout: float = 60.0,
+        max_retries: int = 8,
+        max_backoff: float = 30.0,
+        http: H | None = None,
     ) -> None:
         self.timeout = timeout
         self.stream_timeout = stream_timeout
@@ -279,6 +372,10 @@ class _Base:
         self.max_backoff = max_backoff
         self.backoff = 1.0  # the first delay, until the server has sent its `retry:`
         self._tokens: dict[str, str] = {}
+        self.http: H = http or self._new_http(base_url, timeout)
+
+    def _new_http(self, base_url: str, timeout: float) -> H:
+        raise NotImplementedError
 
     def job(self, job_id: str, token: str | None = None) -> Job:
         """A handle for a job submitted elsewhere (``token``: its token in signed mode)."""
@@ -288,6 +385,11 @@ class _Base:
 
     def _ref(self, job: Job | str) -> Job:
         return job if isinstance(job, Job) else self.job(job)
+
+    def _many(self, jobs: Iterable[Job | str], last_event_id: str | None) -> _Many | None:
+        """The multiplexed watch of ``jobs`` (each once, in order); None for no jobs."""
+        refs = list({ref.id: ref for ref in map(self._ref, jobs)}.values())
+        return _Many(refs, last_event_id) if refs else None
 
     def _submit(self, kind: str, params: dict[str, Any], key: str | None) -> httpx.Request:
         headers = {"Idempotency-Key": key} if key else {}
@@ -299,12 +401,16 @@ class _Base:
         params = {"token": job.token} if job.token else {}
         return self.http.build_request(method, path, params=params, **options)
 
-    def _stream(self, job: Job, cursor: _Cursor, deadline: float | None) -> httpx.Request:
+    def _stream(self, watch: _Watch, deadline: float | None) -> httpx.Request:
+        """The request of a watch's next connection (its read timeout within ``deadline``)."""
         read = self.stream_timeout
         if deadline is not None:
             read = max(0.001, min(read, deadline - time.monotonic()))
         timeout = httpx.Timeout(self.timeout, read=read)
-        return self._on("GET", job, "stream", headers=cursor.headers(), timeout=timeout)
+        headers = watch.headers()
+        return self.http.build_request(
+            "GET", watch.path, params=watch.params, headers=headers, timeout=timeout
+        )
 
     def _submitted(self, response: httpx.Response) -> Job:
         job = Job.from_body(_json(response))
@@ -312,33 +418,23 @@ class _Base:
             self._tokens[job.id] = job.token
         return job
 
-    def _retry(self, cursor: _Cursor, failure: Exception | None) -> float:
-        """After a connection ended without the job's end: the delay before the next one,
+    def _retry(self, watch: _Watch, failure: Exception | None) -> float:
+        """After a connection ended without the watch's end: the delay before the next one,
         or ConnectionGaveUp."""
-        cursor.failures = 1 if cursor.fresh else cursor.failures + 1
-        if cursor.failures > self.max_retries:
-            raise ConnectionGaveUp(cursor.job_id, cursor.failures, failure)
-        base = cursor.retry if cursor.retry is not None else self.backoff
-        delay = min(self.max_backoff, base * 2 ** (cursor.failures - 1))
+        watch.failures = 1 if watch.fresh else watch.failures + 1
+        if watch.failures > self.max_retries:
+            raise watch.gave_up(failure)
+        base = watch.retry if watch.retry is not None else self.backoff
+        delay = min(self.max_backoff, base * 2 ** (watch.failures - 1))
         retry_after = failure.retry_after if isinstance(failure, ApiError) else None
         return max(random.uniform(delay / 2, delay), retry_after or 0.0)
 
 
-class Client(_Base):
-    """The synchronous client (thread-safe: ``watch_many`` uses one thread per job)."""
+class Client(_Base[httpx.Client]):
+    """The synchronous client (thread-safe)."""
 
-    def __init__(
-        self,
-        base_url: str = "http://127.0.0.1:8000",
-        *,
-        timeout: float = 10.0,
-        stream_timeout: float = 60.0,
-        max_retries: int = 8,
-        max_backoff: float = 30.0,
-        http: httpx.Client | None = None,
-    ) -> None:
-        super().__init__(timeout, stream_timeout, max_retries, max_backoff)
-        self.http = http or httpx.Client(base_url=base_url, timeout=timeout)
+    def _new_http(self, base_url: str, timeout: float) -> httpx.Client:
+        return httpx.Client(base_url=base_url, timeout=timeout)
 
     def __enter__(self) -> Client:
         return self
@@ -387,98 +483,62 @@ class Client(_Base):
 
     def watch(self, job: Job | str, *, last_event_id: str | None = None) -> Iterator[Event]:
         """The job's events after ``last_event_id`` (all without one), to its end."""
-        return self._watch(self._ref(job), last_event_id, None)
+        return self._follow(_One(self._ref(job), last_event_id), None)
 
     def wait(self, job: Job | str, timeout: float | None = None) -> dict[str, Any]:
         """The job's ``done`` data; JobFailed / JobCancelled / WaitTimeout otherwise.
         The timeout is checked at every event and bounds every silent stretch."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for event in self._watch(self._ref(job), None, deadline):
+        for event in self._follow(_One(self._ref(job), None), deadline):
             if event.terminal:
                 return _outcome(event)
         raise JobcastError("the stream ended before the job did")
 
-    def watch_many(self, jobs: Iterable[Job | str]) -> Iterator[Event]:
-        """The events of several jobs as they come (``event.job_id`` names the job), until
-        all have ended. One stream per job for now; one multiplexed stream later."""
-        refs = [self._ref(job) for job in jobs]
-        feed: queue.Queue[Event | Exception | None] = queue.Queue()
-        stop = threading.Event()
-
-        def follow(job: Job) -> None:
-            try:
-                for event in self._watch(job, None, None):
-                    if stop.is_set():
-                        return
-                    feed.put(event)
-            except Exception as exc:  # handed to the reader, who raises it
-                feed.put(exc)
-            finally:
-                feed.put(None)
-
-        for job in refs:
-            threading.Thread(target=follow, args=(job,), daemon=True).start()
-        try:
-            ended = 0
-            while ended < len(refs):
-                item = feed.get()
-                if isinstance(item, Exception):
-                    raise item
-                ended += item is None
-                if item is not None:
-                    yield item
-        finally:
-            stop.set()  # each thread leaves at its next event (or read timeout)
-
-    def _watch(
-        self, job: Job, last_event_id: str | None, deadline: float | None
+    def watch_many(
+        self, jobs: Iterable[Job | str], *, last_event_id: str | None = None
     ) -> Iterator[Event]:
-        cursor = _Cursor(job.id, last_event_id)
+        """The events of several jobs (up to the server's ``JOBCAST_MAX_STREAM_JOBS``) on
+        one connection, as they come, until all have ended: ``event.job_id`` names the job,
+        ``event.id`` is the job's own event id and ``event.cursor`` the composite cursor
+        to resume the whole watch from (``last_event_id=``). A job the server does not
+        know or allow gets one ``error`` event (``data``: code, message); the rest go on."""
+        watch = self._many(jobs, last_event_id)
+        return self._follow(watch, None) if watch else iter(())
+
+    def _follow(self, watch: _Watch, deadline: float | None) -> Iterator[Event]:
         while True:
             failure: Exception | None = None
             try:
-                response = self.http.send(self._stream(job, cursor, deadline), stream=True)
+                response = self.http.send(self._stream(watch, deadline), stream=True)
                 try:
                     if response.status_code not in (200, 204):
                         response.read()
                     if not _opened(response):
                         return
                     for sse in EventSource(response).iter_sse():
-                        event = cursor.accept(sse)
+                        event = watch.accept(sse)
                         if event is not None:
                             yield event
-                            if event.terminal:
+                            if watch.over:
                                 return
                         _check(deadline)
                 finally:
                     response.close()
             except ApiError as exc:
-                if not exc.transient:
-                    raise
-                failure = exc
+                failure = _transient(exc)
             except (httpx.TransportError, SSEError) as exc:  # refused, dropped, cut, silent
                 _check(deadline)
                 failure = exc
-            delay = self._retry(cursor, failure)
+            delay = self._retry(watch, failure)
             time.sleep(delay if deadline is None else min(delay, _left(deadline)))
             _check(deadline)
 
 
-class AsyncClient(_Base):
+class AsyncClient(_Base[httpx.AsyncClient]):
     """The asyncio client: the methods of :class:`Client`, to await."""
 
-    def __init__(
-        self,
-        base_url: str = "http://127.0.0.1:8000",
-        *,
-        timeout: float = 10.0,
-        stream_timeout: float = 60.0,
-        max_retries: int = 8,
-        max_backoff: float = 30.0,
-        http: httpx.AsyncClient | None = None,
-    ) -> None:
-        super().__init__(timeout, stream_timeout, max_retries, max_backoff)
-        self.http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout)
+    def _new_http(self, base_url: str, timeout: float) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=base_url, timeout=timeout)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -525,10 +585,10 @@ class AsyncClient(_Base):
             raise ConnectionGaveUp(None, 1, exc) from exc
 
     def watch(self, job: Job | str, *, last_event_id: str | None = None) -> AsyncIterator[Event]:
-        return self._watch(self._ref(job), last_event_id)
+        return self._follow(_One(self._ref(job), last_event_id))
 
     async def wait(self, job: Job | str, timeout: float | None = None) -> dict[str, Any]:
-        events = self._watch(self._ref(job), None)
+        events = self._follow(_One(self._ref(job), None))
         try:
             async with asyncio.timeout(timeout):
                 async for event in events:
@@ -540,60 +600,48 @@ class AsyncClient(_Base):
             await events.aclose()
         raise JobcastError("the stream ended before the job did")
 
-    async def watch_many(self, jobs: Iterable[Job | str]) -> AsyncIterator[Event]:
-        refs = [self._ref(job) for job in jobs]
-        feed: asyncio.Queue[Event | Exception | None] = asyncio.Queue()
+    def watch_many(
+        self, jobs: Iterable[Job | str], *, last_event_id: str | None = None
+    ) -> AsyncIterator[Event]:
+        """As :meth:`Client.watch_many`: many jobs on one connection, to await."""
+        watch = self._many(jobs, last_event_id)
+        return self._follow(watch) if watch else _nothing()
 
-        async def follow(job: Job) -> None:
-            try:
-                async for event in self._watch(job, None):
-                    await feed.put(event)
-            except Exception as exc:  # handed to the reader, who raises it
-                await feed.put(exc)
-            finally:
-                await feed.put(None)
-
-        tasks = [asyncio.create_task(follow(job)) for job in refs]
-        try:
-            ended = 0
-            while ended < len(refs):
-                item = await feed.get()
-                if isinstance(item, Exception):
-                    raise item
-                ended += item is None
-                if item is not None:
-                    yield item
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _watch(self, job: Job, last_event_id: str | None) -> AsyncGenerator[Event, None]:
-        cursor = _Cursor(job.id, last_event_id)
+    async def _follow(self, watch: _Watch) -> AsyncGenerator[Event, None]:
         while True:
             failure: Exception | None = None
             try:
-                response = await self.http.send(self._stream(job, cursor, None), stream=True)
+                response = await self.http.send(self._stream(watch, None), stream=True)
                 try:
                     if response.status_code not in (200, 204):
                         await response.aread()
                     if not _opened(response):
                         return
                     async for sse in EventSource(response).aiter_sse():
-                        event = cursor.accept(sse)
+                        event = watch.accept(sse)
                         if event is not None:
                             yield event
-                            if event.terminal:
+                            if watch.over:
                                 return
                 finally:
                     await response.aclose()
             except ApiError as exc:
-                if not exc.transient:
-                    raise
-                failure = exc
+                failure = _transient(exc)
             except (httpx.TransportError, SSEError) as exc:  # refused, dropped, cut, silent
                 failure = exc
-            await asyncio.sleep(self._retry(cursor, failure))
+            await asyncio.sleep(self._retry(watch, failure))
+
+
+async def _nothing() -> AsyncGenerator[Event, None]:
+    return
+    yield  # an async generator that yields nothing
+
+
+def _transient(exc: ApiError) -> ApiError:
+    """A refused connection worth retrying (server trouble, a full server); else raised."""
+    if not exc.transient:
+        raise exc
+    return exc
 
 
 def _opened(response: httpx.Response) -> bool:

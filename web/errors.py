@@ -13,13 +13,16 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, default_exceptions
 from werkzeug.routing import RequestRedirect
 
+from jobcast import problem
+from jobcast.problem import Problem
 from web.hub import HubUnavailable
 
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
-    """An error with its HTTP status, machine code, message and optional field reasons."""
+class ApiError(Problem):
+    """An error with its HTTP status, machine code, message, optional field reasons and
+    the headers its answer carries (the shape: :mod:`jobcast.problem`)."""
 
     def __init__(
         self,
@@ -30,21 +33,14 @@ class ApiError(Exception):
         fields: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.fields = fields
+        super().__init__(status, code, message, fields)
         self.headers = headers or {}
 
 
 def error_response(
     status: int, code: str, message: str, fields: Any = None, headers: Any = None
 ) -> Response:
-    body: dict[str, Any] = {"code": code, "message": message}
-    if fields:
-        body["fields"] = fields
-    response = jsonify(error=body)
+    response = jsonify(problem.body(code, message, fields))
     response.status_code = status
     response.headers.update(headers or {})
     return response

@@ -49,6 +49,10 @@ class Item:
     frame: bytes
     phase: bytes = b""
     position: int | None = None  # a derived queue position's value
+    # A multiplexed stream's relabelling, made by the first one that sends the item and
+    # reused by the others (one Item goes to every watcher): (tag, frame after the id line
+    # with "jobId" spliced in). Filled in place: the Item itself stays immutable.
+    muxed: list[tuple[bytes, bytes]] = field(default_factory=list, compare=False, repr=False)
 
 
 RESYNC = Item(None, False, b"")

@@ -1,7 +1,7 @@
 """``GET /jobs/stream?job=A&job=B…``: many jobs' events on one SSE connection.
 
 open:    1 to ``max_stream_jobs`` distinct ids (else 400), the composite cursor from
-         Last-Event-ID or ``?lastEventId=`` (:mod:`web.cursor`; a bad one is a 400); one
+         Last-Event-ID or ``?lastEventId=`` (:mod:`jobcast.cursor`; a bad one is a 400); one
          hub watcher per job, all sharing one wake event; each job opened as its own
          stream would be: unknown or not allowed → an ``error`` event for it · ended at
          or before its cursor id → nothing (not replayed) · else a :class:`Part`
@@ -11,7 +11,8 @@ body:    retry ─ errors ─ each part's start (reset, backlog, place) ─ live
          ``stream_idle_seconds``)
 frames:  a logged frame keeps its event and data bytes, with the id line replaced by the
          connection's cursor and ``"jobId":"…"`` spliced in front of the data's fields
-         (no JSON is parsed or encoded); derived frames get the jobId only.
+         (no JSON is parsed or encoded; the splice is made once per item and kept on it for
+         every other connection); derived frames get the jobId only.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from typing import Any
 import gevent
 import gevent.event
 
+from jobcast import cursor as cursors
 from tasks.events import EventId, dumps
 from tasks.tokens import job_token
-from web import cursor as cursors
 from web.api import JOB_ID, admit_stream
 from web.errors import ApiError
 from web.extension import Jobcast
@@ -58,9 +59,18 @@ class Part(Stream):
         assert item.key is not None
         mux = self.mux
         mux.entries[self.index] = cursors.entry(self.index, mux.base, item.key)
+        return b"id: " + mux.cursor() + self._relabelled(item)
+
+    def _relabelled(self, item: Item) -> bytes:
+        """The item's frame after its own id line, with the jobId spliced in: made once per
+        item for every multiplexed connection that sends it (the hub shares the Item)."""
+        for tag, rest in item.muxed:
+            if tag == self.tag:
+                return rest
         frame = item.frame
-        rest = frame[frame.index(b"\n") :]  # after the job's own id line
-        return b"id: " + mux.cursor() + with_job(rest, self.tag)
+        rest = with_job(frame[frame.index(b"\n") :], self.tag)  # after the job's own id line
+        item.muxed.append((self.tag, rest))
+        return rest
 
     def _derived(self, item: Item) -> bytes:
         if item.frame.startswith(b":"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,9 @@ import httpx
 import pytest
 import redis
 from httpx_sse import connect_sse
-from support import Proc, gunicorn_web, logged, wait_until
+from support import Proc, collect, gunicorn_web, logged, wait_until
 
-from web import cursor as cursors
+from jobcast import cursor as cursors
 
 TINY = {"width": 64, "height": 64, "steps": 2}
 UNKNOWN = "AAAAAAAAAAAAAAAAAAAAAA"
@@ -279,3 +280,25 @@ def _kill_subscribers(client: redis.Redis) -> int:
         for c in client.client_list()
         if int(c.get("sub", 0)) > 0 or "P" in c.get("flags", "")
     )
+
+
+def test_connections_sharing_jobs_each_get_their_own_labels(
+    web: str, worker: Proc, rds: redis.Redis
+) -> None:
+    """Two multiplexed connections watching the same jobs in another order, and a single
+    stream of one of them, all at once (the hub hands all three the same items): each
+    multiplexed event names its job and each job's events are its log on both; the single
+    stream's frames stay as they were, without a jobId."""
+    jobs = [submit(web, seed=i, steps=6) for i in range(2)]
+    lists = [jobs, list(reversed(jobs))]
+    with ThreadPoolExecutor(3) as pool:
+        muxes = [pool.submit(lambda j=j: list(muxed(web, j))) for j in lists]
+        single = pool.submit(collect, web, jobs[0])
+        seen = [future.result(120) for future in muxes]
+        alone = single.result(120)
+    for order, items in zip(lists, seen, strict=True):
+        got = per_job(items, order)
+        for job in jobs:
+            assert got[job] == logged(rds, job), job
+    assert [(e.id, e.event) for e in alone if e.id] == logged(rds, jobs[0])
+    assert all("jobId" not in e.data for e in alone if e.event != "queued")

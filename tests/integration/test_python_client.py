@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from PIL import Image
@@ -188,13 +191,62 @@ def test_watch_gives_up_with_a_typed_error(rds: redis.Redis) -> None:
     assert caught.value.attempts == 3
 
 
+def counting(base: str, paths: list[str]) -> httpx.Client:
+    """An httpx client for Client(http=) that notes the path of every request it sends."""
+    hook = [lambda request: paths.append(request.url.path)]
+    return httpx.Client(base_url=base, timeout=10, event_hooks={"request": hook})
+
+
 def test_watch_many_gets_each_jobs_log(web: str, worker: Proc, rds: redis.Redis) -> None:
-    """watch_many merges several jobs' streams; each job's events are its log, in order."""
-    with Client(web) as client:
+    """watch_many merges several jobs' streams on one connection; each job's events are
+    its log, in order, with the job's own event ids."""
+    paths: list[str] = []
+    with Client(web, http=counting(web, paths)) as client:
         jobs = [client.submit("imagine", {**QUICK, "seed": n}) for n in range(3)]
+        paths.clear()
         events = list(client.watch_many(jobs))
     for job in jobs:
         assert ids([e for e in events if e.job_id == job.id]) == logged(rds, job.id)
+    assert paths == ["/jobs/stream"]  # one connection for the three jobs
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_watch_many_resumes_through_a_killed_web_worker(
+    stack_env: dict[str, str], worker: Proc, rds: redis.Redis, tmp_path: Path
+) -> None:
+    """SIGKILL of the gunicorn worker serving a watch_many of 4 jobs (the master starts
+    another): the one multiplexed watch reconnects with its composite cursor and each job
+    still gets exactly its log, once; an unknown job gets its error event and the watch
+    ends when the real jobs have. Then the last cursor, given to a new watch, resumes
+    after the end: nothing more."""
+    master, base = gunicorn_web(stack_env, tmp_path / "web.log")
+    paths: list[str] = []
+    try:
+        with Client(base, max_retries=20, http=counting(base, paths)) as client:
+            jobs = [client.submit("imagine", {**QUICK, "steps": 8, "seed": n}) for n in range(4)]
+            paths.clear()
+            events: list[Event] = []
+            for event in client.watch_many([*jobs, "A" * 22]):
+                events.append(event)
+                if event.kind == "progress" and len(paths) == 1:
+                    (web_worker,) = children(master.pid)
+                    os.kill(web_worker, signal.SIGKILL)
+                    paths.append("killed")
+            cursor = [e.cursor for e in events if e.cursor][-1]
+            assert list(client.watch_many([*jobs, "A" * 22], last_event_id=cursor)) == []
+    finally:
+        master.stop()
+    assert paths[:2] == ["/jobs/stream", "killed"] and len(paths) >= 3  # it reconnected
+    assert set(paths) == {"/jobs/stream", "killed"}  # and only ever on the one route
+    for job in jobs:
+        mine = [e for e in events if e.job_id == job.id]
+        assert ids(mine) == logged(rds, job.id)
+        assert mine[-1].kind == "done"
+    errors = [(e.job_id, e.data["code"]) for e in events if e.kind == "error"]
+    assert errors == [("A" * 22, "not_found")]
 
 
 def test_async_client_submit_watch_wait_and_watch_many(
@@ -212,6 +264,7 @@ def test_async_client_submit_watch_wait_and_watch_many(
             merged = [event async for event in client.watch_many(jobs)]
             for other in jobs:
                 assert ids([e for e in merged if e.job_id == other.id]) == logged(rds, other.id)
+            assert [e async for e in client.watch_many([])] == []
             with pytest.raises(ApiError) as caught:
                 await client.submit("imagine", {"prompt": ""})
             assert caught.value.status == 422 and "prompt" in caught.value.fields
@@ -268,7 +321,8 @@ def test_signed_mode_uses_the_jobs_token(
     stack_env: dict[str, str], worker: Proc, rds: redis.Redis, tmp_path: Path
 ) -> None:
     """With job tokens on, the client sends the token from the 202 on every job route;
-    without it the API's 403 comes back typed; client.job(id, token) attaches to a job."""
+    without it the API's 403 comes back typed; client.job(id, token) attaches to a job,
+    and watch_many sends each job's token (a job without one gets a bad_token error event)."""
     env = {**stack_env, "JOBCAST_SIGNING_KEY": "a-test-signing-key-of-some-length"}
     proc, base = gunicorn_web(env, tmp_path / "signed.log")
     try:
@@ -279,6 +333,12 @@ def test_signed_mode_uses_the_jobs_token(
             with pytest.raises(ApiError) as caught:
                 stranger.status(job.id)
             assert ids(list(friend.watch(friend.job(job.id, job.token)))) == logged(rds, job.id)
+            handle = friend.job(job.id, job.token)
+            many = list(friend.watch_many([handle, stranger.job("A" * 22)]))
+            assert ids([e for e in many if e.job_id == job.id]) == logged(rds, job.id)
+            assert [(e.job_id, e.data["code"]) for e in many if e.kind == "error"] == [
+                ("A" * 22, "bad_token")
+            ]
     finally:
         proc.stop()
     assert (caught.value.status, caught.value.code) == (403, "bad_token")
@@ -294,3 +354,55 @@ def test_idempotency_key_gives_back_the_same_job(web: str, worker: Proc, rds: re
         client.wait(first, timeout=60)
     assert again.id == first.id
     assert (caught.value.status, caught.value.code) == (400, "bad_idempotency_key")
+
+
+def test_async_watch_many_resumes_through_a_killed_web_worker(
+    stack_env: dict[str, str], worker: Proc, rds: redis.Redis, tmp_path: Path
+) -> None:
+    """AsyncClient.watch_many through a SIGKILLed gunicorn worker: it reconnects on the
+    one multiplexed route and each of 3 jobs gets exactly its log, once."""
+    master, base = gunicorn_web(stack_env, tmp_path / "web.log")
+    paths: list[str] = []
+
+    async def scenario() -> dict[str, list[Event]]:
+        hook = [lambda request: _note(paths, request)]
+        http = httpx.AsyncClient(base_url=base, timeout=10, event_hooks={"request": hook})
+        async with AsyncClient(base, max_retries=20, http=http) as client:
+            jobs = [await client.submit("imagine", {**QUICK, "steps": 8}) for _ in range(3)]
+            paths.clear()
+            got: dict[str, list[Event]] = {job.id: [] for job in jobs}
+            async for event in client.watch_many(jobs):
+                got[event.job_id].append(event)
+                if event.kind == "progress" and len(paths) == 1:
+                    (web_worker,) = children(master.pid)
+                    os.kill(web_worker, signal.SIGKILL)
+                    paths.append("killed")
+            return got
+
+    results: list[dict[str, list[Event]]] = []
+    failures: list[BaseException] = []
+
+    def run() -> None:  # a loop of its own (see the asyncio test above)
+        try:
+            results.append(asyncio.run(scenario()))
+        except BaseException as exc:  # re-raised below, in the test's thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=run)
+    try:
+        thread.start()
+        thread.join(120)
+    finally:
+        master.stop()
+    assert not thread.is_alive(), "the asyncio scenario did not finish"
+    if failures:
+        raise failures[0]
+    assert paths[:2] == ["/jobs/stream", "killed"] and len(paths) >= 3
+    assert set(paths) == {"/jobs/stream", "killed"}
+    for job_id, events in results[0].items():
+        assert ids(events) == logged(rds, job_id)
+        assert events[-1].kind == "done"
+
+
+async def _note(paths: list[str], request: httpx.Request) -> None:
+    paths.append(request.url.path)

@@ -14,6 +14,9 @@ reconnect does not report it again. A job without an entry has sent nothing yet.
 fingerprint ties the cursor to the list: a list that only appends jobs keeps it valid;
 for any other list the cursor is foreign (every job starts over with a ``reset``), and
 text that is not base64url is a 400 (``bad_last_event_id``).
+
+It lives here, not in ``web``: the Python client (:mod:`jobcast.client`) reads it too, and
+stays standalone (standard library only in this module).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
-from tasks.events import EventId
+EventId = tuple[int, int]  # a Redis stream id (ms, seq), as tasks.events has it
 
 VERSION = 1
 MAX_CURSOR = 8192  # characters of a Last-Event-ID this reads at most
