@@ -33,6 +33,7 @@ from flask import Blueprint, Response, jsonify, request, send_file, url_for
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import BaseConverter
 
+from tasks.canvas import cancel_canvas
 from tasks.events import Enqueued
 from tasks.handle import idempotency_scope
 from tasks.kinds import Kind, Registry
@@ -347,6 +348,11 @@ def stream(job_id: str) -> Response:
 def cancel(job_id: str) -> tuple[Response, int]:
     ext = jobcast()
     check_id(job_id)
+    ended = cancel_canvas(ext.events, job_id)  # a canvas: it and every unfinished child
+    if ended == 1:
+        return jsonify(jobId=job_id, state="cancelled"), 200
+    if isinstance(ended, str):
+        raise ApiError(409, "already_finished", f"The job has already ended ({ended}).")
     if ext.events.publish(
         job_id, "cancelled", {"reason": "cancelled while queued"}, expect="queued"
     ):

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+from tasks.canvas import canvas_position, children_status
 from tasks.events import TERMINAL_STATES, EventId, dumps, format_id, parse_id
 from tasks.keys import DEFAULT_QUEUE
 from web.extension import Jobcast
@@ -311,6 +312,15 @@ def snapshot(ext: Jobcast, job_id: str, *, details: bool = False) -> dict[str, A
         meta = _json_object(record.get("meta"))
         if meta is not None:
             snap["meta"] = meta
+    if record.get("canvas") == "1":
+        # A canvas: its own percent, its children, and the place of its first waiting one.
+        children = children_status(ext.events, job_id, int(record.get("children", "0")))
+        snap["children"] = children
+        snap["percent"] = 100 if state == "succeeded" else int(record.get("pct", "0"))
+        snap["position"] = canvas_position(children) if state == "queued" else None
+        return snap
+    if record.get("parent"):
+        snap["parent"] = record["parent"]
     if state == "queued":
         place = ext.lines.place(job_id, snap["queue"])
         if place is not None:

@@ -1,0 +1,176 @@
+"""Canvas jobs end to end: a Celery group, chord or chain of a user's tasks
+(tests/platform_app.py) submitted through ``jobcast.submit`` as one parent job, run by a
+real worker of the user's app, the parent's stream read through a real gunicorn server."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from celery import Celery, chain, chord, group
+from support import Proc, Received, collect, logged, wait_until
+
+import jobcast
+from tasks.config import Settings
+from web.cli import worker_argv
+
+QUEUE = "user"
+
+
+@pytest.fixture(scope="module")
+def user_worker(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:  # fmt: skip
+    """``celery -A platform_app worker -Q user`` with two pool processes."""
+    argv = worker_argv(2, "-P", "prefork", "-Q", QUEUE, "--hostname=canvas@%h")
+    argv[argv.index("tasks")] = "platform_app"
+    env = {**stack_env, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = Proc(argv, env, tmp_path_factory.mktemp("logs") / "canvas-worker.log").start()
+    wait_until(lambda: "ready." in proc.output() or not proc.alive(), 60, "the user's worker")
+    assert proc.alive(), proc.output()[-3000:]
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def user_app(stack_env: dict[str, str]) -> Iterator[Celery]:
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    import platform_app
+
+    settings = Settings.from_env(stack_env)
+    platform_app.app.conf.broker_url = settings.redis_url
+    jobcast.configure_celery(platform_app.app, settings)
+    yield platform_app.app
+    platform_app.app.jobcast.redis.close()
+
+
+def part(app: Celery, **kwargs: Any) -> Any:
+    return app.tasks["user.part"].s(**kwargs)
+
+
+def own(events: list[Received]) -> list[Received]:
+    """The logged events of a stream (those with an id of their own)."""
+    return [e for e in events if e.id is not None]
+
+
+def check_parent_stream(rds: redis.Redis, job_id: str, events: list[Received]) -> None:
+    """The stream is exactly the parent's log, starts queued → started, its percent
+    never decreases and reaches 100 right before `done`."""
+    mine = own(events)
+    assert [(e.id, e.event) for e in mine] == logged(rds, job_id)
+    names = [e.event for e in mine]
+    assert names[0] == "queued" and names[1] == "started", names
+    percents = [e.data["percent"] for e in mine if e.event == "progress"]
+    assert percents == sorted(percents) and len(set(percents)) == len(percents), percents
+    assert percents[-1] == 100
+    assert names[-1] == "done" and names.count("done") == 1
+
+
+def test_a_group_of_six_streams_one_rising_percent_and_ends_with_every_result(
+    web: str, user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """A group of 6 is one parent job: its stream rises to 100 and ends `done` with the
+    six results in order; each child is a job of its own that succeeded; the parent's
+    status lists the six children at 100."""
+    handle = jobcast.submit(group(part(user_app, n=10 + i) for i in range(6)), queue=QUEUE)
+    events = collect(web, handle.id)
+    check_parent_stream(rds, handle.id, events)
+    done = own(events)[-1].data
+    assert [r["n"] for r in done["results"]] == [10, 11, 12, 13, 14, 15]
+    assert done["children"] == [f"{handle.id}.{i}" for i in range(6)]
+    status = httpx.get(f"{web}/jobs/{handle.id}").json()
+    assert status["state"] == "succeeded" and status["percent"] == 100
+    assert [(c["state"], c["percent"]) for c in status["children"]] == [("succeeded", 100)] * 6
+    child = collect(web, f"{handle.id}.3")
+    assert own(child)[-1].event == "done" and own(child)[-1].data["n"] == 13
+
+
+def test_a_chord_passes_its_members_results_to_the_callback(
+    web: str, user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """A chord of 4 and a callback: the callback (child 4) starts only after the four,
+    gets their results as Celery passes them, and its sum is in the parent's `done`."""
+    canvas = chord((part(user_app, n=i + 1) for i in range(4)), user_app.tasks["user.total"].s())
+    handle = jobcast.submit(canvas, queue=QUEUE)
+    events = collect(web, handle.id)
+    check_parent_stream(rds, handle.id, events)
+    assert own(events)[-1].data["results"][4] == {"result": 1 + 2 + 3 + 4}
+    states = [(e.data["index"], e.data["state"]) for e in own(events) if e.event == "child"]
+    callback_start = states.index((4, "running"))
+    assert {i for i, s in states[:callback_start] if s == "succeeded"} == {0, 1, 2, 3}
+
+
+def test_a_chain_runs_one_link_at_a_time_each_given_the_previous_result(
+    web: str, user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """A chain of 3: the parent's `child` events say which link runs, one after the
+    other; each link got the previous link's result first, as Celery chains pass it."""
+    canvas = chain(part(user_app, n=3), part(user_app, n=4), part(user_app, n=5))
+    handle = jobcast.submit(canvas, queue=QUEUE)
+    events = collect(web, handle.id)
+    check_parent_stream(rds, handle.id, events)
+    states = [(e.data["index"], e.data["state"]) for e in own(events) if e.event == "child"]
+    assert states == [(0, "running"), (0, "succeeded"), (1, "running"), (1, "succeeded"),
+                      (2, "running"), (2, "succeeded")]  # fmt: skip
+    first, second, third = own(events)[-1].data["results"]
+    assert first == {"got": [], "n": 3}
+    assert second == {"got": [first], "n": 4}
+    assert third == {"got": [second], "n": 5}
+
+
+def test_a_group_nested_in_a_chain_with_a_chain_inside_ends_done(
+    web: str, user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """chain(a, group(chain(b, c), d), total): nesting three deep. b and d get a's
+    result, c gets b's, and total gets [c's, d's] (Celery's semantics), ending done."""
+    a, b, c, d = (part(user_app, n=n) for n in (2, 3, 4, 5))
+    canvas = chain(a, group(chain(b, c), d), user_app.tasks["user.total"].s())
+    handle = jobcast.submit(canvas, queue=QUEUE)
+    events = collect(web, handle.id)
+    check_parent_stream(rds, handle.id, events)
+    ra, rb, rc, rd, rtotal = own(events)[-1].data["results"]
+    assert rb["got"] == [ra] and rd["got"] == [ra] and rc["got"] == [rb]
+    assert rtotal == {"result": 4 + 5}
+
+
+def test_a_failing_chord_member_fails_the_parent_naming_it(
+    web: str, user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """One member of a chord fails: the parent ends `failed` naming that child with its
+    error, the callback never runs (it ends `cancelled`), nothing ends `done`."""
+    members = [part(user_app, n=4), part(user_app, n=20, fail=True), part(user_app, n=4)]
+    handle = jobcast.submit(chord(members, user_app.tasks["user.total"].s()), queue=QUEUE)
+    events = own(collect(web, handle.id))
+    assert events[-1].event == "failed"
+    assert events[-1].data["child"] == f"{handle.id}.1"
+    assert "stopped at 10" in events[-1].data["error"]
+    assert "done" not in [e.event for e in events]
+    callback = own(collect(web, f"{handle.id}.3"))
+    assert [e.event for e in callback] == ["queued", "cancelled"]
+
+
+def test_cancelling_the_parent_ends_every_child_cancelled(
+    web: str, user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """DELETE on a parent whose group of 4 long jobs runs two at a time: the parent ends
+    `cancelled` at once, the two waiting children leave the line at once, the two running
+    ones stop at their next step; every child ends `cancelled`."""
+    spin = user_app.tasks["user.spin"]
+    handle = jobcast.submit(group(spin.s() for _ in range(4)), queue=QUEUE)
+    wait_until(
+        lambda: sum(c["state"] == "running" for c in handle.status()["children"]) == 2,
+        30, "two children to run",
+    )  # fmt: skip
+    response = httpx.delete(f"{web}/jobs/{handle.id}")
+    assert response.status_code == 200 and response.json()["state"] == "cancelled"
+    assert handle.status()["state"] == "cancelled"
+    assert httpx.delete(f"{web}/jobs/{handle.id}").status_code == 409
+    wait_until(
+        lambda: all(c["state"] == "cancelled" for c in handle.status()["children"]),
+        30, "every child to end cancelled",
+    )  # fmt: skip
+    line = rds.zrange("jobcast:line:{user}:queue", 0, -1)
+    assert not [m for m in line if m.decode().startswith(handle.id)]
