@@ -33,7 +33,7 @@ from flask import Blueprint, Response, jsonify, request, send_file, url_for
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import BaseConverter
 
-from tasks.canvas import cancel_canvas
+from tasks.canvas import cancel_canvas, submit_canvas
 from tasks.events import Enqueued
 from tasks.handle import idempotency_scope
 from tasks.kinds import Kind, Registry
@@ -210,6 +210,8 @@ def accept(name: str) -> Submitted:
     key = idempotency_key()
     params = validate_params(kind.params, json_body(ext))
     job_id = secrets.token_urlsafe(16)
+    if kind.canvas is not None:
+        return _accept_canvas(ext, kind, params, job_id, key)
     fields = {"kind": kind.name, **{k: _field(v) for k, v in params.items()}}
     line = submit(
         ext.celery, ext.events, ext.settings, job_id, kind.task,
@@ -222,6 +224,21 @@ def accept(name: str) -> Submitted:
         rank = ext.redis.zrank(ext.keys.line(kind.queue).queue, job_id)
         line = line._replace(position=0 if rank is None else int(rank) + 1)
         return Submitted(job_id, kind, line, job_token(ext.settings.signing_key, job_id), False)
+    return Submitted(job_id, kind, line, job_token(ext.settings.signing_key, job_id))
+
+
+def _accept_canvas(
+    ext: Jobcast, kind: Kind, params: dict[str, Any], job_id: str, key: str | None
+) -> Submitted:
+    """A canvas kind: one parent job, a child per task of the canvas its parameters make."""
+    if key is not None:
+        raise ApiError(400, "bad_idempotency_key", "Canvas kinds take no Idempotency-Key yet.")
+    assert kind.canvas is not None
+    sent = submit_canvas(
+        ext.celery, ext.events, ext.settings, job_id, kind.canvas(params),
+        kind=kind.name, queue=kind.queue,
+    )  # fmt: skip
+    line = Enqueued(sent.position, sent.queue_length, sent.event_id, None, 0)
     return Submitted(job_id, kind, line, job_token(ext.settings.signing_key, job_id))
 
 

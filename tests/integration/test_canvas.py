@@ -174,3 +174,25 @@ def test_cancelling_the_parent_ends_every_child_cancelled(
     )  # fmt: skip
     line = rds.zrange("jobcast:line:{user}:queue", 0, -1)
     assert not [m for m in line if m.decode().startswith(handle.id)]
+
+
+def test_the_contact_sheet_kind_is_a_chord_over_http_ending_with_a_grid(
+    web: str, worker: Proc, rds: redis.Redis
+) -> None:
+    """POST /jobs/contact-sheet (the demo's canvas kind) answers 202 for one parent job;
+    its stream passes up each tile's preview with the tile's id, and ends `done` with the
+    grid image (2 × 2 tiles of 48 px with 4 px gaps), which the result route serves."""
+    body = {"prompt": "a lighthouse at dusk", "count": 4, "side": 48, "steps": 4}
+    response = httpx.post(f"{web}/jobs/contact-sheet", json=body, timeout=10)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["jobId"]
+    events = collect(web, job_id)
+    check_parent_stream(rds, job_id, events)
+    previews = {e.data["child"] for e in own(events) if e.event == "preview"}
+    assert previews == {f"{job_id}.{i}" for i in range(4)}
+    grid = own(events)[-1].data["results"][4]
+    assert (grid["width"], grid["height"]) == (2 * 48 + 3 * 4, 2 * 48 + 3 * 4)
+    image = httpx.get(f"{web}/jobs/{job_id}.4/result/image.png")
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    bad = httpx.post(f"{web}/jobs/contact-sheet", json={**body, "count": 99}, timeout=10)
+    assert bad.status_code == 422 and "count" in bad.json()["error"]["fields"]
