@@ -218,10 +218,12 @@ def submit_canvas(
     kind: str,
     queue: str | None = None,
     meta: str | None = None,
+    fields: dict[str, str] | None = None,
 ) -> CanvasSubmitted:
     """Record the canvas and its children and send the children that wait for nothing,
     in one round trip. ``queue`` sends every child there (else each where Celery routes
-    it). ValueError for a canvas this cannot run, or an id in use."""
+    it); ``fields`` go on the parent record (a kind's parameters, as a single job keeps
+    them). ValueError for a canvas this cannot run, or an id in use."""
     if not shares_broker(app, settings):
         raise ValueError("canvas jobs need Celery's broker to be the job records' Redis")
     nodes = compile_canvas(sig, app)
@@ -233,6 +235,8 @@ def submit_canvas(
     }  # fmt: skip
     if meta:
         parent["meta"] = meta
+    for name, value in (fields or {}).items():
+        parent.setdefault(name, value)
     wsum = 0
     first_queue = ""
     for index, node in enumerate(nodes):

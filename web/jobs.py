@@ -236,7 +236,7 @@ def _accept_canvas(
     assert kind.canvas is not None
     sent = submit_canvas(
         ext.celery, ext.events, ext.settings, job_id, kind.canvas(params),
-        kind=kind.name, queue=kind.queue,
+        kind=kind.name, queue=kind.queue, fields={k: _field(v) for k, v in params.items()},
     )  # fmt: skip
     line = Enqueued(sent.position, sent.queue_length, sent.event_id, None, 0)
     return Submitted(job_id, kind, line, job_token(ext.settings.signing_key, job_id))

@@ -26,7 +26,7 @@ const streams = { open: new Set(), waiting: [] };
 // Where Jobcast's routes start ("" at the root, "/jobcast" embedded in another app): the
 // page says, so every URL below is built on it.
 const BASE = document.body.dataset.base ?? "";
-const PICTURE_KINDS = new Set(["imagine", "analyze"]);
+const PICTURE_KINDS = new Set(["imagine", "analyze", "contact-sheet"]);
 const debug = (window.__jobcast = { log: {}, positions: {}, timings: {}, skipped: 0, cards: {} });
 
 const form = document.getElementById("imagine");
@@ -127,6 +127,7 @@ class Card {
     const source = (this.source = new EventSource(url));
     for (const phase of PHASES) source.addEventListener(phase, (e) => this.receive(e));
     for (const kind of CUSTOM_KINDS) source.addEventListener(kind, (e) => this.receive(e));
+    source.addEventListener("child", (e) => this.receive(e)); // a canvas's child moved
     source.onopen = () => this.connection("");
     source.onerror = () => this.lost(source);
   }
@@ -155,6 +156,7 @@ class Card {
     this.lastId = id;
     debug.log[this.id].push([id, event.type]);
     if (PHASES.includes(event.type)) this[event.type](data);
+    else if (event.type === "child") this.child(data);
     else this.activity.receive(event.type, data); // the job's own kinds: log, step, delta…
     if (TERMINAL.has(event.type)) this.close();
   }
@@ -219,7 +221,52 @@ class Card {
     this.bar(percent);
   }
 
-  preview({ blurhash, width, height }) {
+  // ---- a canvas (a contact sheet): a strip of thumbnails, one per child ----------------
+
+  /** The thumbnail of child `jobId`, made on first need, in child order. */
+  thumb(jobId) {
+    let strip = this.part(".strip");
+    if (!strip) {
+      strip = document.createElement("ol");
+      strip.className = "strip";
+      strip.setAttribute("aria-label", "Pictures of this sheet");
+      this.part(".frame").after(strip);
+      this.el.classList.add("canvas");
+    }
+    let item = strip.querySelector(`[data-child="${CSS.escape(jobId)}"]`);
+    if (item) return item;
+    item = document.createElement("li");
+    item.dataset.child = jobId;
+    item.innerHTML = '<canvas width="16" height="16" aria-hidden="true"></canvas><img alt="" decoding="async">';
+    const index = Number(jobId.split(".").pop());
+    const after = [...strip.children].find((el) => Number(el.dataset.child.split(".").pop()) > index);
+    strip.insertBefore(item, after ?? null);
+    return item;
+  }
+
+  /** A child started or ended: a finished picture is revealed sharp over its blur. Only
+   *  children that sent a preview (a picture in the making) have a thumbnail. */
+  child({ child, state }) {
+    const item = this.part(".strip")?.querySelector(`[data-child="${CSS.escape(child)}"]`);
+    if (!item) return;
+    item.dataset.state = state;
+    if (state !== "succeeded") return;
+    const img = item.querySelector("img");
+    img.onload = () => item.classList.add("sharp");
+    img.src = resultUrl(child, "", "image.png");
+  }
+
+  preview({ blurhash, width, height, child }) {
+    if (child) {
+      const item = this.thumb(child);
+      try {
+        paint(item.querySelector("canvas"), blurhash);
+        item.classList.add("blurred");
+      } catch {
+        // a hash we cannot read: keep the empty tile
+      }
+      return;
+    }
     if (width && height) this.size(width, height);
     try {
       paint(this.part(".blur"), blurhash);
@@ -231,6 +278,11 @@ class Card {
   }
 
   done(data) {
+    if (Array.isArray(data.results)) {
+      // A canvas: its picture is the last child's that has one (a contact sheet's grid).
+      const picture = [...data.results].reverse().find((r) => r && r.url);
+      data = picture ? { ...picture, seconds: undefined } : { result: data.results };
+    }
     if (this.kind === "analyze" || data.palette) return showAnalysis(this, data, (name) => this.file(name));
     const { url, width, height, seconds } = data;
     this.state("done", seconds ? `Done in ${seconds.toFixed(1)} s` : "Done");
