@@ -127,7 +127,7 @@ class Card {
     const source = (this.source = new EventSource(url));
     for (const phase of PHASES) source.addEventListener(phase, (e) => this.receive(e));
     for (const kind of CUSTOM_KINDS) source.addEventListener(kind, (e) => this.receive(e));
-    source.addEventListener("child", (e) => this.receive(e)); // a canvas's child moved
+    source.addEventListener("child", (e) => this.receive(e));
     source.onopen = () => this.connection("");
     source.onerror = () => this.lost(source);
   }
@@ -221,33 +221,26 @@ class Card {
     this.bar(percent);
   }
 
-  // ---- a canvas (a contact sheet): a strip of thumbnails, one per child ----------------
-
-  /** The thumbnail of child `jobId`, made on first need, in child order. */
-  thumb(jobId) {
+  // A canvas (contact sheet): a strip of thumbnails, one per child that sends a preview.
+  thumb(id) {
     let strip = this.part(".strip");
     if (!strip) {
       strip = document.createElement("ol");
       strip.className = "strip";
-      strip.setAttribute("aria-label", "Pictures of this sheet");
       this.part(".frame").after(strip);
-      this.el.classList.add("canvas");
     }
-    let item = strip.querySelector(`[data-child="${CSS.escape(jobId)}"]`);
+    const n = (el) => Number(el.dataset.child.split(".").pop());
+    let item = [...strip.children].find((el) => el.dataset.child === id);
     if (item) return item;
     item = document.createElement("li");
-    item.dataset.child = jobId;
-    item.innerHTML = '<canvas width="16" height="16" aria-hidden="true"></canvas><img alt="" decoding="async">';
-    const index = Number(jobId.split(".").pop());
-    const after = [...strip.children].find((el) => Number(el.dataset.child.split(".").pop()) > index);
-    strip.insertBefore(item, after ?? null);
+    item.dataset.child = id;
+    item.innerHTML = '<canvas width="16" height="16"></canvas><img alt="">';
+    strip.insertBefore(item, [...strip.children].find((el) => n(el) > n(item)) ?? null);
     return item;
   }
 
-  /** A child started or ended: a finished picture is revealed sharp over its blur. Only
-   *  children that sent a preview (a picture in the making) have a thumbnail. */
   child({ child, state }) {
-    const item = this.part(".strip")?.querySelector(`[data-child="${CSS.escape(child)}"]`);
+    const item = [...(this.part(".strip")?.children ?? [])].find((el) => el.dataset.child === child);
     if (!item) return;
     item.dataset.state = state;
     if (state !== "succeeded") return;
@@ -262,9 +255,7 @@ class Card {
       try {
         paint(item.querySelector("canvas"), blurhash);
         item.classList.add("blurred");
-      } catch {
-        // a hash we cannot read: keep the empty tile
-      }
+      } catch {} // a hash we cannot read: an empty tile
       return;
     }
     if (width && height) this.size(width, height);
@@ -278,10 +269,10 @@ class Card {
   }
 
   done(data) {
-    if (Array.isArray(data.results)) {
-      // A canvas: its picture is the last child's that has one (a contact sheet's grid).
-      const picture = [...data.results].reverse().find((r) => r && r.url);
-      data = picture ? { ...picture, seconds: undefined } : { result: data.results };
+    if (data.results) {
+      // A canvas: its picture is the last child's (a contact sheet's grid).
+      const picture = data.results.findLast((r) => r?.url);
+      data = picture ? { ...picture, seconds: 0 } : { result: data.results };
     }
     if (this.kind === "analyze" || data.palette) return showAnalysis(this, data, (name) => this.file(name));
     const { url, width, height, seconds } = data;
