@@ -140,11 +140,11 @@ def default_registry(settings: Settings) -> Registry:
 
     from tasks.demo.analyze_params import ANALYZE
     from tasks.demo.params import imagine_kind
-    from tasks.demo.sheet import SHEET
+    from tasks.demo.sheet import sheet_kind
 
     for module in settings.import_list:
         importlib.import_module(module)
-    registry = Registry([imagine_kind(settings), Kind(**ANALYZE), Kind(**SHEET)])
+    registry = Registry([imagine_kind(settings), Kind(**ANALYZE), sheet_kind(settings)])
     for kind in _DECLARED.values():
         if kind.name in registry:
             raise ValueError(f"the job kind {kind.name!r} is declared twice")

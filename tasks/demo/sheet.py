@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import math
 import time
+from functools import lru_cache
 from typing import Annotated, Any
 
 from celery import Signature, chord, signature
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.config import Settings
 from tasks.demo.generator import generate
-from tasks.demo.params import MAX_SEED, PROMPT_PATTERN, _bounded, prompt_text
+from tasks.demo.params import MAX_SEED, PROMPT_PATTERN, Limits, _bounded, prompt_text
 from tasks.jobs import JobContext, job_task
-from tasks.kinds import Missing
+from tasks.kinds import Kind, Missing
 from tasks.media import job_dir
 
 TILE = "jobcast.sheet_tile"
@@ -69,21 +71,41 @@ def sheet_compose(job: JobContext, tiles: list[dict[str, Any]], columns: int) ->
     }
 
 
-class SheetParams(BaseModel):
-    """The parameters of a `contact-sheet` job."""
+def sheet_params(settings: Settings) -> type[BaseModel]:
+    """The ``SheetParams`` model within these settings' picture limits (side, steps)."""
+    return _sheet_model(Limits.of(settings))
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prompt: Annotated[
-        str,
-        prompt_text(200),
-        Missing("a text describing the pictures"),
-        Field(json_schema_extra={"minLength": 1, "maxLength": 200, "pattern": PROMPT_PATTERN}),
-    ]
-    count: _bounded(2, 16, lambda: 6, description="How many pictures.") = 6  # type: ignore[valid-type]
-    side: _bounded(32, 256, lambda: 96, description="Each picture's side.") = 96  # type: ignore[valid-type]
-    steps: _bounded(1, 50, lambda: 12, description="Steps per picture.") = 12  # type: ignore[valid-type]
-    seed: _bounded(0, MAX_SEED - 16, lambda: 1, description="The first tile's seed.") = 1  # type: ignore[valid-type]
+@lru_cache(maxsize=32)
+def _sheet_model(limits: Limits) -> type[BaseModel]:
+    high_side, high_steps = min(256, limits.max_side), min(50, limits.max_steps)
+    default_side = max(limits.min_side, min(96, high_side))
+    default_steps = min(12, high_steps)
+    Count = _bounded(2, 16, lambda: 6, description="How many pictures.")
+    Side = _bounded(
+        limits.min_side, high_side, lambda: default_side, description="Each one's side."
+    )
+    Steps = _bounded(1, high_steps, lambda: default_steps, description="Steps per picture.")
+    Seed = _bounded(0, MAX_SEED - 16, lambda: 1, description="The first picture's seed.")
+    prompt_schema = {"minLength": 1, "maxLength": 200, "pattern": PROMPT_PATTERN}
+
+    class SheetParams(BaseModel):
+        """The parameters of a `contact-sheet` job."""
+
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        prompt: Annotated[
+            str,
+            prompt_text(200),
+            Missing("a text describing the pictures"),
+            Field(json_schema_extra=prompt_schema),
+        ]
+        count: Count = 6  # type: ignore[valid-type]
+        side: Side = default_side  # type: ignore[valid-type]
+        steps: Steps = default_steps  # type: ignore[valid-type]
+        seed: Seed = 1  # type: ignore[valid-type]
+
+    return SheetParams
 
 
 def sheet_canvas(params: dict[str, Any]) -> Signature:
@@ -97,16 +119,17 @@ def sheet_canvas(params: dict[str, Any]) -> Signature:
     return chord(tiles, signature(COMPOSE, kwargs={"columns": columns}))
 
 
-SHEET: dict[str, Any] = {
-    "name": "contact-sheet",
-    "params": SheetParams,
-    "task": COMPOSE,
-    "canvas": sheet_canvas,
-    "title": "A contact sheet",
-    "description": (
-        "A chord: draws `count` small pictures of the prompt (child jobs, each with progress "
-        "and a blurred preview), then lays them out as one grid image. One parent stream: "
-        "`child`, `progress`, `preview` (with `child`), `done`."
-    ),
-    "result": "`results`: each child's `done` data; the last is the grid's `url`.",
-}
+def sheet_kind(settings: Settings) -> Kind:
+    return Kind(
+        name="contact-sheet",
+        params=sheet_params(settings),
+        task=COMPOSE,
+        canvas=sheet_canvas,
+        title="A contact sheet",
+        description=(
+            "A chord: draws `count` small pictures of the prompt (child jobs, each with "
+            "progress and a blurred preview), then lays them out as one grid image. One "
+            "parent stream: `child`, `progress`, `preview` (with `child`), `done`."
+        ),
+        result="`results`: each child's `done` data; the last is the grid's `url`.",
+    )

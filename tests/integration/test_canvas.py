@@ -4,7 +4,6 @@ real worker of the user's app, the parent's stream read through a real gunicorn 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,18 +36,21 @@ def user_worker(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="module")
 def user_app(stack_env: dict[str, str]) -> Iterator[Celery]:
-    sys.path.insert(0, str(Path(__file__).parents[1]))
-    import platform_app
-
+    """A client's Celery app: it names the user's tasks, it does not import them (so
+    this process registers none of their kinds)."""
     settings = Settings.from_env(stack_env)
-    platform_app.app.conf.broker_url = settings.redis_url
-    jobcast.configure_celery(platform_app.app, settings)
-    yield platform_app.app
-    platform_app.app.jobcast.redis.close()
+    app = Celery("client", broker=settings.redis_url)
+    jobcast.configure_celery(app, settings)
+    yield app
+    app.jobcast.redis.close()
 
 
 def part(app: Celery, **kwargs: Any) -> Any:
-    return app.tasks["user.part"].s(**kwargs)
+    return app.signature("user.part", kwargs=kwargs)
+
+
+def total(app: Celery) -> Any:
+    return app.signature("user.total")
 
 
 def own(events: list[Received]) -> list[Received]:
@@ -93,7 +95,7 @@ def test_a_chord_passes_its_members_results_to_the_callback(
 ) -> None:
     """A chord of 4 and a callback: the callback (child 4) starts only after the four,
     gets their results as Celery passes them, and its sum is in the parent's `done`."""
-    canvas = chord((part(user_app, n=i + 1) for i in range(4)), user_app.tasks["user.total"].s())
+    canvas = chord((part(user_app, n=i + 1) for i in range(4)), total(user_app))
     handle = jobcast.submit(canvas, queue=QUEUE)
     events = collect(web, handle.id)
     check_parent_stream(rds, handle.id, events)
@@ -127,7 +129,7 @@ def test_a_group_nested_in_a_chain_with_a_chain_inside_ends_done(
     """chain(a, group(chain(b, c), d), total): nesting three deep. b and d get a's
     result, c gets b's, and total gets [c's, d's] (Celery's semantics), ending done."""
     a, b, c, d = (part(user_app, n=n) for n in (2, 3, 4, 5))
-    canvas = chain(a, group(chain(b, c), d), user_app.tasks["user.total"].s())
+    canvas = chain(a, group(chain(b, c), d), total(user_app))
     handle = jobcast.submit(canvas, queue=QUEUE)
     events = collect(web, handle.id)
     check_parent_stream(rds, handle.id, events)
@@ -142,7 +144,7 @@ def test_a_failing_chord_member_fails_the_parent_naming_it(
     """One member of a chord fails: the parent ends `failed` naming that child with its
     error, the callback never runs (it ends `cancelled`), nothing ends `done`."""
     members = [part(user_app, n=4), part(user_app, n=20, fail=True), part(user_app, n=4)]
-    handle = jobcast.submit(chord(members, user_app.tasks["user.total"].s()), queue=QUEUE)
+    handle = jobcast.submit(chord(members, total(user_app)), queue=QUEUE)
     events = own(collect(web, handle.id))
     assert events[-1].event == "failed"
     assert events[-1].data["child"] == f"{handle.id}.1"
@@ -158,8 +160,8 @@ def test_cancelling_the_parent_ends_every_child_cancelled(
     """DELETE on a parent whose group of 4 long jobs runs two at a time: the parent ends
     `cancelled` at once, the two waiting children leave the line at once, the two running
     ones stop at their next step; every child ends `cancelled`."""
-    spin = user_app.tasks["user.spin"]
-    handle = jobcast.submit(group(spin.s() for _ in range(4)), queue=QUEUE)
+    spin = user_app.signature("user.spin")
+    handle = jobcast.submit(group(spin.clone() for _ in range(4)), queue=QUEUE)
     wait_until(
         lambda: sum(c["state"] == "running" for c in handle.status()["children"]) == 2,
         30, "two children to run",
@@ -181,8 +183,8 @@ def test_the_contact_sheet_kind_is_a_chord_over_http_ending_with_a_grid(
 ) -> None:
     """POST /jobs/contact-sheet (the demo's canvas kind) answers 202 for one parent job;
     its stream passes up each tile's preview with the tile's id, and ends `done` with the
-    grid image (2 × 2 tiles of 48 px with 4 px gaps), which the result route serves."""
-    body = {"prompt": "a lighthouse at dusk", "count": 4, "side": 48, "steps": 4}
+    grid image (2 × 2 tiles of 64 px with 4 px gaps), which the result route serves."""
+    body = {"prompt": "a lighthouse at dusk", "count": 4, "side": 64, "steps": 4}
     response = httpx.post(f"{web}/jobs/contact-sheet", json=body, timeout=10)
     assert response.status_code == 202, response.text
     job_id = response.json()["jobId"]
@@ -191,7 +193,7 @@ def test_the_contact_sheet_kind_is_a_chord_over_http_ending_with_a_grid(
     previews = {e.data["child"] for e in own(events) if e.event == "preview"}
     assert previews == {f"{job_id}.{i}" for i in range(4)}
     grid = own(events)[-1].data["results"][4]
-    assert (grid["width"], grid["height"]) == (2 * 48 + 3 * 4, 2 * 48 + 3 * 4)
+    assert (grid["width"], grid["height"]) == (2 * 64 + 3 * 4, 2 * 64 + 3 * 4)
     image = httpx.get(f"{web}/jobs/{job_id}.4/result/image.png")
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
     bad = httpx.post(f"{web}/jobs/contact-sheet", json={**body, "count": 99}, timeout=10)
