@@ -317,7 +317,15 @@ def snapshot(ext: Jobcast, job_id: str, *, details: bool = False) -> dict[str, A
         children = children_status(ext.events, job_id, int(record.get("children", "0")))
         snap["children"] = children
         snap["percent"] = 100 if state == "succeeded" else int(record.get("pct", "0"))
-        snap["position"] = canvas_position(children) if state == "queued" else None
+        waiting = [c for c in children if c["position"] is not None]
+        if state == "queued" and waiting:
+            # Its place: that of its first waiting child, with that child's ETA to start.
+            first = min(waiting, key=lambda c: c["position"])
+            child_queue = ext.redis.hget(ext.keys.job(first["jobId"]), "queue")
+            place = ext.lines.place(first["jobId"], child_queue.decode() if child_queue else None)
+            snap["position"] = canvas_position(children)
+            if place is not None:
+                snap.update(place.as_data())
         return snap
     if record.get("parent"):
         snap["parent"] = record["parent"]

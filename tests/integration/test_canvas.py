@@ -198,3 +198,24 @@ def test_the_contact_sheet_kind_is_a_chord_over_http_ending_with_a_grid(
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
     bad = httpx.post(f"{web}/jobs/contact-sheet", json={**body, "count": 99}, timeout=10)
     assert bad.status_code == 422 and "count" in bad.json()["error"]["fields"]
+
+
+def test_a_waiting_canvas_has_the_place_of_its_first_waiting_child(
+    web: str, user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """Both pool processes busy with long jobs, then a group of 2 and a plain job: the
+    canvas is `queued` at place 1 (its first child's), its children at 1 and 2, and the
+    plain job submitted after them at 3."""
+    spin = user_app.signature("user.spin")
+    busy = [jobcast.submit(spin.clone(), queue=QUEUE) for _ in range(2)]
+    wait_until(lambda: all(h.status()["state"] == "running" for h in busy), 30, "both to run")
+    handle = jobcast.submit(group(spin.clone() for _ in range(2)), queue=QUEUE)
+    after = jobcast.submit(spin.clone(), queue=QUEUE)
+    assert handle.position == 1
+    status = httpx.get(f"{web}/jobs/{handle.id}").json()
+    assert status["state"] == "queued" and status["position"] == 1
+    assert [c["position"] for c in status["children"]] == [1, 2]
+    assert after.status()["position"] == 3
+    for job in (handle, after, *busy):
+        job.cancel()
+    wait_until(lambda: all(h.status()["state"] == "cancelled" for h in busy), 30, "spins to stop")
