@@ -71,14 +71,22 @@ return 1
 )
 
 # KEYS: parent hash, parent events, then per child: its hash, its events.
-# ARGV[1]: the plan as JSON (see submit_canvas). Returns {position of the first child in
-# line, that line's length, parent's queued event id}; {-2} if the id exists already.
+# [the idempotency key, last, when the plan says so]. ARGV[1]: the plan as JSON (see
+# submit_canvas). Returns {position of the first child in line, that line's length,
+# parent's queued event id}; {-2} if the id exists already, {-3, 0, id} if the
+# idempotency key named canvas `id` already.
 SUBMIT_CANVAS_LUA = """
 local function frame(id, phase, data)
   return 'id: ' .. id .. '\\nevent: ' .. phase .. '\\ndata: ' .. data .. '\\n\\n'
 end
 local plan = cjson.decode(ARGV[1])
 local pjob, pevents = KEYS[1], KEYS[2]
+local idem = plan.idem and KEYS[#KEYS]
+if idem then
+  -- The same key names the same canvas while it is kept: answer it, write nothing.
+  local known = redis.call('GET', idem)
+  if known then return {-3, 0, known} end
+end
 if redis.call('EXISTS', pjob) == 1 then return {-2, 0, ''} end
 local now, ttl, maxlen = plan.now, plan.ttl, plan.maxlen
 local first, firstlen = 0, 0
@@ -116,6 +124,10 @@ for name, value in pairs(plan.parent) do table.insert(fields, name); table.inser
 redis.call('HSET', pjob, unpack(fields))
 redis.call('EXPIRE', pjob, ttl)
 redis.call('EXPIRE', pevents, ttl)
+if idem then
+  redis.call('SET', idem, plan.id, 'EX', ttl)
+  redis.call('HSET', pjob, 'idem', idem)
+end
 redis.call('PUBLISH', pjob, frame(id, 'queued', data))
 return {first, firstlen, id}
 """
@@ -206,6 +218,7 @@ class CanvasSubmitted:
     queue_length: int
     event_id: str
     queue: str  # the line of its first child
+    created: bool = True  # False: the idempotency key named a canvas already (event_id)
 
 
 def submit_canvas(
@@ -219,11 +232,14 @@ def submit_canvas(
     queue: str | None = None,
     meta: str | None = None,
     fields: dict[str, str] | None = None,
+    key: str | None = None,
 ) -> CanvasSubmitted:
     """Record the canvas and its children and send the children that wait for nothing,
     in one round trip. ``queue`` sends every child there (else each where Celery routes
     it); ``fields`` go on the parent record (a kind's parameters, as a single job keeps
-    them). ValueError for a canvas this cannot run, or an id in use."""
+    them); ``key`` a scoped idempotency key (``created`` False: it named a canvas
+    already, whose id is ``event_id``). ValueError for a canvas this cannot run, or an id
+    in use."""
     if not shares_broker(app, settings):
         raise ValueError("canvas jobs need Celery's broker to be the job records' Redis")
     nodes = compile_canvas(sig, app)
@@ -275,10 +291,15 @@ def submit_canvas(
     keys = [k.job(parent_id), k.events(parent_id)]
     for child in children:
         keys += [k.job(child["id"]), k.events(child["id"])]
+    if key is not None:
+        plan["idem"] = True
+        keys.append(k.idempotency(key))
     pos, length, event_id = events.redis.eval(SUBMIT_CANVAS_LUA, len(keys), *keys, dumps(plan))
     if int(pos) == -2:
         raise ValueError(f"job id {parent_id!r} names a job already")
     raw = event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+    if int(pos) == -3:
+        return CanvasSubmitted(0, 0, raw, first_queue, created=False)
     return CanvasSubmitted(int(pos), int(length), raw, first_queue)
 
 

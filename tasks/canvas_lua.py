@@ -59,6 +59,10 @@ if KEYS[7] and builtin == '1' then
       redis.call('EXPIRE', pjob, ttl)
       redis.call('EXPIRE', pevents, ttl)
       redis.call('PUBLISH', pjob, frame(pidd, pphase, pdata))
+      if pphase == 'done' or pphase == 'failed' or pphase == 'cancelled' then
+        local idem = redis.call('HGET', pjob, 'idem')  -- kept as long as the canvas
+        if idem then redis.call('EXPIRE', idem, ttl) end
+      end
     end
     local function with_child(d)
       if d == '{}' then return '{"child":"' .. jobid .. '"}' end

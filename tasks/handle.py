@@ -213,8 +213,6 @@ def _submit_canvas(
 ) -> JobHandle:
     """A group, chain or chord as one parent job with a child job per task
     (:mod:`tasks.canvas`)."""
-    if key is not None:
-        raise ValueError("idempotency keys are not supported for canvas jobs yet")
     app = app or target._app or celery_current_app
     ctx = context(app)
     settings = ctx.settings
@@ -224,9 +222,12 @@ def _submit_canvas(
         raise ValueError("a job id is 1 to 64 characters of A-Z a-z 0-9 _ -")
     name = kind or f"canvas.{target.get('subtask_type')}"
     meta = _meta_json(metadata) if metadata else None
+    scoped = idempotency_scope(name, _checked_key(key)) if key is not None else None
     sent = submit_canvas(
-        app, ctx.events, settings, job_id, target, kind=name, queue=queue, meta=meta
+        app, ctx.events, settings, job_id, target, kind=name, queue=queue, meta=meta, key=scoped
     )
+    if not sent.created:
+        job_id = sent.event_id
     line = _line_of(ctx.events.keys, sent.queue)
     avg, busy = ctx.redis.hget(line.stats, "avgMs"), ctx.redis.zcard(line.running)
     return JobHandle(
@@ -238,7 +239,7 @@ def _submit_canvas(
         eta_seconds=eta_seconds(sent.position, float(avg) if avg else None, int(busy))
         if sent.position > 0
         else None,
-        created=True,
+        created=sent.created,
         token=job_token(settings.signing_key, job_id),
         base_url=settings.public_url.rstrip("/"),
         _ctx=ctx,

@@ -231,15 +231,17 @@ def _accept_canvas(
     ext: Jobcast, kind: Kind, params: dict[str, Any], job_id: str, key: str | None
 ) -> Submitted:
     """A canvas kind: one parent job, a child per task of the canvas its parameters make."""
-    if key is not None:
-        raise ApiError(400, "bad_idempotency_key", "Canvas kinds take no Idempotency-Key yet.")
     assert kind.canvas is not None
     sent = submit_canvas(
         ext.celery, ext.events, ext.settings, job_id, kind.canvas(params),
         kind=kind.name, queue=kind.queue, fields={k: _field(v) for k, v in params.items()},
+        key=idempotency_scope(kind.name, key) if key is not None else None,
     )  # fmt: skip
     line = Enqueued(sent.position, sent.queue_length, sent.event_id, None, 0)
-    return Submitted(job_id, kind, line, job_token(ext.settings.signing_key, job_id))
+    if not sent.created:  # the key named a canvas already: answer that one
+        job_id = sent.event_id
+    token = job_token(ext.settings.signing_key, job_id)
+    return Submitted(job_id, kind, line, token, sent.created)
 
 
 def may_submit(ext: Jobcast, kind: Kind) -> bool:

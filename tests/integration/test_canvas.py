@@ -219,3 +219,17 @@ def test_a_waiting_canvas_has_the_place_of_its_first_waiting_child(
     for job in (handle, after, *busy):
         job.cancel()
     wait_until(lambda: all(h.status()["state"] == "cancelled" for h in busy), 30, "spins to stop")
+
+
+def test_an_idempotency_key_names_one_canvas(
+    web: str, user_worker: Proc, user_app: Celery, rds: redis.Redis
+) -> None:
+    """The same key twice for a canvas: the second submit returns the first canvas
+    (created False, same id) and makes no second one; the first ends done as usual."""
+    canvas = group(part(user_app, n=2) for _ in range(2))
+    first = jobcast.submit(canvas, queue=QUEUE, key="sheet-7")
+    again = jobcast.submit(canvas, queue=QUEUE, key="sheet-7")
+    assert first.created and not again.created and again.id == first.id
+    assert len(first.wait(timeout=60)["results"]) == 2
+    parents = [k for k in rds.scan_iter("jobcast:job:{*}") if k.endswith(b"}")]
+    assert parents == [f"jobcast:job:{{{first.id}}}".encode()]
