@@ -169,13 +169,13 @@ def test_cancelling_the_parent_ends_every_child_cancelled(
     response = httpx.delete(f"{web}/jobs/{handle.id}")
     assert response.status_code == 200 and response.json()["state"] == "cancelled"
     assert handle.status()["state"] == "cancelled"
+    line = rds.zrange("jobcast:line:{user}:queue", 0, -1)  # the waiting two left at once
+    assert not [m for m in line if m.decode().startswith(handle.id)]
     assert httpx.delete(f"{web}/jobs/{handle.id}").status_code == 409
     wait_until(
         lambda: all(c["state"] == "cancelled" for c in handle.status()["children"]),
         30, "every child to end cancelled",
     )  # fmt: skip
-    line = rds.zrange("jobcast:line:{user}:queue", 0, -1)
-    assert not [m for m in line if m.decode().startswith(handle.id)]
 
 
 def test_the_contact_sheet_kind_is_a_chord_over_http_ending_with_a_grid(
