@@ -32,7 +32,12 @@ def create_celery(settings: Settings | None = None, **conf: Any) -> Celery:
     app.conf.update(
         task_ignore_result=True,
         task_default_queue=DEFAULT_QUEUE,  # its line keeps the old key names (tasks.keys)
-        imports=["tasks.demo.image", "tasks.demo.analyze", *settings.import_list],
+        imports=[
+            "tasks.demo.image",
+            "tasks.demo.analyze",
+            "tasks.demo.sheet",
+            *settings.import_list,
+        ],
     )
     app.conf.update(conf)
     return app

@@ -25,8 +25,9 @@ from typing import Any, NamedTuple
 
 import redis
 
+from tasks.canvas_lua import END_CHILDREN_LUA, PARENT_LUA
 from tasks.config import Settings
-from tasks.keys import DEFAULT_QUEUE, Keys
+from tasks.keys import DEFAULT_QUEUE, Keys, parent_of
 
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 PHASES = frozenset({"queued", "started", "progress", "preview", *TERMINAL})
@@ -49,12 +50,14 @@ end
 # ARGV: channel, phase, data, maxlen, ttl, queue channel, job id, now (ms), expected state,
 #       token (unique per publish, the same across its retries),
 #       [lines] line key head (``Keys.line_head``), default queue name,
-#       "1" for a built-in phase (custom kinds are not kept as last:<kind>)
+#       "1" for a built-in phase (custom kinds are not kept as last:<kind>),
+#       [canvas] the parent's id, the child's index (KEYS 7-8: parent hash, events)
 # KEYS 3-6 and ARGV 6 are the default line's; a job whose record names another queue
 # moves that queue's line instead (see "the job's line" below). A caller without the two
 # [lines] ARGV (older code) always moves the default line.
 PUBLISH_LUA = (
     _COMMON_LUA
+    + END_CHILDREN_LUA
     + """
 local job, events, queue, running, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local qversion = KEYS[6]
@@ -138,6 +141,9 @@ redis.call('EXPIRE', events, ttl)
 redis.call('PUBLISH', channel, frame(id, phase, data))
 -- [lines] Events of every line are counted in one place: the default line's stats.
 redis.call('HINCRBY', KEYS[5], 'published', 1)
+"""
+    + PARENT_LUA
+    + """
 return id
 """
 )
@@ -323,6 +329,10 @@ class JobEvents:
             k.queue, job_id, now_ms(), expect, secrets.token_hex(8), k.line_head, DEFAULT_QUEUE,
             "1" if builtin else "0",
         ]  # fmt: skip
+        parent = parent_of(job_id)
+        if parent is not None:  # a canvas's child moves its parent in the same call
+            keys += [k.job(parent), k.events(parent)]
+            args += [parent, job_id.rpartition(".")[2]]
         result = self.retrying(lambda: self._publish(keys=keys, args=args))
         return _text(result) if result else None
 

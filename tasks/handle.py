@@ -26,6 +26,7 @@ from celery import current_app as celery_current_app
 
 from tasks import records
 from tasks.app import Context, context
+from tasks.canvas import canvas_position, children_status, is_canvas, submit_canvas
 from tasks.errors import JobCancelled, JobError, QueueFull
 from tasks.events import TERMINAL, dumps
 from tasks.keys import LINE_NAME, Keys, LineKeys
@@ -157,6 +158,9 @@ def submit(
     Raises :class:`QueueFull` when the line is at ``JOBCAST_MAX_QUEUE``, ``ValueError``
     for a bad key or metadata.
     """
+    if is_canvas(target):
+        return _submit_canvas(target, kind=kind, queue=queue, metadata=metadata, key=key,
+                              app=app, job_id=job_id)  # fmt: skip
     name, args, kwargs, options, app = _resolve(target, args, kwargs, app)
     queue = queue or _routed_queue(app, name, args, kwargs, options)
     ctx = context(app)
@@ -198,6 +202,51 @@ def submit(
     )
 
 
+def _submit_canvas(
+    target: Signature,
+    *,
+    kind: str | None,
+    queue: str | None,
+    metadata: dict[str, Any] | None,
+    key: str | None,
+    app: Celery | None,
+    job_id: str | None,
+) -> JobHandle:
+    """A group, chain or chord as one parent job with a child job per task
+    (:mod:`tasks.canvas`)."""
+    app = app or target._app or celery_current_app
+    ctx = context(app)
+    settings = ctx.settings
+    if job_id is None:
+        job_id = secrets.token_urlsafe(16)
+    elif not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        raise ValueError("a job id is 1 to 64 characters of A-Z a-z 0-9 _ -")
+    name = kind or f"canvas.{target.get('subtask_type')}"
+    meta = _meta_json(metadata) if metadata else None
+    scoped = idempotency_scope(name, _checked_key(key)) if key is not None else None
+    sent = submit_canvas(
+        app, ctx.events, settings, job_id, target, kind=name, queue=queue, meta=meta, key=scoped
+    )
+    if not sent.created:
+        job_id = sent.event_id
+    line = _line_of(ctx.events.keys, sent.queue)
+    avg, busy = ctx.redis.hget(line.stats, "avgMs"), ctx.redis.zcard(line.running)
+    return JobHandle(
+        id=job_id,
+        kind=name,
+        queue=queue,
+        position=sent.position,
+        queue_length=sent.queue_length,
+        eta_seconds=eta_seconds(sent.position, float(avg) if avg else None, int(busy))
+        if sent.position > 0
+        else None,
+        created=sent.created,
+        token=job_token(settings.signing_key, job_id),
+        base_url=settings.public_url.rstrip("/"),
+        _ctx=ctx,
+    )
+
+
 def read_status(ctx: Context, job_id: str) -> dict[str, Any]:
     """A job's record as a status dict, in one round trip."""
     k = ctx.events.keys
@@ -208,7 +257,7 @@ def read_status(ctx: Context, job_id: str) -> dict[str, Any]:
     rank = ctx.redis.zrank(_line_of(k, rec.get("queue")).queue, job_id)
     last = records.last_events(rec)
     state = rec.get("state")
-    return {
+    status = {
         "jobId": job_id,
         "state": state,
         "kind": rec.get("kind"),
@@ -218,6 +267,12 @@ def read_status(ctx: Context, job_id: str) -> dict[str, Any]:
         "result": last.get("done") if state == "succeeded" else None,
         "meta": records.json_object(rec.get("meta")),
     }
+    if rec.get("canvas") == "1":
+        status["children"] = children_status(ctx.events, job_id, int(rec.get("children", "0")))
+        status["position"] = canvas_position(status["children"]) if state == "queued" else None
+    if rec.get("parent"):
+        status["parent"] = rec["parent"]
+    return status
 
 
 def _resolve(
@@ -229,8 +284,6 @@ def _resolve(
     """Task name, arguments, options and app from a signature, a task or a name."""
     options: dict[str, Any] = {}
     if isinstance(target, Signature):
-        if target.get("subtask_type"):
-            raise ValueError("canvas signatures (group, chord, chain) are not jobs yet")
         name = target.task
         args = [*target.args, *(args or ())]
         kwargs = {**target.kwargs, **(kwargs or {})}

@@ -40,9 +40,11 @@ from celery.exceptions import Reject, Retry, TimeLimitExceeded
 from PIL import Image
 
 from tasks.app import Context, context
+from tasks.canvas import prepended
 from tasks.config import Settings
 from tasks.errors import JobCancelled, JobError
 from tasks.events import EventTooLarge, check_kind
+from tasks.keys import parent_of
 from tasks.lease import JobLease, LeaseLost, held
 from tasks.media import FILE_NAME, job_dir, write_file
 from tasks.reporter import Reporter
@@ -261,6 +263,8 @@ class JobTask(Task):
         if not job_id or self.request.called_directly:
             return body(JobContext(None, None, task=self), *args, **kwargs)
         ctx = context(self.app)
+        if parent_of(job_id) is not None:
+            args = self._linked(ctx, job_id, args)
         self._check_arguments(ctx, job_id, body, args, kwargs)
         with held(ctx.events, job_id, ctx.settings.job_lease_seconds, need_record=True) as lease:
             if lease is None:
@@ -285,6 +289,15 @@ class JobTask(Task):
                 {"error": "The job ran past its time limit.", "retryable": False},
                 expect="running",
             )
+
+    def _linked(self, ctx: Context, job_id: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A canvas link's arguments: the result(s) it follows first, as Celery's chain
+        and chord pass them (an immutable signature's child has no ``takes``)."""
+        events = ctx.events
+        takes = events.retrying(lambda: ctx.redis.hget(events.keys.job(job_id), "takes"))
+        if not takes:
+            return args
+        return (events.retrying(lambda: prepended(events, job_id, takes.decode())), *args)
 
     def _check_arguments(
         self,

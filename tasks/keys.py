@@ -1,6 +1,8 @@
 """Redis key and channel names, in one place.
 
-A job's keys share the hash tag ``{<id>}`` so they land in one Redis Cluster slot.
+A job's keys share the hash tag ``{<id>}`` so they land in one Redis Cluster slot. A
+canvas's child ``<P>.<n>`` (:mod:`tasks.canvas`) keeps its parent's tag: its keys are
+``job:{<P>}.<n>...``, so a child's publish script can update the parent in its slot.
 
 Lines: every Celery queue has its own line (waiting jobs, their positions, ETAs). The
 default queue's line (:data:`DEFAULT_QUEUE`, Celery's ``task_default_queue``) keeps the
@@ -53,16 +55,28 @@ class LineKeys:
     stats: str
 
 
+def parent_of(job_id: str) -> str | None:
+    """The canvas a child id ``<P>.<n>`` belongs to (``P``); None for any other id."""
+    head, dot, tail = job_id.partition(".")
+    return head if dot and tail.isdigit() else None
+
+
+def _tagged(job_id: str) -> str:
+    """``{id}``, or ``{P}.n`` for a canvas's child: the parent's hash tag."""
+    head, dot, tail = job_id.partition(".")
+    return f"{{{head}}}.{tail}" if dot else f"{{{job_id}}}"
+
+
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "jobcast:"
 
     def job(self, job_id: str) -> str:
         """The job's hash; also the name of its pub/sub channel."""
-        return f"{self.prefix}job:{{{job_id}}}"
+        return f"{self.prefix}job:{_tagged(job_id)}"
 
     def events(self, job_id: str) -> str:
-        return f"{self.prefix}job:{{{job_id}}}:events"
+        return f"{self.job(job_id)}:events"
 
     def channel(self, job_id: str) -> str:
         return self.job(job_id)
@@ -137,4 +151,7 @@ class Keys:
         head = f"{self.prefix}job:{{"
         if channel.startswith(head) and channel.endswith("}"):
             return channel[len(head) : -1]
+        if channel.startswith(head) and "}." in channel:  # a canvas's child: {P}.n
+            parent, _, index = channel[len(head) :].partition("}.")
+            return f"{parent}.{index}" if index.isdigit() else None
         return None

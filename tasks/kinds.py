@@ -90,6 +90,9 @@ class Kind:
     description: str = ""
     access: Access = "public"
     result: str | None = None  # what the ``done`` event's data holds, for the document
+    # A canvas kind: the Celery group/chain/chord its validated parameters make; its job
+    # is then a parent of one child per task (tasks/canvas.py). ``task`` still documents.
+    canvas: Callable[[dict[str, Any]], Any] | None = None
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.name):
@@ -166,10 +169,11 @@ def default_registry(settings: Settings) -> Registry:
 
     from tasks.demo.analyze_params import ANALYZE
     from tasks.demo.params import imagine_kind
+    from tasks.demo.sheet import sheet_kind
 
     for module in settings.import_list:
         importlib.import_module(module)
-    registry = Registry([imagine_kind(settings), Kind(**ANALYZE)])
+    registry = Registry([imagine_kind(settings), Kind(**ANALYZE), sheet_kind(settings)])
     for kind in _DECLARED.values():
         if kind.name in registry:
             raise ValueError(f"the job kind {kind.name!r} is declared twice")

@@ -17,10 +17,16 @@ def last_events(record: dict[str, str]) -> dict[str, Any]:
 
 
 def progress(state: str | None, last: dict[str, Any], record: dict[str, str]) -> dict[str, Any]:
-    """How far the job got: percent (100 once it succeeded), the failure's message, the
-    attempt."""
+    """How far the job got: percent (100 once it succeeded; a canvas's is its weighted
+    aggregate, ``pct``), the failure's message, the attempt."""
+    if state == "succeeded":
+        percent = 100
+    elif record.get("canvas") == "1":
+        percent = int(record.get("pct", "0"))
+    else:
+        percent = (last.get("progress") or {}).get("percent", 0)
     return {
-        "percent": 100 if state == "succeeded" else (last.get("progress") or {}).get("percent", 0),
+        "percent": percent,
         "error": (last.get("failed") or {}).get("error"),
         "attempt": int(record.get("attempt", 0)),
     }

@@ -201,7 +201,15 @@ def _send_task(
 
 def cancel(events: JobEvents, job_id: str) -> str | None:
     """Cancel a job: ``"cancelled"`` if it left the line, ``"cancelling"`` if its worker
-    was asked to stop, its final state if it had ended, ``None`` if unknown."""
+    was asked to stop, its final state if it had ended, ``None`` if unknown. A canvas
+    ends ``cancelled`` at once, with every child not yet over (:mod:`tasks.canvas`)."""
+    from tasks.canvas import cancel_canvas  # the canvas module builds on this one
+
+    ended = cancel_canvas(events, job_id)
+    if ended == 1:
+        return "cancelled"
+    if ended != 0:
+        return ended if isinstance(ended, str) else None
     if events.publish(job_id, "cancelled", {"reason": "cancelled while queued"}, expect="queued"):
         return "cancelled"
     state = request_cancel(events, job_id)

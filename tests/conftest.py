@@ -106,7 +106,7 @@ def _quiesce(client: redis.Redis) -> None:
             events.publish(job_id.decode(), "cancelled", {"reason": "test over"}, expect="queued")
     for line in lines:
         for job_id in client.zrange(line.running, 0, -1):
-            client.hset(f"jobcast:job:{{{job_id.decode()}}}", "cancel", "1")
+            client.hset(events.keys.job(job_id.decode()), "cancel", "1")
     # Celery's lists of waiting task messages, one per queue
     client.delete("jobcast", *(line.name for line in lines))
     try:
@@ -116,7 +116,7 @@ def _quiesce(client: redis.Redis) -> None:
         # Say which job would not stop and where it ran, then clean up all the same: one
         # test's leak must not fail every later test that uses Redis.
         stuck = {
-            job.decode(): client.hget(f"jobcast:job:{{{job.decode()}}}", "last:started")
+            job.decode(): client.hget(events.keys.job(job.decode()), "last:started")
             for job in client.zrange("jobcast:running", 0, -1)
         }
         raise AssertionError(f"jobs still running after the test: {stuck}") from None

@@ -142,3 +142,24 @@ jobcast.register_kind(
     jobcast.Kind(name="count", params=CountParams, task="user.count", queue="user",
                  title="Count to n", description="Counts, logging every number.")
 )  # fmt: skip
+
+
+@jobcast.job_task(name="user.part")
+def part(
+    job: jobcast.JobContext, *values: Any, n: int = 10, every: float = 0.01, fail: bool = False
+) -> Any:
+    """A canvas member: ``n`` steps ``every`` seconds apart, then the values it was given
+    (a link's predecessor results come first) and its own ``n``; ``fail`` fails it."""
+    for i in range(1, n + 1):
+        job.progress(i, n)
+        time.sleep(every)  # the work's own pace
+        if fail and i == n // 2:
+            raise jobcast.JobError(f"part {job.id} stopped at {i}")
+    return {"got": list(values), "n": n}
+
+
+@jobcast.job_task(name="user.total")
+def total(job: jobcast.JobContext, values: Any) -> int:
+    """A chord callback: the sum of its members' ``n``."""
+    job.progress(1, 1)
+    return sum(v["n"] for v in values)

@@ -23,6 +23,7 @@ import httpx
 import redis
 from httpx_sse import connect_sse
 
+from tasks.keys import Keys
 from web.cli import redis_server_binary, web_argv, worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -307,7 +308,7 @@ def collect(
 
 def logged(client: redis.Redis, job_id: str, prefix: str = "jobcast:") -> list[tuple[str, str]]:
     """The (id, phase) pairs in the job's event log, the ground truth for streams."""
-    entries = client.xrange(f"{prefix}job:{{{job_id}}}:events")
+    entries = client.xrange(Keys(prefix).events(job_id))
     return [(raw_id.decode(), fields[b"phase"].decode()) for raw_id, fields in entries]
 
 

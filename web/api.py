@@ -25,7 +25,7 @@ from web.stream import Stream, open_stream, read_opening
 
 bp = Blueprint("api", __name__)
 
-JOB_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{16,64}(?:\.[0-9]{1,4})?")  # .n: a canvas's child
 MAX_LAST_ID = 41  # two 20-digit numbers and a dash
 MAX_ID_PART = 2**64 - 1  # Redis stream ids are two unsigned 64-bit numbers
 

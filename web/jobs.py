@@ -33,6 +33,7 @@ from flask import Blueprint, Response, jsonify, request, send_file, url_for
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import BaseConverter
 
+from tasks.canvas import cancel_canvas, submit_canvas
 from tasks.events import Enqueued
 from tasks.handle import idempotency_scope
 from tasks.kinds import Kind, Registry
@@ -204,6 +205,8 @@ def accept(name: str) -> Submitted:
     key = idempotency_key()
     params = validate_params(kind.params, json_body(ext))
     job_id = secrets.token_urlsafe(16)
+    if kind.canvas is not None:
+        return _accept_canvas(ext, kind, params, job_id, key)
     fields = {"kind": kind.name, **{k: _field(v) for k, v in params.items()}}
     scoped = None if key is None else idempotency_scope(kind.name, key)  # as submit() scopes
     line = submit(
@@ -218,6 +221,23 @@ def accept(name: str) -> Submitted:
         line = line._replace(position=0 if rank is None else int(rank) + 1)
         return Submitted(job_id, kind, line, job_token(ext.settings.signing_key, job_id), False)
     return Submitted(job_id, kind, line, job_token(ext.settings.signing_key, job_id))
+
+
+def _accept_canvas(
+    ext: Jobcast, kind: Kind, params: dict[str, Any], job_id: str, key: str | None
+) -> Submitted:
+    """A canvas kind: one parent job, a child per task of the canvas its parameters make."""
+    assert kind.canvas is not None
+    sent = submit_canvas(
+        ext.celery, ext.events, ext.settings, job_id, kind.canvas(params),
+        kind=kind.name, queue=kind.queue, fields={k: _field(v) for k, v in params.items()},
+        key=idempotency_scope(kind.name, key) if key is not None else None,
+    )  # fmt: skip
+    line = Enqueued(sent.position, sent.queue_length, sent.event_id, None, 0)
+    if not sent.created:  # the key named a canvas already: answer that one
+        job_id = sent.event_id
+    token = job_token(ext.settings.signing_key, job_id)
+    return Submitted(job_id, kind, line, token, sent.created)
 
 
 def may_submit(ext: Jobcast, kind: Kind) -> bool:
@@ -334,6 +354,11 @@ def stream(job_id: str) -> Response:
 def cancel(job_id: str) -> tuple[Response, int]:
     ext = jobcast()
     check_id(job_id)
+    ended = cancel_canvas(ext.events, job_id)  # a canvas: it and every unfinished child
+    if ended == 1:
+        return jsonify(jobId=job_id, state="cancelled"), 200
+    if isinstance(ended, str):
+        raise ApiError(409, "already_finished", f"The job has already ended ({ended}).")
     if ext.events.publish(
         job_id, "cancelled", {"reason": "cancelled while queued"}, expect="queued"
     ):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tasks import records
+from tasks.canvas import canvas_position, children_status
 from tasks.events import TERMINAL_STATES, EventId, dumps, format_id, parse_id
 from tasks.keys import DEFAULT_QUEUE
 from web.extension import Jobcast
@@ -308,6 +309,22 @@ def snapshot(ext: Jobcast, job_id: str, *, details: bool = False) -> dict[str, A
         meta = records.json_object(record.get("meta"))
         if meta is not None:
             snap["meta"] = meta
+    if record.get("canvas") == "1":
+        # A canvas: its own percent, its children, and the place of its first waiting one.
+        children = children_status(ext.events, job_id, int(record.get("children", "0")))
+        snap["children"] = children
+        waiting = [c for c in children if c["position"] is not None]
+        if state == "queued" and waiting:
+            # Its place: that of its first waiting child, with that child's ETA to start.
+            first = min(waiting, key=lambda c: c["position"])
+            child_queue = ext.redis.hget(ext.keys.job(first["jobId"]), "queue")
+            place = ext.lines.place(first["jobId"], child_queue.decode() if child_queue else None)
+            snap["position"] = canvas_position(children)
+            if place is not None:
+                snap.update(place.as_data())
+        return snap
+    if record.get("parent"):
+        snap["parent"] = record["parent"]
     if state == "queued":
         place = ext.lines.place(job_id, snap["queue"])
         if place is not None:

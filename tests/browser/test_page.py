@@ -323,9 +323,9 @@ def test_our_blurhash_decoder_matches_blurhash_python(
 
 
 def test_page_is_small_and_self_contained(web: str, artifacts: Path) -> None:
-    """HTML + JS + CSS (every module the page imports) stay under 72 KB (two demo kinds, the
-    activity list, cards for any kind and the whole JS kit: multiplexing, tab sharing,
-    submit), need no build step and load nothing from a CDN."""
+    """HTML + JS + CSS (every module the page imports) stay under 72 KB (three demo kinds,
+    the activity list, cards for any kind, a canvas's thumbnail strip and the whole JS kit:
+    multiplexing, tab sharing, submit), need no build step and load nothing from a CDN."""
     paths = ["/", "/static/app.js", "/static/jobcast.js", "/static/style.css"]
     paths += ["/static/activity.js", "/static/analyze.js"]
     bodies = {}

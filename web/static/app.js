@@ -22,7 +22,7 @@ const MAX_IN_URL = 12;
 // Where Jobcast's routes start ("" at the root, "/jobcast" embedded in another app): the
 // page says, so every URL below is built on it.
 const BASE = document.body.dataset.base ?? "";
-const PICTURE_KINDS = new Set(["imagine", "analyze"]);
+const PICTURE_KINDS = new Set(["imagine", "analyze", "contact-sheet"]);
 const debug = (window.__jobcast = { log: {}, positions: {}, timings: {}, cards: {}, watches: [] });
 
 const form = document.getElementById("imagine");
@@ -54,7 +54,9 @@ const handlers = {
   onFailed: card((c, data) => (c.failed(data), c.close())),
   onCancelled: card((c, data) => (c.cancelled(data), c.close())),
   onReset: card((c, data) => c.restart(data)),
-  onEvent: (kind, data, meta) => card((c) => c.activity.receive(kind, data))(data, meta),
+  // A canvas's `child` (a child started or ended), else the job's own kinds: log, step, delta…
+  onEvent: (kind, data, meta) =>
+    card((c) => (kind === "child" ? c.child(data) : c.activity.receive(kind, data)))(data, meta),
   onError: card((c) => c.recover()), // the stream refused this job: ask its status
   onReconnecting: () => live().forEach((c) => c.connection("reconnecting…")),
   onConnected: () => live().forEach((c) => c.connection("")),
@@ -204,7 +206,43 @@ class Card {
     this.bar(percent);
   }
 
-  preview({ blurhash, width, height }) {
+  // A canvas (contact sheet): a strip of thumbnails, one per child that sends a preview.
+  thumb(id) {
+    let strip = this.part(".strip");
+    if (!strip) {
+      strip = document.createElement("ol");
+      strip.className = "strip";
+      this.part(".frame").after(strip);
+    }
+    const n = (el) => Number(el.dataset.child.split(".").pop());
+    let item = [...strip.children].find((el) => el.dataset.child === id);
+    if (item) return item;
+    item = document.createElement("li");
+    item.dataset.child = id;
+    item.innerHTML = '<canvas width="16" height="16"></canvas><img alt="">';
+    strip.insertBefore(item, [...strip.children].find((el) => n(el) > n(item)) ?? null);
+    return item;
+  }
+
+  child({ child, state }) {
+    const item = [...(this.part(".strip")?.children ?? [])].find((el) => el.dataset.child === child);
+    if (!item) return;
+    item.dataset.state = state;
+    if (state !== "succeeded") return;
+    const img = item.querySelector("img");
+    img.onload = () => item.classList.add("sharp");
+    img.src = resultUrl(child, "", "image.png");
+  }
+
+  preview({ blurhash, width, height, child }) {
+    if (child) {
+      const item = this.thumb(child);
+      try {
+        paintBlurhash(item.querySelector("canvas"), blurhash);
+        item.classList.add("blurred");
+      } catch {} // a hash we cannot read: an empty tile
+      return;
+    }
     if (width && height) this.size(width, height);
     try {
       paintBlurhash(this.part(".blur"), blurhash);
@@ -216,6 +254,11 @@ class Card {
   }
 
   done(data) {
+    if (data.results) {
+      // A canvas: its picture is the last child's (a contact sheet's grid).
+      const picture = data.results.findLast((r) => r?.url);
+      data = picture ? { ...picture, seconds: 0 } : { result: data.results };
+    }
     if (this.kind === "analyze" || data.palette) return showAnalysis(this, data, (name) => this.file(name));
     const { url, width, height, seconds } = data;
     this.state("done", seconds ? `Done in ${seconds.toFixed(1)} s` : "Done");
