@@ -322,3 +322,24 @@ def job_state(client: redis.Redis) -> dict[bytes, object]:
         for key in client.scan_iter("*")
         if not key.startswith((b"jobcast:web:", b"LIMITS:", b"_kombu.", b"unacked"))
     }
+
+
+@dataclass(frozen=True)
+class Muxed:
+    """An event of a multiplexed stream (``GET /jobs/stream``)."""
+
+    event: str
+    data: dict[str, Any]
+    cursor: str | None  # the frame's own id (None: a derived event, which has none)
+
+
+def muxed_events(source: Any, last: str | None) -> Iterator[Muxed]:
+    """The events of an open multiplexed stream (httpx-sse's ``EventSource``) resumed
+    after the cursor ``last``; a frame repeating the id before it is a derived event."""
+    previous = last
+    for sse in source.iter_sse():
+        if not sse.data:
+            continue  # the retry-only frame
+        own = sse.id if sse.id and sse.id != previous else None
+        previous = sse.id or previous
+        yield Muxed(sse.event, json.loads(sse.data), own)

@@ -9,7 +9,6 @@ Redis and web server so it can break them freely.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -17,12 +16,20 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from httpx_sse import connect_sse
-from support import Proc, RedisServer, free_port, gunicorn_web, logged, wait_until
+from support import (
+    Muxed,
+    Proc,
+    RedisServer,
+    free_port,
+    gunicorn_web,
+    logged,
+    muxed_events,
+    wait_until,
+)
 
 from jobcast import cursor as cursors
 from tasks.events import JobEvents
@@ -30,13 +37,6 @@ from tasks.events import JobEvents
 pytestmark = pytest.mark.slow
 
 JOBS = 50
-
-
-@dataclass(frozen=True)
-class Muxed:
-    event: str
-    data: dict[str, Any]
-    cursor: str | None  # the frame's own id (None: a derived event)
 
 
 class MuxFollower:
@@ -82,13 +82,8 @@ class MuxFollower:
                 return True
             source.response.raise_for_status()
             self.connections += 1
-            previous = last
-            for sse in source.iter_sse():
-                if not sse.data:
-                    continue  # the retry-only frame
-                own = sse.id if sse.id and sse.id != previous else None
-                previous = sse.id or previous
-                self.events.append(Muxed(sse.event, json.loads(sse.data), own))
+            for event in muxed_events(source, last):
+                self.events.append(event)  # one by one: a drop keeps what came before
         return True  # the server ended the stream: every job has ended
 
     def rounds(self, jobs: list[str] | None = None) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +12,12 @@ import httpx
 import pytest
 import redis
 from httpx_sse import connect_sse
-from support import Proc, collect, gunicorn_web, logged, wait_until
+from support import Muxed, Proc, collect, gunicorn_web, logged, muxed_events, wait_until
 
 from jobcast import cursor as cursors
 
 TINY = {"width": 64, "height": 64, "steps": 2}
 UNKNOWN = "AAAAAAAAAAAAAAAAAAAAAA"
-
-
-@dataclass(frozen=True)
-class Muxed:
-    event: str
-    data: dict[str, Any]
-    cursor: str | None  # the frame's own id (None: a derived event, which has none)
 
 
 def submit(base: str, **body: Any) -> str:
@@ -45,13 +37,7 @@ def muxed(base: str, jobs: list[str], last: str | None = None) -> Iterator[Muxed
         connect_sse(client, "GET", base + "/jobs/stream", params=params, headers=headers) as source,
     ):
         assert source.response.status_code == 200, source.response.read()
-        previous = last
-        for sse in source.iter_sse():
-            if not sse.data:
-                continue  # the retry-only frame
-            own = sse.id if sse.id and sse.id != previous else None
-            previous = sse.id or previous
-            yield Muxed(sse.event, json.loads(sse.data), own)
+        yield from muxed_events(source, last)
 
 
 def per_job(seen: list[Muxed], jobs: list[str]) -> dict[str, list[tuple[str, str]]]:
