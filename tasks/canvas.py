@@ -36,7 +36,7 @@ from celery.canvas import _chain, chord, group, maybe_signature
 
 from tasks.canvas_lua import END_CHILDREN_LUA
 from tasks.config import Settings
-from tasks.events import JobEvents, dumps, now_ms
+from tasks.events import TERMINAL_STATES, JobEvents, dumps, now_ms
 from tasks.keys import DEFAULT_QUEUE, Keys, check_queue, parent_of
 from tasks.submit import broker_message, queue_of, shares_broker, task_fields
 
@@ -387,6 +387,7 @@ def children_status(events: JobEvents, job_id: str, count: int) -> list[dict[str
         out.append({
             "jobId": f"{job_id}.{i}",
             "task": row[3].decode() if row[3] else None,
+            "queue": row[2].decode() if row[2] else DEFAULT_QUEUE,
             "state": state,
             "percent": 100 if state == "succeeded" else int(progress.get("percent", 0)),
             "position": int(rank) + 1 if rank is not None and state == "queued" else None,
@@ -398,3 +399,24 @@ def canvas_position(children: list[dict[str, Any]]) -> int | None:
     """A canvas's place in line: that of its first waiting child."""
     places = [c["position"] for c in children if c["position"] is not None]
     return min(places) if places else None
+
+
+def done_eta(
+    events: JobEvents, children: list[dict[str, Any]], start_eta: int | None
+) -> int | None:
+    """Seconds until the whole canvas is expected to end: until its first waiting child
+    starts (``start_eta``; 0 once none waits), then the runs it has left (a running child
+    by the part it has not done) at the average run time of the line its unfinished
+    children wait in, shared among the jobs running there now (at least one). None
+    before that line has an average, or while the start cannot be told."""
+    unfinished = [c for c in children if c["state"] not in TERMINAL_STATES]
+    if not unfinished:
+        return 0
+    line = events.keys.line(unfinished[0]["queue"])
+    pipe = events.redis.pipeline(transaction=False)
+    avg, busy = pipe.hget(line.stats, "avgMs").zcard(line.running).execute()
+    waiting = any(c["position"] is not None for c in children)
+    if not avg or (waiting and start_eta is None):
+        return None
+    left = sum(1 - c["percent"] / 100 for c in unfinished)
+    return math.ceil((start_eta or 0) + left * float(avg) / 1000 / max(1, int(busy)))

@@ -872,5 +872,16 @@ def _job_status() -> Doc:
             "prompt": nullable_text,
             "width": NULLABLE_INT,
             "height": NULLABLE_INT,
+            "parent": {"type": "string", "description": "A canvas child's parent job."},
+            "children": {
+                "type": "array",
+                "description": "A canvas's child jobs: jobId, task, state, percent, position.",
+                "items": {"type": "object", "required": ["jobId", "state", "percent"]},
+            },
+            "doneEtaSeconds": {
+                **NULLABLE_INT,
+                "description": "A canvas that has not ended: seconds until it is expected "
+                "to end (its start, then its runs left at its line's average run time).",
+            },
         },
     }

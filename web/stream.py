@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tasks import records
-from tasks.canvas import canvas_position, children_status
+from tasks.canvas import canvas_position, children_status, done_eta
 from tasks.events import TERMINAL_STATES, EventId, dumps, format_id, parse_id
 from tasks.keys import DEFAULT_QUEUE
 from web.extension import Jobcast
@@ -322,6 +322,9 @@ def snapshot(ext: Jobcast, job_id: str, *, details: bool = False) -> dict[str, A
             snap["position"] = canvas_position(children)
             if place is not None:
                 snap.update(place.as_data())
+        if not is_terminal(state):
+            start = snap["etaSeconds"] if state == "queued" else 0
+            snap["doneEtaSeconds"] = done_eta(ext.events, children, start)
         return snap
     if record.get("parent"):
         snap["parent"] = record["parent"]

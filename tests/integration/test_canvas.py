@@ -4,6 +4,7 @@ real worker of the user's app, the parent's stream read through a real gunicorn 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from support import Proc, Received, collect, logged, wait_until
 
 import jobcast
 from tasks.config import Settings
+from tasks.keys import Keys
 from web.cli import worker_argv
 
 QUEUE = "user"
@@ -205,7 +207,9 @@ def test_a_waiting_canvas_has_the_place_of_its_first_waiting_child(
 ) -> None:
     """Both pool processes busy with long jobs, then a group of 2 and a plain job: the
     canvas is `queued` at place 1 (its first child's), its children at 1 and 2, and the
-    plain job submitted after them at 3."""
+    plain job submitted after them at 3. Its ETA to start is its first child's; its ETA
+    to end adds its two runs at the line's average, shared by the two jobs running."""
+    jobcast.submit(part(user_app, n=2), queue=QUEUE).wait(timeout=60)  # the line's average
     spin = user_app.signature("user.spin")
     busy = [jobcast.submit(spin.clone(), queue=QUEUE) for _ in range(2)]
     wait_until(lambda: all(h.status()["state"] == "running" for h in busy), 30, "both to run")
@@ -216,6 +220,9 @@ def test_a_waiting_canvas_has_the_place_of_its_first_waiting_child(
     assert status["state"] == "queued" and status["position"] == 1
     assert [c["position"] for c in status["children"]] == [1, 2]
     assert after.status()["position"] == 3
+    avg = float(rds.hget(Keys().line(QUEUE).stats, "avgMs")) / 1000
+    assert status["etaSeconds"] is not None and status["etaSeconds"] >= 1
+    assert status["doneEtaSeconds"] == math.ceil(status["etaSeconds"] + 2 * avg / 2)
     for job in (handle, after, *busy):
         job.cancel()
     wait_until(lambda: all(h.status()["state"] == "cancelled" for h in busy), 30, "spins to stop")
