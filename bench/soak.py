@@ -151,6 +151,12 @@ class Stack:
             JOBCAST_MEDIA_DIR=str(directory / "media"),
             JOBCAST_POST_RATE_LIMIT="100000/minute",
             JOBCAST_VISIBILITY_TIMEOUT=str(visibility_timeout),
+            # A message lost to a fault (a worker's BRPOP answered as Redis went down,
+            # before kombu kept it as unacked) leaves its job in line until the leader's
+            # sweep sends it again (two sweeps, the grace after). The defaults (60 s, 30 s)
+            # would outlast the drain; these let the soak see that healing happen.
+            JOBCAST_SWEEP_SECONDS="5",
+            JOBCAST_GHOST_GRACE_SECONDS="10",
             PYTHONUNBUFFERED="1",
         )
         self.workers: dict[str, Service] = {}
@@ -889,7 +895,7 @@ async def run_soak(options: Options, stack: Stack) -> Record:
     await asyncio.sleep(max(0.0, until - time.monotonic()))
     soak.posting = False
     await asyncio.gather(*posters)
-    await _drain(soak, options.drain_seconds)
+    await _drain(soak, client, options.drain_seconds)
     await _wind_down(soak, tasks)
     tracker.cancel()
     streams = await asyncio.to_thread(_settled_streams, client)
@@ -942,10 +948,18 @@ def _client_kind(n: int) -> str:
     return "idle"
 
 
-async def _drain(soak: Soak, seconds: float) -> None:
-    """Wait (up to ``seconds``) for every job to end; clients keep watching meanwhile."""
+async def _drain(soak: Soak, client: redis.Redis, seconds: float) -> None:
+    """Wait (up to ``seconds``) for every job to end and the line to empty; clients keep
+    watching meanwhile. The line too: a job whose POST lost its reply (no 202, so not in
+    the record) is still the sweep's to send and the worker's to run."""
     deadline = time.monotonic() + seconds
-    while soak.record.active_jobs() and time.monotonic() < deadline:
+
+    def line_busy() -> bool:
+        return bool(client.zcard(f"{PREFIX}queue") or client.zcard(f"{PREFIX}running"))
+
+    while time.monotonic() < deadline:
+        if not soak.record.active_jobs() and not await asyncio.to_thread(line_busy):
+            return
         await asyncio.sleep(0.5)
 
 
