@@ -6,7 +6,6 @@ The job routes themselves (``/jobs/...`` and the ``/imagine/...`` aliases) are i
 
 from __future__ import annotations
 
-import hmac
 import json
 import re
 import socket
@@ -17,7 +16,7 @@ from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from tasks.events import Enqueued, EventId, parse_id
-from tasks.tokens import job_token
+from tasks.tokens import opens
 from web.errors import ApiError
 from web.extension import Jobcast, jobcast
 from web.line import eta_seconds
@@ -172,7 +171,7 @@ def check_id(job_id: str) -> None:
     if not key:
         return
     given = request.args.get("token", "")
-    if not hmac.compare_digest(given.encode(), job_token(key, job_id).encode()):
+    if not opens(key, job_id, given):
         raise ApiError(403, "bad_token", "This job needs the token that came with it.")
 
 

@@ -39,12 +39,12 @@ from tasks.handle import idempotency_scope
 from tasks.kinds import Kind, Registry
 from tasks.media import job_file, job_files
 from tasks.submit import request_cancel, submit
+from tasks.tokens import job_token
 from web.api import (
     JOB_ID,
     STREAM_HEADERS,
     admit_stream,
     check_id,
-    job_token,
     json_body,
     last_event_id,
     not_found,

@@ -17,7 +17,6 @@ frames:  a logged frame keeps its event and data bytes, with the id line replace
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -28,7 +27,7 @@ import gevent.event
 
 from jobcast import cursor as cursors
 from tasks.events import EventId, dumps
-from tasks.tokens import job_token
+from tasks.tokens import opens
 from web.api import JOB_ID, admit_stream
 from web.errors import ApiError
 from web.extension import Jobcast
@@ -148,7 +147,7 @@ class MultiStream:
         if not JOB_ID.fullmatch(job_id):
             return ("not_found", "No such job.")
         key = self.ext.settings.signing_key
-        if key and not hmac.compare_digest(token.encode(), job_token(key, job_id).encode()):
+        if key and not opens(key, job_id, token):
             return ("bad_token", "This job needs the token that came with it.")
         return None
 

@@ -5,7 +5,7 @@ real worker of the user's app, the parent's stream read through a real gunicorn 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from tasks.keys import Keys
 from web.cli import worker_argv
 
 QUEUE = "user"
+TINY = {"width": 64, "height": 64, "steps": 1}
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +241,30 @@ def test_an_idempotency_key_names_one_canvas(
     assert len(first.wait(timeout=60)["results"]) == 2
     parents = [k for k in rds.scan_iter("jobcast:job:{*}") if k.endswith(b"}")]
     assert parents == [f"jobcast:job:{{{first.id}}}".encode()]
+
+
+def test_in_signed_mode_a_canvas_token_opens_its_children_and_no_other_job(
+    web_with: Callable[..., str], worker: Proc, rds: redis.Redis
+) -> None:
+    """With JOBCAST_SIGNING_KEY, the token POST hands out for a contact sheet opens the
+    sheet's children too (their status, tile image and stream, alone or multiplexed), which
+    is how the page's thumbnails load; it opens no other job, and a child's id alone is 403."""
+    base = web_with(JOBCAST_SIGNING_KEY="s3cret")
+    body = {"prompt": "a signed sheet", "count": 2, "side": 64, "steps": 2}
+    sheet = httpx.post(f"{base}/jobs/contact-sheet", json=body, timeout=10).json()
+    other = httpx.post(f"{base}/jobs/imagine", json={"prompt": "x", **TINY}, timeout=10).json()
+    token, child = sheet["token"], f"{sheet['jobId']}.0"
+    with httpx.stream("GET", base + sheet["stream"], timeout=60) as streamed:  # carries the token
+        assert "event: done" in streamed.read().decode()
+    assert httpx.get(f"{base}/jobs/{child}", params={"token": token}).json()["state"] == "succeeded"
+    tile = httpx.get(f"{base}/jobs/{child}/result/image.png", params={"token": token})
+    assert tile.status_code == 200 and tile.content.startswith(b"\x89PNG")
+    assert httpx.get(f"{base}/jobs/{child}").status_code == 403
+    assert httpx.get(f"{base}/jobs/{other['jobId']}", params={"token": token}).status_code == 403
+    query = [("job", child), ("token", token), ("job", other["jobId"]), ("token", token)]
+    with httpx.stream("GET", f"{base}/jobs/stream", params=query, timeout=30) as streamed:
+        text = streamed.read().decode()
+    assert "bad_token" in text and text.count("bad_token") == 1  # the other job only
+    assert "event: done" in text
+    with httpx.stream("GET", base + other["stream"], timeout=60) as streamed:
+        assert "event: done" in streamed.read().decode()  # ended before the next test

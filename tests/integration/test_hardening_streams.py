@@ -33,7 +33,7 @@ from support import (
 )
 
 from tasks.events import JobEvents
-from web.api import job_token
+from tasks.tokens import job_token
 
 FUTURE = "99999999999999-0"
 

@@ -231,7 +231,7 @@ class Card {
     if (state !== "succeeded") return;
     const img = item.querySelector("img");
     img.onload = () => item.classList.add("sharp");
-    img.src = resultUrl(child, "", "image.png");
+    img.src = resultUrl(child, this.token, "image.png"); // a canvas's token opens its children
   }
 
   preview({ blurhash, width, height, child }) {
