@@ -18,6 +18,7 @@ from flask import Blueprint, Response, jsonify, redirect, render_template, reque
 from werkzeug.wrappers import Response as BaseResponse
 
 from tasks.events import now_ms
+from tasks.keys import parent_of
 from tasks.jobindex import RETRYABLE, claim_retry, detail, list_jobs, release_retry
 from tasks.submit import submit
 from web.api import JOB_ID, not_found, queue_full
@@ -109,6 +110,8 @@ def retry(job_id: str) -> tuple[Response, int]:
     require_ops()
     ext = jobcast()
     old = _job_id(job_id)
+    if parent_of(old) is not None:
+        raise ApiError(409, "not_retryable", "A canvas's step is retried with its canvas.")
     record = ext.redis.hmget(ext.keys.job(old), "task", "kwargs", "args", "kind", "queue")
     task, kwargs_raw, args_raw, kind, queue = (v.decode() if v else None for v in record)
     if task is None or kwargs_raw is None:

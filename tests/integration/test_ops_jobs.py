@@ -215,3 +215,14 @@ def test_the_index_stays_within_its_bound(
     listed = [j["jobId"] for j in get(base, "/ops/jobs.json", limit=200)["jobs"]]
     assert len(listed) == 10
     assert listed == submitted[:4:-1]  # one HTTP round trip apart: no two in one ms
+
+
+def test_a_canvas_is_listed_as_one_job(ops: str, worker: Proc, rds: redis.Redis) -> None:
+    """A contact sheet (a canvas) appears in the list once, as its parent, and ends done."""
+    body = {"prompt": "a lighthouse at dusk", "count": 2, "side": 64, "steps": 2}
+    parent = post(ops, "contact-sheet", body)
+    assert collect(ops, parent)[-1].event == "done"
+    jobs = get(ops, "/ops/jobs.json")["jobs"]
+    assert [(j["jobId"], j["kind"], j["state"]) for j in jobs] == [
+        (parent, "contact-sheet", "succeeded")
+    ]
