@@ -18,8 +18,8 @@ from flask import Blueprint, Response, jsonify, redirect, render_template, reque
 from werkzeug.wrappers import Response as BaseResponse
 
 from tasks.events import now_ms
-from tasks.keys import parent_of
 from tasks.jobindex import RETRYABLE, claim_retry, detail, list_jobs, release_retry
+from tasks.keys import parent_of
 from tasks.submit import submit
 from web.api import JOB_ID, not_found, queue_full
 from web.errors import ApiError
