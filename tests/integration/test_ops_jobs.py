@@ -187,7 +187,7 @@ def test_retry_of_a_cancelled_job_runs_a_linked_job_once(
 
 def test_the_browser_needs_the_ops_token(web: str, ops: str, rds: redis.Redis) -> None:
     """Without a token configured the routes are 403 JSON; with one, a request without it
-    (or with a wrong one) is 401 JSON, and nothing is retried; bad filters are 400."""
+    (or with a wrong one, or a HEAD) is 401, and nothing is retried; bad filters are 400."""
     job_id = post(ops, "imagine", SMALL)
     for path in ("/ops/jobs.json", f"/ops/jobs/{job_id}.json"):
         closed = httpx.get(web + path, headers=AUTH, timeout=10)
@@ -196,6 +196,8 @@ def test_the_browser_needs_the_ops_token(web: str, ops: str, rds: redis.Redis) -
             refused = httpx.get(ops + path, headers=headers, timeout=10)
             assert refused.status_code == 401
             assert refused.json()["error"]["code"] == "unauthorized"
+    head = httpx.head(f"{ops}/ops/jobs.json", timeout=10)
+    assert head.status_code == 401 and head.content == b""
     retry = httpx.post(f"{ops}/ops/jobs/{job_id}/retry", timeout=10)
     assert retry.status_code == 401 and rds.hget(Keys().job(job_id), "retriedAs") is None
     bad = httpx.get(f"{ops}/ops/jobs.json", params={"state": "x", "limit": 0}, headers=AUTH)
