@@ -124,6 +124,14 @@ for name, value in pairs(plan.parent) do table.insert(fields, name); table.inser
 redis.call('HSET', pjob, unpack(fields))
 redis.call('EXPIRE', pjob, ttl)
 redis.call('EXPIRE', pevents, ttl)
+-- The ops job index (tasks/jobindex.py) lists the canvas; its children are in its record.
+if plan.index then
+  redis.call('ZADD', plan.index, now, plan.id)
+  local bound = tonumber(plan.indexmax) or 0
+  if bound > 0 and redis.call('ZCARD', plan.index) > bound then
+    redis.call('ZREMRANGEBYRANK', plan.index, 0, -bound - 1)
+  end
+end
 if idem then
   redis.call('SET', idem, plan.id, 'EX', ttl)
   redis.call('HSET', pjob, 'idem', idem)
@@ -287,6 +295,7 @@ def submit_canvas(
     plan = {
         "id": parent_id, "now": str(now_ms()), "ttl": events.retention_seconds,
         "maxlen": events.maxlen, "parent": parent, "children": children, "lines": k.lines,
+        "index": k.job_index, "indexmax": events.index_max,
     }  # fmt: skip
     keys = [k.job(parent_id), k.events(parent_id)]
     for child in children:

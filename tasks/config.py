@@ -90,6 +90,9 @@ class Settings:
     cors_origins: str = ""
     # Let those pages send cookies/HTTP auth (needs exact origins, never "*").
     cors_credentials: bool = False
+    # Jobs the ops job browser's index (``jobs:index``) keeps at most, newest first;
+    # the retention sweep also drops those older than the retention.
+    job_index_max: int = 100_000
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -199,6 +202,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "trusted_proxies": (0, 10),
     "job_lease_seconds": (1, 3600),
     "monitor_watchdog_seconds": (0, 24 * 3600),  # 0: no watchdog
+    "job_index_max": (10, 10_000_000),
 }
 
 

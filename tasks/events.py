@@ -150,10 +150,11 @@ return id
 
 # KEYS: job hash, events stream, queue zset, ticket counter, stats hash, running zset,
 #       broker list (Celery's queue), [lines] the set of line names,
+#       [index] the job index zset (`Keys.job_index`),
 #       [idempotency key: the job it names, if given]
 # KEYS 3-6 are those of the job's line (Keys.line); the record's `queue` field names it.
 # ARGV: channel, max queue (0 = no limit), maxlen, ttl, job id, now (ms),
-#       broker message ('' = the caller sends it), field/value pairs...
+#       broker message ('' = the caller sends it), the index's bound, field/value pairs...
 ENQUEUE_LUA = (
     _COMMON_LUA
     + """
@@ -162,7 +163,7 @@ local job, events, queue, ticket = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local avg = redis.call('HGET', KEYS[5], 'avgMs') or ''
 local busy = redis.call('ZCARD', KEYS[6])
 local channel, maxq, maxlen, ttl, jobid, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local idem = KEYS[9]
+local idem = KEYS[10]
 if idem then
   -- The same key names the same job while it is kept: answer it, write nothing.
   local known = redis.call('GET', idem)
@@ -178,7 +179,7 @@ local data = '{"jobId":"' .. jobid .. '","position":' .. pos .. ',"queueLength":
 local id = redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'phase', 'queued', 'data', data)
 local fields = {'state', 'queued', 'ticket', t, 'created', now, 'updated', now,
                 'lastEventId', id, 'last:queued', data}
-for i = 8, #ARGV do table.insert(fields, ARGV[i]) end
+for i = 9, #ARGV do table.insert(fields, ARGV[i]) end
 redis.call('HSET', job, unpack(fields))
 redis.call('EXPIRE', job, ttl)
 redis.call('EXPIRE', events, ttl)
@@ -186,6 +187,13 @@ redis.call('EXPIRE', events, ttl)
 if KEYS[8] then
   local line = redis.call('HGET', job, 'queue')
   if line then redis.call('SADD', KEYS[8], line) end
+end
+-- [index] The ops browser's time-ordered index: O(log n) to add; past its bound the
+-- oldest go (one per job in the steady state).
+local bound = tonumber(ARGV[8])
+redis.call('ZADD', KEYS[9], now, jobid)
+if bound and bound > 0 and redis.call('ZCARD', KEYS[9]) > bound then
+  redis.call('ZREMRANGEBYRANK', KEYS[9], 0, -bound - 1)
 end
 -- The task message with the record: a job in line always has one (tasks/submit.py).
 if ARGV[7] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[7]) end
@@ -284,6 +292,7 @@ class JobEvents:
         retention_seconds: int = 24 * 3600,
         retry_seconds: float = 0.0,
         max_event_bytes: int = MAX_EVENT_BYTES,
+        index_max: int = 100_000,
     ) -> None:
         self.redis = redis_client
         self.max_event_bytes = max_event_bytes
@@ -291,6 +300,7 @@ class JobEvents:
         self.keys = Keys(prefix)
         self.maxlen = maxlen
         self.retention_seconds = retention_seconds
+        self.index_max = index_max
         self._publish = redis_client.register_script(PUBLISH_LUA)
         self._enqueue = redis_client.register_script(ENQUEUE_LUA)
         self._read = redis_client.register_script(READ_LUA)
@@ -304,6 +314,7 @@ class JobEvents:
             maxlen=settings.stream_maxlen,
             retention_seconds=settings.retention_seconds,
             max_event_bytes=settings.max_event_bytes,
+            index_max=settings.job_index_max,
             **options,
         )
 
@@ -390,7 +401,7 @@ class JobEvents:
         broker, payload = message or (line.queue, "")
         keys = [
             k.job(job_id), k.events(job_id), line.queue, line.ticket, line.stats, line.running,
-            broker, k.lines,
+            broker, k.lines, k.job_index,
         ]  # fmt: skip
         if key is not None:
             keys.append(k.idempotency(key))
@@ -404,6 +415,7 @@ class JobEvents:
                 job_id,
                 now_ms(),
                 payload,
+                self.index_max,
                 *flat,
             ],
         )

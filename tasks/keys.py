@@ -140,6 +140,12 @@ class Keys:
         return [self.line(None), *(self.line(name) for name in others)]
 
     @property
+    def job_index(self) -> str:
+        """Sorted set of job ids scored by creation time (ms), newest last: the ops job
+        browser's time-ordered index, bounded by ``JOBCAST_JOB_INDEX_MAX``."""
+        return f"{self.prefix}jobs:index"
+
+    @property
     def ops(self) -> str:
         return f"{self.prefix}ops"
 

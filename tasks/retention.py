@@ -87,6 +87,7 @@ class Swept:
     temps: int = 0
     resent: int = 0
     failed: int = 0
+    unindexed: int = 0  # members of the job index older than the retention
 
 
 def sweep(
@@ -105,6 +106,12 @@ def sweep(
         ghosts=_sweep_ghosts(client, keys),
         temps=_sweep_files(Path(media_dir), "*.tmp", now - TEMP_MAX_AGE_SECONDS)
         + _sweep_files(Path(media_dir), "*/*.tmp", now - TEMP_MAX_AGE_SECONDS),
+        # The job index forgets jobs as their records expire: by creation time (ms).
+        unindexed=int(
+            client.zremrangebyscore(
+                keys.job_index, "-inf", f"({int((now - retention_seconds) * 1000)}"
+            )
+        ),
     )
 
 

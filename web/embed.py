@@ -52,11 +52,11 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 def blueprints(kinds: Registry) -> list[Blueprint]:
     """Every Jobcast blueprint, in registration order: add new ones here. The ``/imagine``
     routes are there only while that kind is offered over HTTP."""
-    from web import api, jobs, openapi, ops, pages
+    from web import api, jobs, openapi, ops, opsjobs, pages
 
     imagine = kinds.get(jobs.IMAGINE)
     alias = [jobs.alias] if imagine is not None and imagine.over_http else []
-    return [api.bp, jobs.bp, *alias, pages.bp, openapi.bp, ops.bp, metrics.bp]
+    return [api.bp, jobs.bp, *alias, pages.bp, openapi.bp, ops.bp, opsjobs.bp, metrics.bp]
 
 
 class Jobcast:

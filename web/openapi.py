@@ -587,6 +587,7 @@ def _ops_paths() -> Doc:
                 },
             }
         },
+        **_ops_job_paths(),
         "/metrics": {
             "get": {
                 "operationId": "metrics",
@@ -600,6 +601,69 @@ def _ops_paths() -> Doc:
                     **_errors(401, 503),
                 },
             }
+        },
+    }
+
+
+def _ops_job_paths() -> Doc:
+    # Never open: without JOBCAST_OPS_TOKEN configured these answer 403.
+    auth: list[Doc] = [{"opsBearer": []}, {"opsCookie": []}]
+    obj = {"type": "object"}
+    query = [
+        {"name": name, "in": "query", "description": text, "schema": {"type": kind}}
+        for name, kind, text in [
+            ("state", "string", "Only jobs in this state (queued, running, succeeded, ...)."),
+            ("kind", "string", "Only jobs of this kind."),
+            ("id", "string", "Only jobs whose id starts with this."),
+            ("before", "integer", "Only jobs created before this time (ms): paging."),
+            ("limit", "integer", "Rows per page, 1 to 200 (50)."),
+        ]
+    ]
+    return {
+        "/ops/jobs": {
+            "get": {
+                "operationId": "opsJobsPage",
+                "summary": "The job browser page",
+                "security": auth,
+                "responses": {
+                    "200": _html("The page."),
+                    "303": _redirect("Not logged in: to `/ops/login`."),
+                    **_errors(403),
+                },
+            }
+        },
+        "/ops/jobs.json": {
+            "get": {
+                "operationId": "opsJobs",
+                "summary": "Jobs newest first from the job index, filtered; `next` pages on",
+                "security": auth,
+                "parameters": query,
+                "responses": {
+                    "200": _json(obj, "`jobs` (rows) and `next` (the next page's `before`)."),
+                    **_errors(400, 401, 403, 503),
+                },
+            }
+        },
+        "/ops/jobs/{job_id}.json": {
+            "parameters": JOB_PARAMS,
+            "get": {
+                "operationId": "opsJob",
+                "summary": "One job in full: record, params, attempts, whole log, result/error",
+                "security": auth,
+                "responses": {"200": _json(obj, "The job."), **_errors(401, 403, 404, 503)},
+            },
+        },
+        "/ops/jobs/{job_id}/retry": {
+            "parameters": JOB_PARAMS,
+            "post": {
+                "operationId": "opsRetryJob",
+                "summary": "Resubmit a failed or cancelled job as a new job (`retryOf`)",
+                "security": auth,
+                "responses": {
+                    "202": _json(obj, "The new job's `jobId`."),
+                    **_errors(401, 403, 404, 409, 429, 503),
+                },
+            },
         },
     }
 

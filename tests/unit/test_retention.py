@@ -33,3 +33,16 @@ def test_expired_jobs_leave_the_line(rds: redis.Redis, tmp_path: Path) -> None:
     swept = sweep(rds, Keys(), str(tmp_path), retention_seconds=60)
     assert swept.ghosts == 1
     assert [m.decode() for m in rds.zrange("jobcast:queue", 0, -1)] == ["second", "third"]
+
+
+def test_the_job_index_forgets_jobs_older_than_the_retention(
+    rds: redis.Redis, tmp_path: Path
+) -> None:
+    """The sweep drops index members created before the retention; newer ones stay."""
+    events = JobEvents(rds, retention_seconds=60)
+    for job_id in ("old", "new"):
+        events.enqueue(job_id, {"prompt": "p"})
+    rds.zadd(Keys().job_index, {"old": int((time.time() - 120) * 1000)})  # created 2 min ago
+    swept = sweep(rds, Keys(), str(tmp_path), retention_seconds=60)
+    assert swept.unindexed == 1
+    assert [m.decode() for m in rds.zrange(Keys().job_index, 0, -1)] == ["new"]

@@ -1,0 +1,165 @@
+"""The operators' job browser: ``/ops/jobs.json`` (list), ``/ops/jobs/<id>.json`` (one
+job in full), ``POST /ops/jobs/<id>/retry``, and the ``/ops/jobs`` page.
+
+These show every job's parameters, results and errors, so they need the ops token
+*configured and given*: without ``JOBCAST_OPS_TOKEN`` they answer 403 (the open
+dashboard shows counts only), without the token in the request 401. The index they read
+is described in :mod:`tasks.jobindex`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response as BaseResponse
+
+from tasks.events import now_ms
+from tasks.jobindex import RETRYABLE, claim_retry, detail, list_jobs, release_retry
+from tasks.keys import parent_of
+from tasks.submit import submit
+from web.api import JOB_ID, not_found, queue_full
+from web.errors import ApiError
+from web.extension import jobcast
+from web.ops import authorized
+
+bp = Blueprint("opsjobs", __name__)
+
+STATES = frozenset({"queued", "running", "succeeded", "failed", "cancelled"})
+KIND_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+ID_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_LIMIT = 200
+
+
+def require_ops() -> None:
+    """403 when no ops token is configured, 401 without it in the request (JSON both)."""
+    token = jobcast().settings.ops_token
+    if not token:
+        raise ApiError(
+            403, "forbidden", "The job browser needs JOBCAST_OPS_TOKEN set on the server."
+        )
+    if not authorized(token):
+        raise ApiError(
+            401, "unauthorized", "This needs the ops token (Bearer header or /ops/login).",
+            headers={"WWW-Authenticate": 'Bearer realm="jobcast ops"'},
+        )  # fmt: skip
+
+
+def _query() -> dict[str, Any]:
+    """The list's filters from the query string; 400 naming each bad one."""
+    args = request.args
+    bad: dict[str, str] = {}
+    state = args.get("state") or None
+    if state is not None and state not in STATES:
+        bad["state"] = "one of " + ", ".join(sorted(STATES))
+    kind = args.get("kind") or None
+    if kind is not None and not KIND_NAME.fullmatch(kind):
+        bad["kind"] = "a kind name"
+    prefix = args.get("id") or None
+    if prefix is not None and not ID_PREFIX.fullmatch(prefix):
+        bad["id"] = "1-64 characters of A-Z a-z 0-9 _ . -"
+    before: int | None = None
+    if args.get("before"):
+        try:
+            before = int(args["before"])
+        except ValueError:
+            bad["before"] = "a time in ms"
+    limit = 50
+    if args.get("limit"):
+        try:
+            limit = int(args["limit"])
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_LIMIT:
+            bad["limit"] = f"a whole number from 1 to {MAX_LIMIT}"
+    if bad:
+        raise ApiError(400, "bad_query", "Some filters are not valid.", fields=bad)
+    return {"state": state, "kind": kind, "id_prefix": prefix, "before": before, "limit": limit}
+
+
+@bp.get("/ops/jobs.json")
+def jobs_json() -> Response:
+    require_ops()
+    ext = jobcast()
+    page = list_jobs(ext.redis, ext.keys, now_ms=now_ms(), **_query())
+    return jsonify({"jobs": page.jobs, "next": page.next})
+
+
+def _job_id(job_id: str) -> str:
+    if not JOB_ID.fullmatch(job_id):
+        raise not_found()
+    return job_id
+
+
+@bp.get("/ops/jobs/<job_id>.json")
+def job_json(job_id: str) -> Response:
+    require_ops()
+    ext = jobcast()
+    found = detail(ext.redis, ext.keys, _job_id(job_id), now_ms())
+    if found is None:
+        raise not_found()
+    return jsonify(found)
+
+
+@bp.post("/ops/jobs/<job_id>/retry")
+def retry(job_id: str) -> tuple[Response, int]:
+    """Resubmit a failed or cancelled job as a new one (``retryOf`` links back)."""
+    require_ops()
+    ext = jobcast()
+    old = _job_id(job_id)
+    if parent_of(old) is not None:
+        raise ApiError(409, "not_retryable", "A canvas's step is retried with its canvas.")
+    record = ext.redis.hmget(ext.keys.job(old), "task", "kwargs", "args", "kind", "queue")
+    task, kwargs_raw, args_raw, kind, queue = (v.decode() if v else None for v in record)
+    if task is None or kwargs_raw is None:
+        state = ext.redis.hget(ext.keys.job(old), "state")
+        if state is None:
+            raise not_found()
+        raise ApiError(409, "not_retryable", "This job keeps no task to send again.")
+    try:
+        kwargs = json.loads(kwargs_raw)
+        args = json.loads(args_raw) if args_raw else []
+    except ValueError:
+        raise ApiError(409, "not_retryable", "This job's parameters cannot be read.") from None
+    new_id = secrets.token_urlsafe(16)
+    by = "bearer" if request.headers.get("Authorization") else "session"
+    claim = claim_retry(ext.redis, ext.keys, old, new_id, by)
+    if claim is None:
+        raise not_found()
+    if claim.startswith("as:"):
+        raise ApiError(409, "already_retried", f"This job was retried as {claim[3:]}.")
+    if claim != "ok":
+        allowed = " or ".join(sorted(RETRYABLE))
+        raise ApiError(409, "not_retryable", f"Only a {allowed} job can be retried; it is {claim}.")
+    fields = {
+        **({"kind": kind} if kind else {}),
+        **{k: v if isinstance(v, str) else json.dumps(v) for k, v in kwargs.items()},
+        "retryOf": old,
+    }
+    try:
+        line = submit(
+            ext.celery, ext.events, ext.settings, new_id, task, kwargs, fields,
+            args=args, queue=queue,
+        )  # fmt: skip
+    except Exception:
+        release_retry(ext.redis, ext.keys, old)
+        raise
+    if line.position < 1:
+        release_retry(ext.redis, ext.keys, old)
+        if line.position == -1:
+            raise queue_full(line)
+        raise ApiError(409, "not_retryable", "The new job could not be queued.")
+    return jsonify({"jobId": new_id, "retryOf": old, "position": line.position}), 202
+
+
+@bp.get("/ops/jobs")
+def jobs_page() -> str | BaseResponse:
+    """The page; a browser without the cookie is sent to sign in, as on ``/ops``."""
+    token = jobcast().settings.ops_token
+    if token and not authorized(token):
+        return redirect(url_for("jobcast.ops.login", next=request.full_path.rstrip("?")), 303)
+    require_ops()
+    return render_template("jobcast/ops_jobs.html")
