@@ -6,6 +6,7 @@ COPY pyproject.toml README.md ./
 COPY web ./web
 COPY clients/js ./clients/js
 COPY tasks ./tasks
+COPY jobcast ./jobcast
 RUN pip install .
 RUN useradd --create-home jobcast && mkdir -p /data/media && chown jobcast /data/media
 USER jobcast
