@@ -674,8 +674,11 @@ class Monitor:
             calls += 1
             if calls == 2:
                 # The event subscription is made by the first drain, after Celery's own
-                # wake-up call: heartbeats answering that one may have been missed.
+                # wake-up call: heartbeats answering that one may have been missed, and so
+                # may the start events of jobs that began before it. Ask again, and read
+                # again from Redis what runs where.
                 receiver.wakeup_workers()
+                self.seed(dict(self.names))
             receiver.should_stop = stop()
             self.tick()
 
