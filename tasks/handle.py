@@ -165,10 +165,7 @@ def submit(
     queue = queue or _routed_queue(app, name, args, kwargs, options)
     ctx = context(app)
     settings = ctx.settings
-    if job_id is None:
-        job_id = secrets.token_urlsafe(16)
-    elif not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
-        raise ValueError("a job id is 1 to 64 characters of A-Z a-z 0-9 _ -")
+    job_id = _job_id(job_id)
     fields = {"kind": kind or name}
     if metadata:
         fields["meta"] = _meta_json(metadata)
@@ -202,6 +199,15 @@ def submit(
     )
 
 
+def _job_id(given: str | None) -> str:
+    """The caller's job id, checked, or a new random one."""
+    if given is None:
+        return secrets.token_urlsafe(16)
+    if not isinstance(given, str) or not JOB_ID.fullmatch(given):
+        raise ValueError("a job id is 1 to 64 characters of A-Z a-z 0-9 _ -")
+    return given
+
+
 def _submit_canvas(
     target: Signature,
     *,
@@ -217,10 +223,7 @@ def _submit_canvas(
     app = app or target._app or celery_current_app
     ctx = context(app)
     settings = ctx.settings
-    if job_id is None:
-        job_id = secrets.token_urlsafe(16)
-    elif not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
-        raise ValueError("a job id is 1 to 64 characters of A-Z a-z 0-9 _ -")
+    job_id = _job_id(job_id)
     name = kind or f"canvas.{target.get('subtask_type')}"
     meta = _meta_json(metadata) if metadata else None
     scoped = idempotency_scope(name, _checked_key(key)) if key is not None else None
