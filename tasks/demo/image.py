@@ -15,12 +15,9 @@ from tasks.jobs import JobContext, job_task
 PREVIEW_AT_PERCENT = 30
 
 
-@job_task(name="jobcast.imagine", failure_message="The image could not be generated.")
-def imagine(
-    job: JobContext, prompt: str, width: int, height: int, steps: int, seed: int
-) -> dict[str, Any]:
-    """Render the prompt, reporting progress, one preview and the final image."""
-    began = time.monotonic()
+def render(job: JobContext, prompt: str, width: int, height: int, steps: int, seed: int) -> None:
+    """Draw the prompt step by step: progress each step, one blurred preview once past
+    PREVIEW_AT_PERCENT, then the picture as the job's ``image.png``."""
     previewed = False
     final = None
     for frame in generate(prompt, width=width, height=height, steps=steps, seed=seed):
@@ -32,6 +29,15 @@ def imagine(
     assert final is not None  # generate() yields at least one frame
     job.check()
     job.save_file("image.png", final.to_image())
+
+
+@job_task(name="jobcast.imagine", failure_message="The image could not be generated.")
+def imagine(
+    job: JobContext, prompt: str, width: int, height: int, steps: int, seed: int
+) -> dict[str, Any]:
+    """Render the prompt, reporting progress, one preview and the final image."""
+    began = time.monotonic()
+    render(job, prompt, width, height, steps, seed)
     return {
         "url": f"{job.settings.url_prefix}/imagine/{job.id}/image",  # where the web serves it
         "width": width,

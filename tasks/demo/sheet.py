@@ -19,7 +19,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.config import Settings
-from tasks.demo.generator import generate
+from tasks.demo.image import render
 from tasks.demo.params import MAX_SEED, PROMPT_PATTERN, Limits, prompt_text
 from tasks.jobs import JobContext, job_task
 from tasks.kinds import Kind, Missing, bounded_integer
@@ -27,24 +27,13 @@ from tasks.media import job_dir
 
 TILE = "jobcast.sheet_tile"
 COMPOSE = "jobcast.sheet_compose"
-PREVIEW_AT_PERCENT = 30
 GAP = 4
 
 
 @job_task(name=TILE, failure_message="A tile could not be drawn.")
 def sheet_tile(job: JobContext, prompt: str, seed: int, side: int, steps: int) -> dict[str, Any]:
     """One picture of the sheet: progress, a blurred preview, then ``image.png``."""
-    previewed = False
-    final = None
-    for frame in generate(prompt, width=side, height=side, steps=steps, seed=seed):
-        job.progress(frame.step, frame.steps)
-        if not previewed and frame.percent >= PREVIEW_AT_PERCENT and frame.step < frame.steps:
-            job.preview(frame.to_image(), percent=frame.percent, width=side, height=side)
-            previewed = True
-        final = frame
-    assert final is not None
-    job.check()
-    job.save_file("image.png", final.to_image())
+    render(job, prompt, side, side, steps, seed)
     return {"tile": job.id, "width": side, "height": side}
 
 
