@@ -89,6 +89,17 @@ if idem then
 end
 if redis.call('EXISTS', pjob) == 1 then return {-2, 0, ''} end
 local now, ttl, maxlen = plan.now, plan.ttl, plan.maxlen
+-- A new job's record and log, with its `queued` event (not yet published); its id.
+local function queued(job, events, data, extra)
+  local id = redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'phase', 'queued', 'data', data)
+  local fields = {'state', 'queued', 'created', now, 'updated', now, 'lastEventId', id,
+                  'last:queued', data}
+  for name, value in pairs(extra) do table.insert(fields, name); table.insert(fields, value) end
+  redis.call('HSET', job, unpack(fields))
+  redis.call('EXPIRE', job, ttl)
+  redis.call('EXPIRE', events, ttl)
+  return id
+end
 local first, firstlen = 0, 0
 for i, child in ipairs(plan.children) do
   local cjob, cevents = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
@@ -104,26 +115,14 @@ for i, child in ipairs(plan.children) do
   else
     data = '{"jobId":"' .. child.id .. '","waitingFor":' .. child.deps .. '}'
   end
-  local id = redis.call('XADD', cevents, 'MAXLEN', '~', maxlen, '*', 'phase', 'queued', 'data', data)
-  local fields = {'state', 'queued', 'created', now, 'updated', now, 'lastEventId', id,
-                  'last:queued', data}
-  for name, value in pairs(child.fields) do table.insert(fields, name); table.insert(fields, value) end
-  redis.call('HSET', cjob, unpack(fields))
-  redis.call('EXPIRE', cjob, ttl)
-  redis.call('EXPIRE', cevents, ttl)
+  local id = queued(cjob, cevents, data, child.fields)
   if plan.lines then redis.call('SADD', plan.lines, child.queue) end
   if child.ready then redis.call('LPUSH', child.list, child.msg) end
   redis.call('PUBLISH', cjob, frame(id, 'queued', data))
 end
 local data = '{"jobId":"' .. plan.id .. '","children":' .. #plan.children .. ',"position":' ..
   first .. ',"queueLength":' .. firstlen .. '}'
-local id = redis.call('XADD', pevents, 'MAXLEN', '~', maxlen, '*', 'phase', 'queued', 'data', data)
-local fields = {'state', 'queued', 'created', now, 'updated', now, 'lastEventId', id,
-                'last:queued', data}
-for name, value in pairs(plan.parent) do table.insert(fields, name); table.insert(fields, value) end
-redis.call('HSET', pjob, unpack(fields))
-redis.call('EXPIRE', pjob, ttl)
-redis.call('EXPIRE', pevents, ttl)
+local id = queued(pjob, pevents, data, plan.parent)
 -- The ops job index (tasks/jobindex.py) lists the canvas; its children are in its record.
 if plan.index then
   redis.call('ZADD', plan.index, now, plan.id)
