@@ -181,6 +181,18 @@ def celery_worker(
     return proc
 
 
+def platform_worker(env: dict[str, str], log: Path, queue: str, hostname: str) -> Proc:
+    """``celery -A platform_app worker -Q <queue>`` with two pool processes: the user's
+    app (tests/platform_app.py), not Jobcast's, once it is ready."""
+    argv = worker_argv(2, "-P", "prefork", "-Q", queue, f"--hostname={hostname}@%h")
+    argv[argv.index("tasks")] = "platform_app"
+    env = {**env, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = Proc(argv, env, log).start()
+    wait_until(lambda: "ready." in proc.output() or not proc.alive(), 60, "the user's worker")
+    assert proc.alive(), proc.output()[-3000:]
+    return proc
+
+
 def jobcast_monitor(env: dict[str, str], log: Path) -> Proc:
     """``jobcast monitor``, once it leads (publishes snapshots)."""
     proc = Proc([sys.executable, "-m", "web.cli", "monitor"], env, log).start()

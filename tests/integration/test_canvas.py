@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
 from celery import Celery, chain, chord, group
-from support import Proc, Received, collect, logged, wait_until
+from support import Proc, Received, collect, logged, platform_worker, wait_until
 
 import jobcast
 from tasks.config import Settings
 from tasks.keys import Keys
-from web.cli import worker_argv
 
 QUEUE = "user"
 TINY = {"width": 64, "height": 64, "steps": 1}
@@ -27,12 +25,8 @@ TINY = {"width": 64, "height": 64, "steps": 1}
 @pytest.fixture(scope="module")
 def user_worker(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:  # fmt: skip
     """``celery -A platform_app worker -Q user`` with two pool processes."""
-    argv = worker_argv(2, "-P", "prefork", "-Q", QUEUE, "--hostname=canvas@%h")
-    argv[argv.index("tasks")] = "platform_app"
-    env = {**stack_env, "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = Proc(argv, env, tmp_path_factory.mktemp("logs") / "canvas-worker.log").start()
-    wait_until(lambda: "ready." in proc.output() or not proc.alive(), 60, "the user's worker")
-    assert proc.alive(), proc.output()[-3000:]
+    log = tmp_path_factory.mktemp("logs") / "canvas-worker.log"
+    proc = platform_worker(stack_env, log, QUEUE, "canvas")
     yield proc
     proc.stop()
 

@@ -22,6 +22,7 @@ from support import (
     iter_events,
     jobcast_monitor,
     logged,
+    platform_worker,
     wait_until,
 )
 
@@ -35,12 +36,8 @@ QUEUE = "user"  # the session's demo worker consumes "jobcast"; user tasks have 
 @pytest.fixture(scope="module")
 def user_worker(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:  # fmt: skip
     """``celery -A platform_app worker -Q user``: the user's app, not Jobcast's."""
-    argv = worker_argv(2, "-P", "prefork", "-Q", QUEUE, "--hostname=user@%h")
-    argv[argv.index("tasks")] = "platform_app"
-    env = {**stack_env, "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = Proc(argv, env, tmp_path_factory.mktemp("logs") / "user-worker.log").start()
-    wait_until(lambda: "ready." in proc.output() or not proc.alive(), 60, "the user's worker")
-    assert proc.alive(), proc.output()[-3000:]
+    log = tmp_path_factory.mktemp("logs") / "user-worker.log"
+    proc = platform_worker(stack_env, log, QUEUE, "user")
     yield proc
     proc.stop()
 
