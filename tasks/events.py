@@ -5,7 +5,7 @@ channel by one Lua call (one round trip, atomic)::
 
     XADD job:{id}:events * phase P data D     -> the event id, also the SSE ``id:``
     HSET job:{id} state/last:<phase>/...       -> the snapshot GET /imagine/<id> shows
-    EXPIRE both                                -> retention
+    EXPIRE both                                -> retention (see PUBLISH_LUA)
     PUBLISH job:{id} "id: …\\nevent: P\\ndata: D\\n\\n"
 
 The published payload is the finished SSE frame, so a web process hands the very same
@@ -65,8 +65,9 @@ local channel, phase, data, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], AR
 local qchannel, jobid, now, expect, token = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local builtin = ARGV[13]
 -- A retried call whose first try did run (its reply was lost): answer with that event.
-if redis.call('HGET', job, 'lastToken') == token then return redis.call('HGET', job, 'lastEventId') end
-local state = redis.call('HGET', job, 'state')
+local rec = redis.call('HMGET', job, 'lastToken', 'state', 'queue', 'lastEventId', 'keptAt')
+if rec[1] == token then return rec[4] end
+local state = rec[2]
 if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return false end
 if expect ~= '' and not string.find(',' .. expect .. ',', ',' .. (state or '') .. ',', 1, true) then
   return false
@@ -77,7 +78,7 @@ if not state and phase ~= 'queued' and phase ~= 'started' then return false end
 -- publisher (worker, web, sweep) needs to know it. Standalone Redis lets a script build
 -- key names; Redis Cluster does not, and a line's keys never share the job's slot
 -- anyway: the Cluster issue redesigns this part.
-local line = ARGV[11] and redis.call('HGET', job, 'queue')
+local line = ARGV[11] and rec[3]
 if line and line ~= ARGV[12] and #line <= 64 and string.find(line, '^[%w_.-]+$') then
   local head = ARGV[11] .. '{' .. line .. '}:'
   queue, running, stats = head .. 'queue', head .. 'running', head .. 'stats'
@@ -135,9 +136,20 @@ if builtin == '1' then
   -- The snapshot (GET /jobs/<id>) keeps the latest of each phase; custom kinds only log.
   table.insert(fields, 'last:' .. phase); table.insert(fields, data)
 end
-redis.call('HSET', job, unpack(fields))
-redis.call('EXPIRE', job, ttl)
-redis.call('EXPIRE', events, ttl)
+-- Retention counts from a job's last event. A progress, preview or custom event (most of
+-- a job's events) refreshes the TTLs only once a quarter of it has passed since they
+-- last were: the record then outlives every event by at least 3/4 of the TTL, and ends
+-- and starts always refresh them.
+local kept = tonumber(rec[5] or '')
+if not kept or tonumber(now) - kept >= ttl * 250 or phase == 'started' or phase == 'queued'
+    or phase == 'done' or phase == 'failed' or phase == 'cancelled' then
+  table.insert(fields, 'keptAt'); table.insert(fields, now)
+  redis.call('HSET', job, unpack(fields))
+  redis.call('EXPIRE', job, ttl)
+  redis.call('EXPIRE', events, ttl)
+else
+  redis.call('HSET', job, unpack(fields))
+end
 redis.call('PUBLISH', channel, frame(id, phase, data))
 -- [lines] Events of every line are counted in one place: the default line's stats.
 redis.call('HINCRBY', KEYS[5], 'published', 1)

@@ -58,12 +58,25 @@ def test_events_of_a_vanished_job_are_dropped(rds: redis.Redis) -> None:
 
 
 def test_log_and_record_expire_after_retention(rds: redis.Redis) -> None:
-    """Both keys carry the retention TTL, refreshed by every event."""
+    """Both keys carry the retention TTL. A progress event refreshes it only once a
+    quarter of it has passed since the last refresh (so the record outlives every event
+    by 3/4 of the TTL at least); an end always refreshes it."""
     events = JobEvents(rds, retention_seconds=120)
+    keys = ("jobcast:job:{j4}", "jobcast:job:{j4}:events")
     events.publish("j4", "started", {})
-    for key in ("jobcast:job:{j4}", "jobcast:job:{j4}:events"):
+    for key in keys:
         assert 0 < rds.ttl(key) <= 120
+        rds.expire(key, 100)  # as if 20 s had passed: less than a quarter of the TTL
+    events.publish("j4", "progress", {"percent": 10})
+    assert [rds.ttl(key) for key in keys] == [100, 100]
+    kept = int(rds.hget(keys[0], "keptAt") or 0)
+    rds.hset(keys[0], "keptAt", kept - 31_000)  # the last refresh was 31 s ago: past 30
+    events.publish("j4", "progress", {"percent": 20})
+    assert all(rds.ttl(key) > 110 for key in keys)
+    for key in keys:
+        rds.expire(key, 100)
     events.publish("j4", "done", {})
+    assert all(rds.ttl(key) > 110 for key in keys)
 
 
 def test_log_is_capped(rds: redis.Redis) -> None:
