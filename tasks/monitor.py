@@ -27,6 +27,9 @@
   over when the leader dies. Both write task outcomes, each event counted once
   (``HSETNX`` on its task id, outcome and the worker's timestamp), and keep them until a
   write succeeds: counts are exact across a takeover, a restart or a Redis blip.
+* Per job kind (:mod:`tasks.kindstats`): the same script counts each end under the kind
+  its job record names, in hashes every web process reads; each snapshot carries the
+  per-kind table read back from them (one publish behind), so a restart loses nothing.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ PUBLISH_LUA = (
     KIND_NAME_LUA
     + f"local MAX_KINDS = {MAX_KINDS}\n"
     + """
+local expiring = {}  -- the minute hashes given their TTL in this call
 local function per_kind(i)
   local record = redis.call('HMGET', KEYS[tonumber(ARGV[i + 5])], 'kind', 'state', 'task')
   local kind = kind_name(record[1] or record[3] or ARGV[i + 6])
@@ -111,7 +115,10 @@ local function per_kind(i)
   local minute = KEYS[tonumber(ARGV[i + 7])]
   redis.call('HINCRBY', KEYS[6], kind .. '|' .. outcome, 1)
   redis.call('HINCRBY', minute, kind .. '|' .. outcome, 1)
-  redis.call('EXPIRE', minute, ARGV[7])
+  if not expiring[minute] then
+    redis.call('EXPIRE', minute, ARGV[7])
+    expiring[minute] = true
+  end
   if outcome == 'succeeded' and ARGV[i + 3] ~= '' then
     redis.call('HINCRBY', KEYS[7], kind .. '|' .. ARGV[i + 3], 1)
     redis.call('HINCRBY', KEYS[7], kind .. '|count', 1)

@@ -7,6 +7,8 @@ a per-process registry. Every number is read from Redis at scrape time:
   added up over every line, and per line (``jobcast_line_*{queue="<Celery queue>"}``);
 * workers, task outcomes and the task run time histogram: what the monitor keeps
   (its snapshot, and the counters it writes while it holds the lease);
+* per job kind (``jobcast_kind_*{kind}``): outcomes, run time histogram, jobs waiting,
+  and the last five minutes' failure ratio and throughput (:mod:`tasks.kindstats`);
 * open SSE streams and delivered frames live in each process's hub, so each process
   reports them to Redis every ``FLUSH_SECONDS`` (and on scrape): streams as a field of
   ``web:streams`` with a timestamp, delivered frames as increments of one counter, which
