@@ -61,3 +61,7 @@ def test_kinds_table_shows_each_kind_on_a_dark_phone(
     assert page.locator("#kinds img").count() == 0
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(artifacts / "ops-kinds-phone.png"), full_page=True)
+    wide = new_page()
+    wide.goto(web + "/ops")
+    expect(wide.locator('#kinds tr[data-kind="analyze"] td.fail')).to_have_text("50 %")
+    wide.locator("#kinds").screenshot(path=str(artifacts / "ops-kinds.png"))
