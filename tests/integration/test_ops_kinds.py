@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 from kindsupport import TOKEN, failing_analyze, metrics, post, sample
-from support import Proc, collect, jobcast_monitor, wait_until
+from support import Proc, celery_worker, collect, jobcast_monitor, wait_until
 
 from tasks.app import create_celery
 from tasks.config import Settings
@@ -111,3 +111,40 @@ def test_waiting_per_kind_follows_the_line_with_names_bounded(
     assert sum(waiting.values()) == 2 + MAX_KINDS + 5 == rds.zcard(Keys().line(IDLE).queue)
     labels = {key[1] for key in metrics(ops) if key[0] == "jobcast_kind_waiting"}
     assert len(labels) == MAX_KINDS + 1
+
+
+def test_past_max_kinds_task_ends_count_as_other_and_cancelled_jobs_as_cancelled(
+    ops: str, monitor: Proc, rds: redis.Redis, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Jobs of MAX_KINDS + 5 kinds, each cancelled while it waits in a line no worker
+    serves; a worker then started on that line drops their messages (a success to Celery):
+    each counts as cancelled, the first MAX_KINDS kinds under their names, the rest under
+    "other"; none is lost or counted twice."""
+    app = create_celery(Settings.from_env(stack_env))
+    total = MAX_KINDS + 5
+    for n in range(total):
+        handle = submit(
+            "jobcast.imagine", kwargs={**SMALL, "seed": n}, kind=f"c{n:03}", queue=IDLE, app=app
+        )
+        answer = httpx.delete(f"{ops}/jobs/{handle.id}", timeout=10)
+        assert answer.status_code == 200 and answer.json()["state"] == "cancelled"
+    assert not rds.hgetall(Keys().kind_waiting)  # every count back to none, and dropped
+
+    def ends() -> dict[str, float] | None:
+        got = {
+            dict(labels)["kind"]: value
+            for (name, labels), value in metrics(ops).items()
+            if name == "jobcast_kind_jobs_total" and dict(labels)["outcome"] == "cancelled"
+        }
+        return got if sum(got.values()) >= total else None
+
+    idle = celery_worker(stack_env, tmp_path / "idle.log", "idle", queues=IDLE)
+    try:
+        counted = wait_until(ends, 60, "every cancelled job's task end counted")
+    finally:
+        idle.stop()
+    assert sum(counted.values()) == total
+    assert len(counted) == MAX_KINDS + 1 and counted[OTHER] == 5
+    assert rds.scard("jobcast:ops:kinds") == MAX_KINDS + 1
+    numbers = metrics(ops)
+    assert sample(numbers, "jobcast_kind_jobs_total", kind="c000", outcome="succeeded") is None
