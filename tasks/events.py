@@ -28,6 +28,7 @@ import redis
 from tasks.canvas_lua import END_CHILDREN_LUA, PARENT_LUA
 from tasks.config import Settings
 from tasks.keys import DEFAULT_QUEUE, Keys, parent_of
+from tasks.kindstats import KIND_NAME_LUA, MAX_KINDS
 
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 PHASES = frozenset({"queued", "started", "progress", "preview", *TERMINAL})
@@ -122,6 +123,13 @@ if phase == 'started' or phase == 'done' or phase == 'failed' or phase == 'cance
   local ticket = redis.call('ZSCORE', queue, jobid)
   if ticket then
     redis.call('ZREM', queue, jobid)
+    -- [kinds] Its kind's line is one shorter: the field the enqueue script counted it
+    -- under; the hash's name is derived from the [lines] key head (<prefix>line:).
+    local counted = ARGV[11] and redis.call('HGET', job, 'waitKind')
+    if counted then
+      local waiting = string.sub(ARGV[11], 1, -6) .. 'ops:kind:waiting'
+      if redis.call('HINCRBY', waiting, counted, -1) <= 0 then redis.call('HDEL', waiting, counted) end
+    end
     local version = redis.call('INCR', qversion)
     local busy = redis.call('ZCARD', running)
     local avg = redis.call('HGET', stats, 'avgMs') or '-'
@@ -163,19 +171,22 @@ return id
 # KEYS: job hash, events stream, queue zset, ticket counter, stats hash, running zset,
 #       broker list (Celery's queue), [lines] the set of line names,
 #       [index] the job index zset (`Keys.job_index`),
+#       [kinds] the per-kind waiting hash (`Keys.kind_waiting`),
 #       [idempotency key: the job it names, if given]
 # KEYS 3-6 are those of the job's line (Keys.line); the record's `queue` field names it.
 # ARGV: channel, max queue (0 = no limit), maxlen, ttl, job id, now (ms),
 #       broker message ('' = the caller sends it), the index's bound, field/value pairs...
 ENQUEUE_LUA = (
     _COMMON_LUA
+    + KIND_NAME_LUA
+    + f"local MAX_KINDS = {MAX_KINDS}\n"
     + """
 local job, events, queue, ticket = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 -- What an ETA needs, read here so the caller needs no second round trip.
 local avg = redis.call('HGET', KEYS[5], 'avgMs') or ''
 local busy = redis.call('ZCARD', KEYS[6])
 local channel, maxq, maxlen, ttl, jobid, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local idem = KEYS[10]
+local idem = KEYS[11]
 if idem then
   -- The same key names the same job while it is kept: answer it, write nothing.
   local known = redis.call('GET', idem)
@@ -206,6 +217,18 @@ local bound = tonumber(ARGV[8])
 redis.call('ZADD', KEYS[9], now, jobid)
 if bound and bound > 0 and redis.call('ZCARD', KEYS[9]) > bound then
   redis.call('ZREMRANGEBYRANK', KEYS[9], 0, -bound - 1)
+end
+-- [kinds] One more waiting of its kind (tasks/kindstats.py): at most MAX_KINDS fields
+-- (kinds with jobs waiting), the rest under 'other'; the record keeps the field, so its
+-- leaving the line (the publish script) takes off what was added here.
+local kind = redis.call('HGET', job, 'kind') or redis.call('HGET', job, 'task')
+if kind then
+  kind = kind_name(kind)
+  if redis.call('HEXISTS', KEYS[10], kind) == 0 and redis.call('HLEN', KEYS[10]) >= MAX_KINDS then
+    kind = 'other'
+  end
+  redis.call('HINCRBY', KEYS[10], kind, 1)
+  redis.call('HSET', job, 'waitKind', kind)
 end
 -- The task message with the record: a job in line always has one (tasks/submit.py).
 if ARGV[7] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[7]) end
@@ -413,7 +436,7 @@ class JobEvents:
         broker, payload = message or (line.queue, "")
         keys = [
             k.job(job_id), k.events(job_id), line.queue, line.ticket, line.stats, line.running,
-            broker, k.lines, k.job_index,
+            broker, k.lines, k.job_index, k.kind_waiting,
         ]  # fmt: skip
         if key is not None:
             keys.append(k.idempotency(key))

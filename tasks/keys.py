@@ -146,6 +146,12 @@ class Keys:
         return f"{self.prefix}jobs:index"
 
     @property
+    def kind_waiting(self) -> str:
+        """Hash: jobs waiting in any line, per kind (``tasks.kindstats``); the enqueue
+        script adds one, the job's leaving its line takes it off."""
+        return f"{self.prefix}ops:kind:waiting"
+
+    @property
     def ops(self) -> str:
         return f"{self.prefix}ops"
 

@@ -35,7 +35,7 @@ RECORD_FIELDS = frozenset(
     {
         "state", "ticket", "created", "updated", "lastEventId", "lastToken", "attempt",
         "cancel", "resent", "startedAt", "finishedAt", "kind", "queue", "meta", "task",
-        "kwargs", "params", "worker", "args", "idem",
+        "kwargs", "params", "worker", "args", "idem", "waitKind",
     }
 )  # fmt: skip
 

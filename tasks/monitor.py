@@ -27,6 +27,9 @@
   over when the leader dies. Both write task outcomes, each event counted once
   (``HSETNX`` on its task id, outcome and the worker's timestamp), and keep them until a
   write succeeds: counts are exact across a takeover, a restart or a Redis blip.
+* Per job kind (:mod:`tasks.kindstats`): the same script counts each end under the kind
+  its job record names, in hashes every web process reads; each snapshot carries the
+  per-kind table read back from them (one publish behind), so a restart loses nothing.
 """
 
 from __future__ import annotations
@@ -52,9 +55,11 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from tasks import kindstats
 from tasks.app import create_celery
 from tasks.config import Settings
 from tasks.keys import DEFAULT_QUEUE, Keys
+from tasks.kindstats import KIND_NAME_LUA, MAX_KINDS, MINUTE_TTL, KindKeys
 from tasks.lease import lease_key
 from tasks.retention import Sweeper, lines
 from tasks.unacked import broker_channel, in_flight, keep_visible, restore
@@ -80,15 +85,49 @@ MAX_PENDING = 100_000  # outcomes kept while Redis is unreachable; the oldest go
 RUNTIME_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 """Upper bounds (seconds) of the task run time histogram that ``/metrics`` reports."""
 
-# KEYS: leader, snapshot, task counters hash, runtime histogram hash, then the "counted"
-#       hashes the outcomes below name by index
-# ARGV: token, lease ms, snapshot json, channel, frame, counted ttl, outcome count, then per
-#       outcome: counted key index, event key, outcome, histogram bucket or "", run time
+# KEYS: leader, snapshot, task counters hash, runtime histogram hash, the kinds set, the
+#       per-kind outcome and run time hashes (tasks/kindstats.py), then the "counted" and
+#       per-kind minute hashes and the job records the outcomes below name by index
+# ARGV: token, lease ms, snapshot json, channel, frame, counted ttl, minute ttl, outcome
+#       count, then per outcome: counted key index, event key, outcome, histogram bucket or
+#       "", run time, job record index, task name, minute hash index
 # Outcomes count once per event whoever sends them (leader or standby, retried or not):
 # the event key (task id, outcome, the worker's timestamp) is the same in every monitor.
-PUBLISH_LUA = """
-local i = 8
-for _ = 1, tonumber(ARGV[7]) do
+# Per kind, a task that ran a job counts as the state its record ended in (a cancelled
+# job's task succeeds as far as Celery knows).
+PUBLISH_LUA = (
+    KIND_NAME_LUA
+    + f"local MAX_KINDS = {MAX_KINDS}\n"
+    + """
+local expiring = {}  -- the minute hashes given their TTL in this call
+local function per_kind(i)
+  local record = redis.call('HMGET', KEYS[tonumber(ARGV[i + 5])], 'kind', 'state', 'task')
+  local kind = kind_name(record[1] or record[3] or ARGV[i + 6])
+  if redis.call('SISMEMBER', KEYS[5], kind) == 0 then
+    if redis.call('SCARD', KEYS[5]) >= MAX_KINDS then kind = 'other' end
+    redis.call('SADD', KEYS[5], kind)
+  end
+  local outcome, state = ARGV[i + 2], record[2]
+  if (outcome == 'succeeded' or outcome == 'failed')
+      and (state == 'succeeded' or state == 'failed' or state == 'cancelled') then
+    outcome = state
+  end
+  local minute = KEYS[tonumber(ARGV[i + 7])]
+  redis.call('HINCRBY', KEYS[6], kind .. '|' .. outcome, 1)
+  redis.call('HINCRBY', minute, kind .. '|' .. outcome, 1)
+  if not expiring[minute] then
+    redis.call('EXPIRE', minute, ARGV[7])
+    expiring[minute] = true
+  end
+  if outcome == 'succeeded' and ARGV[i + 3] ~= '' then
+    redis.call('HINCRBY', KEYS[7], kind .. '|' .. ARGV[i + 3], 1)
+    redis.call('HINCRBY', KEYS[7], kind .. '|count', 1)
+    redis.call('HINCRBYFLOAT', KEYS[7], kind .. '|sum', ARGV[i + 4])
+    redis.call('HINCRBY', minute, kind .. '|' .. ARGV[i + 3], 1)
+  end
+end
+local i = 9
+for _ = 1, tonumber(ARGV[8]) do
   local counted = KEYS[tonumber(ARGV[i])]
   if redis.call('HSETNX', counted, ARGV[i + 1], 1) == 1 then
     redis.call('EXPIRE', counted, ARGV[6])
@@ -98,8 +137,9 @@ for _ = 1, tonumber(ARGV[7]) do
       redis.call('HINCRBY', KEYS[4], 'count', 1)
       redis.call('HINCRBYFLOAT', KEYS[4], 'sum', ARGV[i + 4])
     end
+    per_kind(i)
   end
-  i = i + 5
+  i = i + 8
 end
 local leader = redis.call('GET', KEYS[1])
 if leader and leader ~= ARGV[1] then return 0 end
@@ -108,6 +148,7 @@ redis.call('SET', KEYS[2], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 """
+)
 
 RESIGN_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -274,6 +315,9 @@ class Outcome(NamedTuple):
     bucket: str  # histogram field for a success, else ""
     runtime: float
     at: float  # local monotonic time it was seen
+    task_id: str = ""
+    name: str = ""  # the Celery task name: the kind of a task that ran no job
+    minute: int = 0  # of the worker's timestamp: the per-kind minute hash it counts in
 
 
 @dataclass
@@ -282,25 +326,46 @@ class Pending:
 
     outcomes: deque[Outcome] = field(default_factory=lambda: deque(maxlen=MAX_PENDING))
 
-    def add(self, event: dict[str, Any], outcome: str, runtime: float | None, at: float) -> None:
+    def add(
+        self,
+        event: dict[str, Any],
+        outcome: str,
+        runtime: float | None,
+        at: float,
+        name: str = "",
+    ) -> None:
         stamp = float(event.get("timestamp") or 0.0)
         stamp = stamp if math.isfinite(stamp) else 0.0
-        key = f"{event.get('uuid', '')}:{outcome}:{stamp!r}"
+        task_id = str(event.get("uuid", ""))
+        key = f"{task_id}:{outcome}:{stamp!r}"
         bucket = bucket_of(runtime) if runtime is not None else ""
         window = int(stamp // COUNTED_WINDOW)
-        self.outcomes.append(Outcome(key, window, outcome, bucket, runtime or 0.0, at))
+        self.outcomes.append(
+            Outcome(
+                key, window, outcome, bucket, runtime or 0.0, at, task_id, name, int(stamp // 60)
+            )
+        )
 
-    def batch(self, ops_keys: OpsKeys, now: float) -> tuple[list[str], list[str]]:
-        """KEYS after the first four, and ARGV from the outcome count on."""
+    def batch(self, keys: Keys, ops_keys: OpsKeys, now: float) -> tuple[list[str], list[str]]:
+        """KEYS after the first seven, and ARGV from the outcome count on."""
         while self.outcomes and now - self.outcomes[0].at > COUNTED_TTL - COUNTED_WINDOW:
             self.outcomes.popleft()  # its "counted" record may be gone: counting it risks twice
         batch = list(itertools.islice(self.outcomes, MAX_BATCH))  # one script stays short
-        windows = sorted({o.window for o in batch})
-        index = {w: n for n, w in enumerate(windows, 5)}
+        kind_keys = KindKeys(ops_keys.prefix)
+        named = [ops_keys.counted(w) for w in sorted({o.window for o in batch})]
+        named += [kind_keys.minute(m) for m in sorted({o.minute for o in batch})]
+        named += [keys.job(o.task_id) for o in batch]  # the kind and end of a job's task
+        index: dict[str, int] = {}
+        for key in named:
+            index.setdefault(key, len(index) + 8)
         args = [str(len(batch))]
         for o in batch:
-            args += [str(index[o.window]), o.key, o.outcome, o.bucket, repr(round(o.runtime, 6))]
-        return [ops_keys.counted(w) for w in windows], args
+            args += [
+                str(index[ops_keys.counted(o.window)]), o.key, o.outcome, o.bucket,
+                repr(round(o.runtime, 6)), str(index[keys.job(o.task_id)]), o.name[:200],
+                str(index[kind_keys.minute(o.minute)]),
+            ]  # fmt: skip
+        return list(index), args
 
     def written(self, count: int) -> None:
         """Forget the first ``count`` outcomes: Redis has them."""
@@ -323,6 +388,8 @@ class Monitor:
         self.redis = client
         self.keys = Keys(settings.prefix)
         self.ops_keys = OpsKeys(settings.prefix)
+        self.kind_keys = KindKeys(settings.prefix)
+        self.kinds: list[dict[str, Any]] = []  # per-kind rows, read back from Redis
         self.broker_queue = broker_queue
         self.clock = clock
         self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -426,12 +493,12 @@ class Monitor:
     ) -> None:
         outcome = kind[5:]
         runtime = float(event.get("runtime") or 0.0) if outcome == "succeeded" else None
-        self.pending.add(event, outcome, runtime, self.clock())
         state = self.workers.get(hostname) if hostname else None
         name = self.names.pop(task_id, None)
         self.orphans.pop(task_id, None)
         for worker in [state] if state else self.workers.values():
             name = worker.forget(task_id) or name
+        self.pending.add(event, outcome, runtime, self.clock(), name or "")
         if runtime is not None:
             self.window.add(self.clock(), runtime, True)
             if state:
@@ -579,13 +646,16 @@ class Monitor:
             self.finished_this_second = 0
             self.last_sample = max(now - 1.0, self.last_sample + 1.0)
         payload = json.dumps(self.snapshot(now, queue), separators=(",", ":")).encode()
-        counted_keys, counts = self.pending.batch(self.ops_keys, now)
-        o, k = self.ops_keys, self.keys
+        o, k, kk = self.ops_keys, self.keys, self.kind_keys
+        counted_keys, counts = self.pending.batch(k, o, now)
         leading = self._publish(
-            keys=[o.leader, k.ops_snapshot, o.tasks, o.runtime, *counted_keys],
+            keys=[
+                o.leader, k.ops_snapshot, o.tasks, o.runtime, kk.kinds, kk.tasks, kk.runtime,
+                *counted_keys,
+            ],
             args=[
                 self.token, LEASE_MS, payload, k.ops, snapshot_frame(payload), COUNTED_TTL,
-                *counts,
+                MINUTE_TTL, *counts,
             ],
         )  # fmt: skip
         # Only now: a batch that did not reach Redis goes again with the next publish.
@@ -606,7 +676,19 @@ class Monitor:
             pipe.llen(broker).zcard(line.queue).zcard(line.running)
         for task_id in running:
             pipe.hmget(self.keys.job(task_id), "state", "last:progress")
-        replies = pipe.execute()
+        # Per kind, from the hashes the last publishes wrote (so one second behind them).
+        recent = self.kind_keys.recent(time.time())
+        for key in recent:
+            pipe.hgetall(key)
+        pipe.hgetall(self.kind_keys.tasks).hgetall(self.keys.kind_waiting)
+        *replies, kind_totals, waiting = pipe.execute()
+        minutes, replies = replies[-len(recent) :], replies[: -len(recent)]
+        self.kinds = kindstats.table(
+            kindstats.merged([_text(m) for m in minutes]),
+            kindstats.split(_text(kind_totals)),
+            _text(waiting),
+            RUNTIME_BUCKETS,
+        )[: MAX_KINDS + 1]  # busiest first; the snapshot stays small however many kinds
         counts, records = replies[: 3 * len(every)], replies[3 * len(every) :]
         self.percents = {t: _percent(raw) for t, (_, raw) in zip(running, records, strict=True)}
         for task_id, (state, _) in zip(running, records, strict=True):
@@ -634,6 +716,7 @@ class Monitor:
             "runtime": self.window.runtimes(now),
             "failRate": self.window.failure_rate(now),
             "failures": list(self.failures),
+            "kinds": self.kinds,
             "hist": {
                 "q": [q for q, _ in self.history],
                 "done": [d for _, d in self.history],
@@ -692,6 +775,10 @@ def _worker_of(started: bytes | None) -> str | None:
     except (ValueError, AttributeError):
         return None  # no start event, or not the JSON the reporter writes
     return worker if isinstance(worker, str) and worker else None
+
+
+def _text(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
 
 
 def _percent(raw: bytes | None) -> int | None:

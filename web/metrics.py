@@ -7,6 +7,8 @@ a per-process registry. Every number is read from Redis at scrape time:
   added up over every line, and per line (``jobcast_line_*{queue="<Celery queue>"}``);
 * workers, task outcomes and the task run time histogram: what the monitor keeps
   (its snapshot, and the counters it writes while it holds the lease);
+* per job kind (``jobcast_kind_*{kind}``): outcomes, run time histogram, jobs waiting,
+  and the last five minutes' failure ratio and throughput (:mod:`tasks.kindstats`);
 * open SSE streams and delivered frames live in each process's hub, so each process
   reports them to Redis every ``FLUSH_SECONDS`` (and on scrape): streams as a field of
   ``web:streams`` with a timestamp, delivered frames as increments of one counter, which
@@ -41,7 +43,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
+from tasks import kindstats
 from tasks.keys import DEFAULT_QUEUE, Keys
+from tasks.kindstats import KindKeys
 from tasks.monitor import RUNTIME_BUCKETS, OpsKeys
 from web.extension import Jobcast
 from web.ops import require_token
@@ -128,7 +132,16 @@ class JobcastCollector:
         pipe.hgetall(o.runtime)
         pipe.hgetall(stats.counters_key)
         pipe.hgetall(stats.streams_key)
-        *per_line, snap, tasks, runtime, web, streams = pipe.execute()
+        kk = KindKeys(self.ext.settings.prefix)
+        recent = kk.recent(time.time())
+        pipe.hgetall(kk.tasks).hgetall(kk.runtime).hgetall(k.kind_waiting)
+        for key in recent:
+            pipe.hgetall(key)
+        replies = pipe.execute()
+        minutes = [_text(m) for m in replies[len(replies) - len(recent) :]]
+        *per_line, snap, tasks, runtime, web, streams, kind_tasks, kind_runtime, waiting = replies[
+            : len(replies) - len(recent)
+        ]
         numbers = [
             LineNumbers(line.name, int(queued), int(busy), int(broker), _text(line_stats))
             for line, queued, busy, broker, line_stats in zip(
@@ -139,6 +152,7 @@ class JobcastCollector:
         yield from self._workers(json.loads(snap) if snap else None)
         yield from self._tasks(_text(tasks), _text(runtime))
         yield from self._web(_text(web), _text(streams))
+        yield from self._kinds(_text(kind_tasks), _text(kind_runtime), _text(waiting), minutes)
 
     def _broker_list(self, line: str) -> str:
         """The broker list of a line's Celery queue."""
@@ -219,6 +233,51 @@ class JobcastCollector:
             buckets=buckets, sum_value=float(runtime.get("sum", 0)),
         )  # fmt: skip
 
+    def _kinds(
+        self,
+        tasks: dict[str, str],
+        runtime: dict[str, str],
+        waiting: dict[str, str],
+        minutes: list[dict[str, str]],
+    ) -> Iterator[Metric]:
+        """Per job kind (tasks/kindstats.py): outcomes, run times, the line, and the last
+        five minutes' failure ratio and throughput."""
+        outcomes = CounterMetricFamily(
+            "jobcast_kind_jobs", "Finished tasks per job kind, by how they ended.",
+            labels=["kind", "outcome"],
+        )  # fmt: skip
+        for kind, counts in sorted(kindstats.split(tasks).items()):
+            for outcome, n in sorted(counts.items()):
+                outcomes.add_metric([kind, outcome], n)
+        yield outcomes
+        histogram = HistogramMetricFamily(
+            "jobcast_kind_runtime_seconds", "Run time of succeeded jobs, per kind.",
+            labels=["kind"],
+        )  # fmt: skip
+        for kind, fields in sorted(kindstats.split(runtime).items()):
+            histogram.add_metric([kind], _cumulative(fields), sum_value=fields.get("sum", 0.0))
+        yield histogram
+        line = GaugeMetricFamily("jobcast_kind_waiting", "Jobs waiting, per kind.", labels=["kind"])
+        rows = kindstats.table(kindstats.merged(minutes), {}, waiting, RUNTIME_BUCKETS)
+        ratio = GaugeMetricFamily(
+            "jobcast_kind_failure_ratio",
+            "Failed of the jobs that succeeded or failed in the last 5 minutes, per kind.",
+            labels=["kind"],
+        )
+        rate = GaugeMetricFamily(
+            "jobcast_kind_finished_per_minute",
+            "Jobs finished per minute over the last 5 minutes, per kind.",
+            labels=["kind"],
+        )
+        for row in rows:
+            line.add_metric([row["kind"]], row["waiting"])
+            rate.add_metric([row["kind"]], row["rate"])
+            if row["failRate"] is not None:
+                ratio.add_metric([row["kind"]], row["failRate"])
+        yield line
+        yield ratio
+        yield rate
+
     def _web(self, web: dict[str, str], streams: dict[str, str]) -> Iterator[Metric]:
         now = int(time.time() * 1000)
         live = {name: value.split() for name, value in streams.items()}
@@ -244,6 +303,17 @@ class LineNumbers(NamedTuple):
     running: int
     broker: int
     stats: dict[str, str]
+
+
+def _cumulative(fields: dict[str, float]) -> list[tuple[str, float]]:
+    """Prometheus's cumulative buckets from our per-bucket counts."""
+    buckets: list[tuple[str, float]] = []
+    total = 0.0
+    for bound in RUNTIME_BUCKETS:
+        total += fields.get(f"le:{bound}", 0.0)
+        buckets.append((floatToGoString(bound), total))
+    buckets.append(("+Inf", fields.get("count", total)))
+    return buckets
 
 
 def _text(raw: dict[bytes, bytes]) -> dict[str, str]:

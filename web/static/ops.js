@@ -53,6 +53,7 @@ function render(snap) {
   $("spark-queue-now").textContent = last(snap.hist.q);
   $("spark-done-now").textContent = `${last(snap.hist.done)}/s`;
   renderWorkers(snap);
+  renderKinds(snap.kinds || []);
   renderFailures(snap.failures, snap.redacted);
   $("ids-note").hidden = !snap.redacted;
 }
@@ -76,7 +77,7 @@ function renderStats(snap) {
   $("runtime-p95").textContent =
     snap.runtime.p95 == null ? "p50 · p95 —" : `p50 · p95 ${seconds(snap.runtime.p95)}`;
   const rate = snap.failRate;
-  $("fail-rate").textContent = rate == null ? "–" : `${(rate * 100).toFixed(rate < 0.1 ? 1 : 0)} %`;
+  $("fail-rate").textContent = rate == null ? "–" : percent(rate);
   $("fail-rate").classList.toggle("bad", rate != null && rate > 0.05);
 }
 
@@ -143,6 +144,28 @@ function jobs(w, redacted) {
   return box;
 }
 
+// One row per job kind (the monitor reads them from Redis: tasks/kindstats.py). A kind
+// name is a task's text: it goes in as text only.
+function renderKinds(kinds) {
+  const rows = kinds.map((k) => {
+    const tr = el("tr");
+    tr.dataset.kind = k.kind;
+    const bad = k.failRate != null && k.failRate > 0.05;
+    tr.append(
+      cell(el("span", { className: "host", textContent: k.kind, title: k.kind }), "kind"),
+      cell(k.waiting, "num", "Waiting"),
+      cell(fmt(k.rate), "num", "Per min"),
+      cell(k.p50 == null ? "–" : seconds(k.p50), "num", "p50"),
+      cell(k.p95 == null ? "–" : seconds(k.p95), "num", "p95"),
+      cell(k.failRate == null ? "–" : percent(k.failRate), `num fail${bad ? " bad" : ""}`, "Failed"),
+      cell(k.done, "num", "In all"),
+    );
+    return tr;
+  });
+  $("kinds").tBodies[0].replaceChildren(...rows);
+  $("kinds-empty").hidden = rows.length > 0;
+}
+
 function renderFailures(failures, redacted) {
   const items = failures.map((f) => {
     const li = el("li");
@@ -178,6 +201,7 @@ function cell(content, className = "", label = "") {
 const last = (values) => (values.length ? values[values.length - 1] : 0);
 const fmt = (x) => (x >= 10 ? Math.round(x) : x.toFixed(1));
 const seconds = (s) => (s < 1 ? `${Math.round(s * 1000)} ms` : `${s.toFixed(s < 10 ? 2 : 1)} s`);
+const percent = (rate) => `${(rate * 100).toFixed(rate < 0.1 ? 1 : 0)} %`;
 const ago = (ms) => (ms < 1500 ? "now" : `${Math.round(ms / 1000)} s ago`);
 
 connect();
