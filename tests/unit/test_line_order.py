@@ -19,7 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support import ROOT, RedisServer
+
+from tasks.events import dumps
+from web.line import Place
+from web.sse import Event
 
 CHILD = "from gevent import monkey; monkey.patch_all(); import test_line_order as t; t.main()"
 
@@ -37,6 +42,16 @@ def run_scenario(name: str, server: RedisServer) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok"), result.stdout[-3000:]
+
+
+@pytest.mark.parametrize(
+    "place", [Place(1, 1, None), Place(3, 12, 0), Place(4999, 5000, 86400), Place(2, 7, None)]
+)
+def test_the_queued_frame_is_the_event_the_encoder_makes(place: Place) -> None:
+    """The derived `queued` frame, formatted directly, is byte for byte the SSE event of
+    its data as the encoder writes it (compact JSON, null for no ETA)."""
+    expected = Event(event="queued", data=dumps(place.as_data())).encode()
+    assert place.item().frame == expected and place.item().position == place.position
 
 
 def test_fifo_departures_touch_no_tracked_job(redis_server: RedisServer) -> None:
