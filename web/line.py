@@ -44,6 +44,7 @@ one per line name, made when a job of that line is first watched; a job's line i
 from __future__ import annotations
 
 import random
+import time
 from bisect import bisect_left, insort
 from collections import deque
 from dataclasses import dataclass
@@ -83,6 +84,7 @@ class Place:
 
 
 TRACK_TRIES = 3
+SLICE = 64  # frames a flush hands out between two pauses
 
 
 def _parse_departure(payload: bytes) -> tuple[int, float, _Line] | None:
@@ -106,6 +108,7 @@ class _Tracked:
     base: int = 0  # in the order: ``position + shift`` when it joined, kept so
     ordered: bool = False  # in the ticket order (else in ``ahead``)
     channel: bytes = b""  # the job's channel, whose watchers the flush tells
+    sent_at: float = float("-inf")  # when watchers last got a place (time.monotonic)
 
 
 @dataclass
@@ -132,7 +135,8 @@ class Line:
         self.name = self.line_keys.name
         self.interval = interval
         # A departure moves every job behind it, so one flush writes to every waiting
-        # stream: past a few hundred of them, stretch the interval to bound the CPU.
+        # stream: the flush hands out at most this many frames a second (then the time
+        # between two updates of a job stretches), to bound the CPU and the stall.
         self.max_updates_per_second = max_updates_per_second
         self.sent = 0  # derived frames handed to watchers
         self.tracked: dict[str, _Tracked] = {}
@@ -158,6 +162,7 @@ class Line:
         self._rereader: gevent.Greenlet | None = None
         self._dirty = False
         self._flusher: gevent.Greenlet | None = None
+        self._last_frames = 0  # handed out by the last flush
 
     # -- what streams call ------------------------------------------------------------
 
@@ -180,7 +185,7 @@ class Line:
         known = self.tracked.get(job_id)
         if known is None or known.version < reading.version:
             if known is not None:
-                reading.sent = known.sent
+                reading.sent, reading.sent_at = known.sent, known.sent_at
             self._store(job_id, reading)
         if self.epoch != epoch:
             self._want_reread()  # still overlapping after every try: let a reread fix it
@@ -359,7 +364,7 @@ class Line:
             if reading is None or not self._catch_up(reading):
                 self._forget(job_id)
             else:
-                reading.sent = known.sent
+                reading.sent, reading.sent_at = known.sent, known.sent_at
                 self._store(job_id, reading)
         self._schedule()
         return True
@@ -375,14 +380,16 @@ class Line:
         try:
             while self._dirty:
                 self._dirty = False
+                began = time.monotonic()
                 self._flush()
-                gevent.sleep(self.current_interval())  # the throttle
+                gevent.sleep(max(0.0, began + self.interval - time.monotonic()))  # the throttle
         finally:
             self._flusher = None
 
     def current_interval(self) -> float:
-        """Seconds between updates: ``interval``, longer when many jobs are tracked."""
-        return max(self.interval, len(self.tracked) / self.max_updates_per_second)
+        """Seconds between two updates of a job: ``interval``, longer when the last flush
+        handed out more frames than ``max_updates_per_second`` allows in one."""
+        return max(self.interval, self._last_frames / self.max_updates_per_second)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -397,18 +404,37 @@ class Line:
         }
 
     def _flush(self) -> None:
-        for job_id, job in list(self.tracked.items()):
+        """Tell every watcher whose job moved its latest place, at most once per
+        ``interval`` per job, paced: after every ``SLICE`` frames, a pause that keeps the
+        rate at ``max_updates_per_second``, so live events are never stuck behind a wave
+        of thousands of frames (and a job reached later gets a fresher place)."""
+        frames = pending = 0
+        for job_id in list(self.tracked):
+            job = self.tracked.get(job_id)  # dropped or read again during a pause?
+            if job is None:
+                continue
             watchers = self.hub.watchers_of(job.channel)
             if not watchers:
                 self._forget(job_id)
                 continue
             position = self._position(job)
-            if position < job.sent:
-                job.sent = position
-                item = self._place(position).item()
-                self.sent += len(watchers)
-                for watcher in watchers:
-                    watcher.put(item)
+            if position >= job.sent:
+                continue
+            now = time.monotonic()
+            if now - job.sent_at < self.interval:
+                self._dirty = True  # told too recently: the next flush will
+                continue
+            job.sent, job.sent_at = position, now
+            item = self._place(position).item()
+            self.sent += len(watchers)
+            for watcher in watchers:
+                watcher.put(item)
+            pending += len(watchers)
+            if pending >= SLICE:
+                frames += pending
+                gevent.sleep(pending / self.max_updates_per_second)
+                pending = 0
+        self._last_frames = frames + pending
 
     # -- reading from Redis -----------------------------------------------------------
 

@@ -83,6 +83,13 @@ def test_after_a_reconnect_and_a_counter_restart_positions_are_read_again(
     run_scenario("reconnect_restart", redis_server)
 
 
+def test_a_paced_flush_ends_with_every_watcher_at_its_place(redis_server: RedisServer) -> None:
+    """Departures keep coming while the flush pauses between slices of frames (a low
+    frame budget makes it pause often): every watcher's places only go down, and once the
+    line is still, the last one each got is the job's place in Redis."""
+    run_scenario("paced_flush", redis_server)
+
+
 # -- the scenarios (run in the child) ----------------------------------------------------
 
 
@@ -253,7 +260,48 @@ def reconnect_restart(url: str) -> None:
     assert tracked[0] not in line.tracked and tracked[4] not in line.tracked
 
 
+def paced_flush(url: str) -> None:
+    from web.hub import Watcher
+    from web.line import Line
+
+    class SlowLine(Line):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, interval=0.3, max_updates_per_second=1000, **kwargs)
+
+    world = World(url, 50, SlowLine)
+    watchers: dict[str, list[Watcher]] = {}
+    for job_id in world.jobs[10:]:
+        watchers[job_id] = [world.hub.watch(world.keys.channel(job_id)) for _ in range(4)]
+        world.track(job_id)
+    got: dict[Watcher, list[int]] = {w: [] for ws in watchers.values() for w in ws}
+
+    def take() -> None:
+        for watcher, seen in got.items():
+            seen.extend(i.position for i in watcher.take() if i.position is not None)
+
+    for job_id in world.jobs[:10] + world.jobs[20:25]:  # FIFO, then some out of order
+        phase = "started" if job_id in world.jobs[:10] else "cancelled"
+        world.events.publish(
+            job_id, phase, {}, **({} if phase == "started" else {"expect": "queued"})
+        )
+        take()
+    waiting = [j for j in watchers if j not in world.jobs[20:25]]
+    _wait(lambda: world.line.departures == 15, "the departures")
+    world.check()
+
+    def settled() -> bool:
+        take()
+        return all(
+            got[w] and got[w][-1] == world.line.position(j) for j in waiting for w in watchers[j]
+        )
+
+    _wait(settled, "every watcher's last place to be its job's")
+    for seen in got.values():
+        assert seen == sorted(seen, reverse=True) and len(set(seen)) == len(seen), seen
+
+
 SCENARIOS = {
+    "paced_flush": paced_flush,
     "fifo": fifo,
     "out_of_order": out_of_order,
     "reading_ahead": reading_ahead,
