@@ -14,11 +14,20 @@ core 0 with Redis and this process. Stream i watches job ``i % J``. Phases:
 3. drain: until every stream has every event, or 3 s pass with nothing new (cap 30 s).
 
 Then it prints one table per run (medians over rounds, ratios vs the floor).
+
+``--create post`` makes the Jobcast subjects' jobs the way users do: ``POST /imagine``
+(202, the job waits in the line with its Celery message; no worker runs), streams open
+while every job waits (each stream follows its place in line), and the publisher plays
+the workers: each job's ``started`` goes out just before its first ``progress``, so with
+``--rate 1`` every job leaves the line, in order, within the first second of the publish
+phase. The default (``--create started``) publishes ``started`` before any stream opens:
+those jobs never enter the line. The floor subjects have no ``POST``: they always do that.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import math
 import statistics
@@ -94,6 +103,7 @@ class Load:
     rate: float
     events: int
     interval: float = 0.5
+    create: str = "started"  # or "post": jobs made by POST /imagine, waiting in line
 
 
 @dataclass
@@ -133,17 +143,47 @@ def start_jobs(subject: Subject, client: redis.Redis, jobs: list[str]) -> None:
         api.publish(job, "started", {"worker": "bench"})
 
 
+POST_BODY = json.dumps({"prompt": "bench", "width": 64, "height": 64, "steps": 10})
+
+
+def posts_jobs(subject: Subject, load: Load) -> bool:
+    """Whether this subject's jobs are made by POST /imagine and wait in the line."""
+    return load.create == "post" and subject.app == "web:create_app()"
+
+
+def post_jobs(port: int, count: int) -> list[str]:
+    """``count`` jobs made as users make them: ``POST /imagine`` on one keep-alive
+    connection; their ids in the order of their tickets."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    jobs = []
+    try:
+        for _ in range(count):
+            conn.request("POST", "/imagine", POST_BODY, {"Content-Type": "application/json"})
+            reply = conn.getresponse()
+            body = reply.read()
+            if reply.status != 202:
+                raise RuntimeError(f"POST /imagine answered {reply.status}: {body[:300]!r}")
+            jobs.append(json.loads(body)["jobId"])
+    finally:
+        conn.close()
+    return jobs
+
+
 def publish(subject: Subject, client: redis.Redis, jobs: list[str], load: Load) -> Published:
-    """E events per job, evenly spread at J*R events/s; returns what was sent."""
+    """E events per job, evenly spread at J*R events/s; returns what was sent. Jobs made
+    by POST get their ``started`` (as a worker takes them) just before their first event."""
     out = Published(sent={job: {} for job in jobs})
     api = JobEvents(client)
     gap = 1.0 / (len(jobs) * load.rate)
     start = time.perf_counter() + 0.05
     replies_before = CountingConnection.replies
+    waiting = posts_jobs(subject, load)
     for n, (i, job) in enumerate((i, job) for i in range(load.events) for job in jobs):
         delay = start + n * gap - time.perf_counter()
         if delay > 0.0005:
             time.sleep(delay)
+        if waiting and i == 0:
+            api.publish(job, "started", {"worker": "bench"})  # it leaves the line
         percent = (i + 1) * 100 // load.events
         sent_at = time.time()
         data = {"percent": percent, "step": i + 1, "steps": load.events, "sentAt": sent_at}
@@ -205,16 +245,20 @@ def run_case(
     rds.client.flushall()
     client = publisher_client(rds.url)
     jobs = new_jobs(load.jobs)
-    start_jobs(subject, client, jobs)
-    paths = [subject.path.format(job=jobs[i % load.jobs]) for i in range(load.streams)]
-    per = math.ceil(load.streams / math.ceil(load.streams / STREAMS_PER_CLIENT))
-    split = [paths[i : i + per] for i in range(0, len(paths), per)]
+    waiting = posts_jobs(subject, load)
+    if not waiting:
+        start_jobs(subject, client, jobs)
     server = clients = None
     redis_base = rds.connected_clients()
     try:
         server = procs.Server(subject.app, rds.url, "/imagine/none", env, subject.worker)
-        clients = procs.ClientPool(len(split))
         warm_up(subject, server, client)
+        if waiting:
+            jobs = post_jobs(server.port, load.jobs)
+        paths = [subject.path.format(job=jobs[i % load.jobs]) for i in range(load.streams)]
+        per = math.ceil(load.streams / math.ceil(load.streams / STREAMS_PER_CLIENT))
+        split = [paths[i : i + per] for i in range(0, len(paths), per)]
+        clients = procs.ClientPool(len(split))
         time.sleep(0.5)
         m: dict[str, Any] = {"redis_base": redis_base}
         m["cpu0"], m["rss0"] = procs.cpu_ns(server.worker), procs.rss_kb(server.worker)
@@ -247,7 +291,7 @@ def run_case(
         m["cpu2"] = procs.cpu_ns(server.worker)
         profiler = procs.start_profiler(server.worker, profile, subject.name)
         published = publish(subject, client, jobs, load)
-        drain(subject, clients, load)
+        drain(subject, clients, load, extra=2 if waiting else 0)
         m["cpu3"] = procs.cpu_ns(server.worker)
         procs.stop_profiler(profiler)
         m["redis_cpu"] = rds.cpu_seconds() - redis_cpu0
@@ -263,8 +307,9 @@ def run_case(
     return summarize(subject, load, jobs, published, streams, wire, m)
 
 
-def drain(subject: Subject, clients: procs.ClientPool, load: Load) -> None:
-    """Wait until all events arrived (SSE) or a polling period or two passed.
+def drain(subject: Subject, clients: procs.ClientPool, load: Load, extra: int = 0) -> None:
+    """Wait until all events arrived (SSE) or a polling period or two passed; ``extra``:
+    logged frames per stream that are not the publisher's (``queued``, ``started``).
 
     SSE: stop when every event is in, or nothing new arrived for ``DRAIN_SECONDS``
     (so a lagging client is not mistaken for loss), or after ``DRAIN_CAP_SECONDS``.
@@ -272,7 +317,7 @@ def drain(subject: Subject, clients: procs.ClientPool, load: Load) -> None:
     if subject.mode == "poll":
         time.sleep(2 * load.interval + 0.2)
         return
-    expected = load.streams * load.events
+    expected = load.streams * (load.events + extra)
     cap = time.monotonic() + DRAIN_CAP_SECONDS
     frames, idle_since = -1, time.monotonic()
     while time.monotonic() < cap and time.monotonic() - idle_since < DRAIN_SECONDS:
@@ -296,6 +341,7 @@ def summarize(
     """Delivery checks per stream, latency percentiles and per-unit costs."""
     delivered = lost = dup = ooo = 0
     latencies: list[float] = []
+    first: list[float] = []  # each job's first event: in the second its job left the line
     for index, events in enumerate(streams):
         sent = published.sent[jobs[index % load.jobs]]
         seen: set[Any] = set()
@@ -312,10 +358,13 @@ def summarize(
                 ooo += 1
             last = max(last, entry[0])
             latencies.append(received_at - entry[1])
+            if entry[0] == 0:
+                first.append(received_at - entry[1])
         delivered += len(seen)
         lost += len(sent) - len(seen)
     lost += (load.streams - len(streams)) * load.events
     latencies.sort()
+    first.sort()
     calls = published.call_seconds
     return {
         "subject": subject.name,
@@ -327,6 +376,7 @@ def summarize(
         "p50_ms": _pct(latencies, 50) * 1e3,
         "p90_ms": _pct(latencies, 90) * 1e3,
         "p99_ms": _pct(latencies, 99) * 1e3,
+        "p99_first_ms": _pct(first, 99) * 1e3,
         "max_ms": (latencies[-1] if latencies else math.nan) * 1e3,
         "rss_kb_per_stream": (m["rss1"] - m["rss0"]) / load.streams,
         "cpu_us_per_event": (m["cpu3"] - m["cpu2"]) / 1e3 / max(delivered, 1),
@@ -425,6 +475,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--events", type=int, default=20, help="events per job (≤ 100)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--interval", type=float, default=0.5, help="polling period, s")
+    p.add_argument(
+        "--create",
+        choices=["started", "post"],
+        default="started",
+        help="post: Jobcast jobs made by POST /imagine, waiting in line until started",
+    )
     p.add_argument("--max-seconds", type=float, default=900, help="stop starting rounds after")
     p.add_argument("--json", help="also write every run's numbers here")
     p.add_argument(
@@ -443,13 +499,17 @@ def main(argv: list[str] | None = None) -> None:
     import os
 
     os.sched_setaffinity(0, {procs.HARNESS_CORE})
-    load = Load(args.streams, args.jobs, args.rate, args.events, args.interval)
+    load = Load(args.streams, args.jobs, args.rate, args.events, args.interval, args.create)
     names = [s.strip() for s in args.subjects.split(",") if s.strip()]
     if any("jobcast" in n for n in names) and not jobcast_importable():
         print("# web:create_app() does not import yet: skipping the jobcast subjects")
         names = [n for n in names if "jobcast" not in n]
     subjects = [SUBJECTS[n] for n in names]
-    env = {"JOBCAST_MAX_STREAMS": str(2 * args.streams + 100), "JOBCAST_MAX_QUEUE": "1000000"}
+    env = {
+        "JOBCAST_MAX_STREAMS": str(2 * args.streams + 100),
+        "JOBCAST_MAX_QUEUE": "1000000",
+        "JOBCAST_POST_RATE_LIMIT": "",  # every POST comes from this one address
+    }
     results: list[dict[str, Any]] = []
     began = time.monotonic()
     rds = procs.RedisServer()
@@ -470,7 +530,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(
         f"## {load.streams} streams × {load.jobs} jobs × {load.rate:g} ev/s, "
-        f"{load.events} events/job, median of {args.rounds} rounds"
+        f"{load.events} events/job, jobs made by {load.create}, median of {args.rounds} rounds"
     )
     print()
     print(table(median_rows(results, names)))
@@ -487,6 +547,7 @@ def _progress_line(r: dict[str, Any]) -> str:
     return (
         f"# round {r['round']} {r['subject']:>16}: delivered {r['delivered']}/{r['expected']} "
         f"lost {r['lost']} dup {r['dup']} ooo {r['ooo']} p99 {r['p99_ms']:.1f} ms "
+        f"(first events {r['p99_first_ms']:.1f} ms) "
         f"cpu {r['cpu_us_per_event']:.1f} µs/ev rss {r['rss_kb_per_stream']:.1f} KB/stream "
         f"conn {r['cpu_us_per_connect']:.0f} µs opened {r['opened']} failed {r['failed']} "
         f"subscribed {r['subscribed']} connect {r['connect_s']:.1f} s"

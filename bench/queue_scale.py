@@ -9,7 +9,11 @@ takes ``--drain`` jobs off the front of the line at ``--rate`` per second (``sta
 then ``done`` through ``JobEvents.publish``, exactly what a Celery worker's reporter
 sends). It prints, per dequeue: the Redis commands the *web process* sent (read off
 ``MONITOR``, matched to the web's connections by client name), its CPU time, and the
-derived ``queued`` frames the browsers received.
+derived ``queued`` frames the browsers received; and the position update interval the
+web used (``/healthz``, sampled through the drain: it stretches with the tracked jobs).
+``--profile DIR`` runs ``py-spy`` on the web worker during the drain and splits its CPU
+into the line's own work (``web/line.py``: applying departures, the flush's walk) and
+the rest (mostly the streams writing the frames the flush handed them).
 """
 
 from __future__ import annotations
@@ -71,11 +75,52 @@ def web_addresses(client: redis.Redis, web_pid_port: int) -> set[str]:
     }
 
 
+def line_share(path: str) -> tuple[float, int]:
+    """The share of busy py-spy samples with a ``web/line.py`` frame on the stack (the
+    line's inclusive time), and the busy sample count."""
+    busy = in_line = 0
+    try:
+        lines = open(path).read().splitlines()  # noqa: SIM115
+    except OSError:
+        return float("nan"), 0
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit() or "gevent/hub.py" in stack.rsplit(";", 1)[-1]:
+            continue
+        busy += int(count)
+        if "web/line.py" in stack:
+            in_line += int(count)
+    return in_line / max(busy, 1), busy
+
+
+class IntervalSampler:
+    """The web's position update interval (``/healthz``), sampled while it runs."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.seen: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> IntervalSampler:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.seen.append(float(health(self.port)["line"]["interval"]))
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--drain", type=int, default=300)
     parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--profile", metavar="DIR", help="py-spy the web worker during the drain")
     args = parser.parse_args(argv)
     procs.raise_fd_limit()
     rds = procs.RedisServer()
@@ -121,9 +166,10 @@ def run(
         time.sleep(0.2)
     before = health(server.port)["line"]
     addresses = web_addresses(client, server.port)
+    profiler = procs.start_profiler(server.worker, args.profile, "queue_scale")
     cpu0 = procs.cpu_ns(server.worker)
     started = time.monotonic()
-    with CommandTap(rds.url) as tap:
+    with CommandTap(rds.url) as tap, IntervalSampler(server.port) as intervals:
         for n, job_id in enumerate(jobs[: args.drain]):
             events.publish(job_id, "started", {"worker": "bench"})
             events.publish(job_id, "done", {})
@@ -133,6 +179,7 @@ def run(
         time.sleep(1.0)  # the web's last throttled update goes out within its interval
     cpu = (procs.cpu_ns(server.worker) - cpu0) / 1e3
     elapsed = time.monotonic() - started
+    procs.stop_profiler(profiler)
     after = health(server.port)["line"]
     frames = after["sent"] - before["sent"]
     web_commands = tap.count_from(addresses)
@@ -148,10 +195,20 @@ def run(
         f"| {waiting} | {args.drain} | {web_commands / args.drain:.2f} | {cpu / args.drain:.0f} "
         f"| {frames / args.drain:.0f} | {frames / waiting / elapsed:.2f} |"
     )
+    seen = intervals.seen or [after["interval"]]
     print(
         f"\nweb CPU {cpu / 1e6:.2f} s over {elapsed:.1f} s; position update interval "
-        f"{after['interval']} s; {len(addresses)} web connections; departures seen {after['departures'] - before['departures']}"
+        f"{before['interval']} s before the drain, {min(seen)}–{max(seen)} s during it; "
+        f"{len(addresses)} web connections; departures seen {after['departures'] - before['departures']}"
     )
+    if args.profile:
+        in_line, busy = line_share(f"{args.profile}/queue_scale.txt")
+        print(
+            f"py-spy: {busy} busy samples, {100 * in_line:.1f} % with web/line.py on the stack: "
+            f"the line's own work ≈ {in_line * cpu / args.drain:.0f} µs / dequeue, the rest "
+            f"(streams writing frames, the hub) ≈ {(1 - in_line) * cpu / args.drain:.0f} µs / dequeue"
+        )
+        print(procs.hotspots(f"{args.profile}/queue_scale.txt", top=10))
 
 
 if __name__ == "__main__":

@@ -7,10 +7,24 @@ Every web process applies it to the waiting jobs *it* streams without asking Red
 anything: each tracked job with a higher ticket moves up by one. So a departure costs one
 Redis message and no Redis commands per web process, however many browsers wait.
 
+A departure is O(1) in the common case. The tracked jobs are kept in ticket order, each
+with a ``base``: its position is ``base - shift``. A departure below every tracked ticket
+(the head of the line left: FIFO) bumps ``shift`` and touches no job; one in the middle
+(a cancel, the failure of a job behind others) moves the smaller side: it bumps ``shift``
+and adds one to the bases of the jobs ahead of it, or subtracts one from those behind it
+(bisected, O(log n + min(ahead, behind))). The flush reads the positions once per
+``interval``.
+
 Exactness: a job's place is read atomically together with the departure counter
 (``queue:version``), after the ``queue`` subscription is confirmed; a message is applied
 to a job only if its version is newer than that reading, and departures that arrive
-while a reading is in flight are applied to it from ``recent``. After a hub reconnect
+while a reading is in flight are applied to it from ``recent``. A reading newer than the
+last message applied (``applied``: Redis answered before the hub delivered the messages
+it counts) waits in ``ahead``, where every message is checked against its version one by
+one, until the messages catch up with it; only then does it join the ordered jobs, whose
+readings are all at most ``applied``, so that a newer message applies to every one of
+them. A message older than ``applied`` (the counter started over) takes the exact path
+for every job. After a hub reconnect
 (messages may have been missed), a retention sweep (``<version> *``) or a message we
 cannot read, every position is read again by a separate greenlet (never the hub's
 reader), retried with backoff until Redis answers; a ``track`` whose read overlapped
@@ -30,6 +44,8 @@ one per line name, made when a job of that line is first watched; a job's line i
 from __future__ import annotations
 
 import random
+import time
+from bisect import bisect_left, insort
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -37,11 +53,9 @@ from typing import Any
 import gevent
 import redis
 
-from tasks.events import dumps
 from tasks.handle import eta_seconds
 from tasks.keys import DEFAULT_QUEUE, LINE_NAME, Keys
 from web.hub import Hub, Item
-from web.sse import Event
 
 
 @dataclass(frozen=True)
@@ -58,11 +72,19 @@ class Place:
         }
 
     def item(self) -> Item:
-        frame = Event(event="queued", data=dumps(self.as_data())).encode()
+        """The derived ``queued`` frame: the bytes ``Event(event="queued", data=dumps(
+        self.as_data()))`` encodes to, formatted directly (every field is an int or null:
+        the flush builds one per waiting job, and ``json.dumps`` was most of its cost)."""
+        eta = "null" if self.eta_seconds is None else str(int(self.eta_seconds))
+        frame = (
+            f'event: queued\ndata: {{"position":{int(self.position)},'
+            f'"queueLength":{int(self.queue_length)},"etaSeconds":{eta}}}\n\n'
+        ).encode()
         return Item(None, False, frame, position=self.position)
 
 
 TRACK_TRIES = 3
+SLICE = 64  # frames a flush hands out between two pauses
 
 
 def _parse_departure(payload: bytes) -> tuple[int, float, _Line] | None:
@@ -81,8 +103,12 @@ def _parse_departure(payload: bytes) -> tuple[int, float, _Line] | None:
 class _Tracked:
     ticket: float
     version: int  # departures already counted in ``position``
-    position: int
+    position: int  # while in ``ahead``; once in the order, ``base - shift`` is
     sent: int  # the position watchers last got
+    base: int = 0  # in the order: ``position + shift`` when it joined, kept so
+    ordered: bool = False  # in the ticket order (else in ``ahead``)
+    channel: bytes = b""  # the job's channel, whose watchers the flush tells
+    sent_at: float = float("-inf")  # when watchers last got a place (time.monotonic)
 
 
 @dataclass
@@ -109,12 +135,22 @@ class Line:
         self.name = self.line_keys.name
         self.interval = interval
         # A departure moves every job behind it, so one flush writes to every waiting
-        # stream: past a few hundred of them, stretch the interval to bound the CPU.
+        # stream: the flush hands out at most this many frames a second (then the time
+        # between two updates of a job stretches), to bound the CPU and the stall.
         self.max_updates_per_second = max_updates_per_second
         self.sent = 0  # derived frames handed to watchers
         self.tracked: dict[str, _Tracked] = {}
+        # The tracked jobs whose reading is at most ``applied``, by (ticket, id), from
+        # ``_head`` on (the head leaves in O(1): the slots before it are dead). Tickets
+        # are unique (an INCR), so the job itself is never compared.
+        self._order: list[tuple[float, str, _Tracked]] = []
+        self._head = 0
+        self.shift = 0  # FIFO departures: an ordered job's position is base - shift
+        self.applied = 0  # the version of the last departure applied
+        self.ahead: dict[str, _Tracked] = {}  # readings newer than ``applied``
         self.line = _Line()
         self.departures = 0  # messages applied (for the benchmark)
+        self.out_of_order = 0  # departures that were not below every ordered job
         # The departures since the last reread request, for readings made meanwhile.
         self.recent: deque[tuple[int, float]] = deque(maxlen=4096)
         self.rereads = 0
@@ -126,6 +162,7 @@ class Line:
         self._rereader: gevent.Greenlet | None = None
         self._dirty = False
         self._flusher: gevent.Greenlet | None = None
+        self._last_frames = 0  # handed out by the last flush
 
     # -- what streams call ------------------------------------------------------------
 
@@ -148,11 +185,18 @@ class Line:
         known = self.tracked.get(job_id)
         if known is None or known.version < reading.version:
             if known is not None:
-                reading.sent = known.sent
-            self.tracked[job_id] = reading
+                reading.sent, reading.sent_at = known.sent, known.sent_at
+            self._store(job_id, reading)
         if self.epoch != epoch:
             self._want_reread()  # still overlapping after every try: let a reread fix it
-        return self._place(self.tracked[job_id].position)
+        position = self.position(job_id)
+        assert position is not None
+        return self._place(position)
+
+    def position(self, job_id: str) -> int | None:
+        """The tracked job's position as this process knows it now (no Redis)."""
+        job = self.tracked.get(job_id)
+        return None if job is None else self._position(job)
 
     def _catch_up(self, reading: _Tracked) -> bool:
         """Apply departures the hub handled while we were reading; False if it left."""
@@ -163,6 +207,44 @@ class Line:
                 if ticket < reading.ticket:
                     reading.position -= 1
         return True
+
+    # -- the tracked jobs: an order by ticket, and the readings ahead of it -----------
+
+    def _position(self, job: _Tracked) -> int:
+        return job.base - self.shift if job.ordered else job.position
+
+    def _store(self, job_id: str, reading: _Tracked) -> None:
+        """Track ``reading`` (caught up with every departure applied) in place of any other."""
+        if job_id in self.tracked:
+            self._forget(job_id)
+        self.tracked[job_id] = reading
+        if reading.version <= self.applied:
+            self._join_order(job_id, reading)
+        else:
+            self.ahead[job_id] = reading  # messages it counts are still on their way
+
+    def _join_order(self, job_id: str, job: _Tracked) -> None:
+        job.base, job.ordered = job.position + self.shift, True
+        insort(self._order, (job.ticket, job_id, job), lo=self._head)
+
+    def _leave_order(self, job_id: str, job: _Tracked) -> None:
+        order = self._order
+        at = bisect_left(order, (job.ticket, job_id), self._head)
+        if at == self._head:
+            self._head += 1  # the front: O(1); compact once half the list is dead
+            if self._head > 64 and 2 * self._head > len(order):
+                del order[: self._head]
+                self._head = 0
+        else:
+            del order[at]
+        job.position, job.ordered = job.base - self.shift, False
+
+    def _forget(self, job_id: str) -> None:
+        job = self.tracked.pop(job_id)
+        if job.ordered:
+            self._leave_order(job_id, job)
+        else:
+            del self.ahead[job_id]
 
     # -- the queue channel -------------------------------------------------------------
 
@@ -180,16 +262,65 @@ class Line:
         self.departures += 1
         self.recent.append((version, ticket))
         self.line = line
-        gone = None
-        for job_id, job in self.tracked.items():
+        if version <= self.applied:
+            self._departed_exactly(version, ticket)  # the counter went back: Redis lost it
+            return
+        ahead = self.ahead
+        for job_id, job in list(ahead.items()):
             if version <= job.version:
                 continue  # already counted when its place was read
             if ticket < job.ticket:
                 job.position -= 1
             elif ticket == job.ticket:
-                gone = job_id  # it started: its own events take over
+                self._forget(job_id)  # it started: its own events take over
+        self._departed_ordered(ticket)  # every ordered reading is older than this one
+        self.applied = version
+        for job_id, job in list(ahead.items()):
+            if job.version <= version:  # the messages caught up with its reading
+                del ahead[job_id]
+                self._join_order(job_id, job)
+
+    def _departed_ordered(self, ticket: float) -> None:
+        """Apply a departure to every ordered job: O(1) if it left ahead of them all."""
+        order, head = self._order, self._head
+        if head == len(order) or ticket < order[head][0]:
+            self.shift += 1  # FIFO: the head of the line left
+            return
+        at = bisect_left(order, (ticket,), head)
+        gone = order[at][1] if at < len(order) and order[at][0] == ticket else None
+        if at == head:
+            self.shift += 1  # the first of ours left
+            if gone is not None:
+                self._forget(gone)  # it started: its own events take over
+            return
         if gone is not None:
-            del self.tracked[gone]
+            self._forget(gone)  # not the head: the slots before ``at`` stay where they are
+        self.out_of_order += 1
+        if len(order) - at <= at - head:
+            for entry in order[at:]:
+                entry[2].base -= 1  # the jobs behind it move up
+        else:
+            self.shift += 1  # everyone moves up, but for the jobs ahead of it
+            for entry in order[head:at]:
+                entry[2].base += 1
+
+    def _departed_exactly(self, version: int, ticket: float) -> None:
+        """Apply a departure job by job, as its version says (O(n): a counter restart)."""
+        for job_id, job in list(self.tracked.items()):
+            if version <= job.version:
+                continue
+            if ticket == job.ticket:
+                self._forget(job_id)
+            elif ticket < job.ticket:
+                if job.ordered:
+                    job.base -= 1
+                else:
+                    job.position -= 1
+        self.applied = version
+        for job_id, job in list(self.tracked.items()):
+            if job.ordered and job.version > version:
+                self._leave_order(job_id, job)  # ordered readings must be ≤ applied
+                self.ahead[job_id] = job
 
     def _want_reread(self) -> None:
         """Have every tracked position read again, soon, outside the hub's reader."""
@@ -231,10 +362,10 @@ class Line:
             if known is None:
                 continue  # dropped meanwhile (no watcher left): do not bring it back
             if reading is None or not self._catch_up(reading):
-                del self.tracked[job_id]
+                self._forget(job_id)
             else:
-                reading.sent = known.sent
-                self.tracked[job_id] = reading
+                reading.sent, reading.sent_at = known.sent, known.sent_at
+                self._store(job_id, reading)
         self._schedule()
         return True
 
@@ -249,19 +380,22 @@ class Line:
         try:
             while self._dirty:
                 self._dirty = False
+                began = time.monotonic()
                 self._flush()
-                gevent.sleep(self.current_interval())  # the throttle
+                gevent.sleep(max(0.0, began + self.interval - time.monotonic()))  # the throttle
         finally:
             self._flusher = None
 
     def current_interval(self) -> float:
-        """Seconds between updates: ``interval``, longer when many jobs are tracked."""
-        return max(self.interval, len(self.tracked) / self.max_updates_per_second)
+        """Seconds between two updates of a job: ``interval``, longer when the last flush
+        handed out more frames than ``max_updates_per_second`` allows in one."""
+        return max(self.interval, self._last_frames / self.max_updates_per_second)
 
     def stats(self) -> dict[str, Any]:
         return {
             "tracked": len(self.tracked),
             "departures": self.departures,
+            "outOfOrder": self.out_of_order,
             "rereads": self.rereads,
             "rereadFailures": self.reread_failures,
             "badMessages": self.bad_messages,
@@ -270,17 +404,37 @@ class Line:
         }
 
     def _flush(self) -> None:
+        """Tell every watcher whose job moved its latest place, at most once per
+        ``interval`` per job, paced: after every ``SLICE`` frames, a pause that keeps the
+        rate at ``max_updates_per_second``, so live events are never stuck behind a wave
+        of thousands of frames (and a job reached later gets a fresher place)."""
+        frames = pending = 0
         for job_id in list(self.tracked):
-            job = self.tracked[job_id]
-            watchers = self.hub.watchers_of(self.keys.channel(job_id).encode())
+            job = self.tracked.get(job_id)  # dropped or read again during a pause?
+            if job is None:
+                continue
+            watchers = self.hub.watchers_of(job.channel)
             if not watchers:
-                del self.tracked[job_id]
-            elif job.position < job.sent:
-                job.sent = job.position
-                item = self._place(job.position).item()
-                self.sent += len(watchers)
-                for watcher in watchers:
-                    watcher.put(item)
+                self._forget(job_id)
+                continue
+            position = self._position(job)
+            if position >= job.sent:
+                continue
+            now = time.monotonic()
+            if now - job.sent_at < self.interval:
+                self._dirty = True  # told too recently: the next flush will
+                continue
+            job.sent, job.sent_at = position, now
+            item = self._place(position).item()
+            self.sent += len(watchers)
+            for watcher in watchers:
+                watcher.put(item)
+            pending += len(watchers)
+            if pending >= SLICE:
+                frames += pending
+                gevent.sleep(pending / self.max_updates_per_second)
+                pending = 0
+        self._last_frames = frames + pending
 
     # -- reading from Redis -----------------------------------------------------------
 
@@ -303,7 +457,13 @@ class Line:
             result[job_id] = (
                 None
                 if rank is None
-                else _Tracked(ticket, int(version or 0), rank + 1, sent=rank + 1)
+                else _Tracked(
+                    ticket,
+                    int(version or 0),
+                    rank + 1,
+                    sent=rank + 1,
+                    channel=self.keys.channel(job_id).encode(),
+                )
             )
         return result
 

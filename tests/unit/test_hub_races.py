@@ -184,7 +184,7 @@ def track_during_reread(url: str) -> None:
     release.set()
     place = tracking.get(timeout=20)
     assert place is not None and place.position == 2, place
-    _wait(lambda: line.tracked[jobs[2]].position == 2, "the stored place")
+    _wait(lambda: line.position(jobs[2]) == 2, "the stored place")
 
 
 def reread_retry(url: str) -> None:
@@ -205,7 +205,7 @@ def reread_retry(url: str) -> None:
     other.publish(keys.queue, "0 *")
     _wait(lambda: line.rereads > rereads, "a reread to meet the exhausted pool")
     pool.release(held)
-    _wait(lambda: line.tracked[jobs[2]].position == 2, "the retried reread")
+    _wait(lambda: line.position(jobs[2]) == 2, "the retried reread")
 
 
 SCENARIOS = {
