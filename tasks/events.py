@@ -40,11 +40,29 @@ MAX_EVENT_BYTES = 64 * 1024
 EventId = tuple[int, int]
 _ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
-_COMMON_LUA = """
+NEW_JOB_LUA = """
+-- The ops feed's "a job was created" frame (tasks/jobindex.py); kind and queue only when
+-- they are plain names (they go into JSON unescaped).
+local function new_job_frame(jobid, now, pos, named)
+  local data = '{"jobId":"' .. jobid .. '","created":' .. now .. ',"position":' .. pos
+  for i, name in ipairs({'kind', 'queue'}) do
+    local value = named[i]
+    if value and #value <= 64 and string.find(value, '^[%w_.-]+$') then
+      data = data .. ',"' .. name .. '":"' .. value .. '"'
+    end
+  end
+  return 'event: job\\ndata: ' .. data .. '}\\n\\n'
+end
+"""
+
+_COMMON_LUA = (
+    NEW_JOB_LUA
+    + """
 local function frame(id, phase, data)
   return 'id: ' .. id .. '\\nevent: ' .. phase .. '\\ndata: ' .. data .. '\\n\\n'
 end
 """
+)
 
 # KEYS: job hash, events stream, queue zset, running zset, stats hash, queue version
 # ARGV: channel, phase, data, maxlen, ttl, queue channel, job id, now (ms), expected state,
@@ -195,6 +213,9 @@ redis.call('ZADD', KEYS[9], now, jobid)
 if bound and bound > 0 and redis.call('ZCARD', KEYS[9]) > bound then
   redis.call('ZREMRANGEBYRANK', KEYS[9], 0, -bound - 1)
 end
+-- [index] Job browsers learn of the new job on the index's channel (the same name; web
+-- processes subscribe only while an operator watches): a finished SSE frame, no id.
+redis.call('PUBLISH', KEYS[9], new_job_frame(jobid, now, pos, redis.call('HMGET', job, 'kind', 'queue')))
 -- The task message with the record: a job in line always has one (tasks/submit.py).
 if ARGV[7] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[7]) end
 if idem then
