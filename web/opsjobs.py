@@ -20,11 +20,13 @@ is described in :mod:`tasks.jobindex`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
 from typing import Any
 
+import redis
 from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -42,7 +44,7 @@ from tasks.jobindex import (
 from tasks.keys import parent_of
 from tasks.submit import submit
 from tasks.tokens import job_token
-from web.api import JOB_ID, MAX_LAST_ID, not_found, queue_full
+from web.api import JOB_ID, MAX_ID_PART, MAX_LAST_ID, not_found, queue_full
 from web.errors import ApiError
 from web.extension import Jobcast, jobcast
 from web.jobs import cancel_job
@@ -147,11 +149,19 @@ def _job_id(job_id: str) -> str:
     return job_id
 
 
+def _event_id(text: str) -> bool:
+    """A stream id Redis takes as an exclusive start: two 64-bit parts, not the very last."""
+    if len(text) > MAX_LAST_ID or not EVENT_ID.fullmatch(text):
+        return False
+    ms, seq = (int(part) for part in text.split("-"))
+    return ms <= MAX_ID_PART and seq <= MAX_ID_PART and (ms, seq) != (MAX_ID_PART, MAX_ID_PART)
+
+
 def _log_page() -> tuple[str | None, int]:
     """``after`` (an event id) and ``limit`` (1-LOG_PAGE) of a detail; 400 naming each bad one."""
     bad: dict[str, str] = {}
     after = request.args.get("after") or None
-    if after is not None and (len(after) > MAX_LAST_ID or not EVENT_ID.fullmatch(after)):
+    if after is not None and not _event_id(after):
         bad["after"] = "an event id (ms-seq)"
     limit = LOG_PAGE
     if request.args.get("limit"):
@@ -192,7 +202,13 @@ def cancel(job_id: str) -> tuple[Response, int]:
         raise ApiError(409, "already_cancelling", f"{claim[3:]} cancelled this job already.")
     if claim != "ok":
         raise ApiError(409, "already_finished", f"The job has already ended ({claim}).")
-    answer, status = cancel_job(ext, job_id)
+    try:
+        answer, status = cancel_job(ext, job_id)
+    except BaseException:
+        # Not cancelled (Redis failed, or it ended meanwhile): a later cancel may try.
+        with contextlib.suppress(redis.RedisError):
+            ext.redis.hdel(ext.keys.job(job_id), "cancelBy")
+        raise
     outcome = "cancelled" if status == 200 else "cancelling"
     entry = {"action": "cancel", "by": by, "at": now_ms(), "outcome": outcome}
     audit(ext.redis, ext.keys, job_id, entry, ext.settings.retention_seconds)

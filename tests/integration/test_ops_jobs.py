@@ -483,3 +483,30 @@ def test_new_routes_refuse_without_the_token(ops: str, web: str, rds: redis.Redi
     assert httpx.get(f"{ops}/ops/jobs/{'x' * 3}", headers=AUTH).status_code == 404
     assert rds.hget(Keys().job(job_id), "cancelBy") is None
     assert rds.hget(Keys().job(job_id), "state") in (b"queued", b"running")
+
+
+def test_signed_mode_hands_operators_the_tokens_to_watch(
+    web_with: Callable[..., str], worker: Proc, rds: redis.Redis
+) -> None:
+    """With JOBCAST_SIGNING_KEY, list rows, a job's detail and the feed's new-job frames
+    carry each job's token, and that token opens the job's stream; a bad `after` past 64
+    bits is a 400, not a Redis error."""
+    base = web_with(JOBCAST_OPS_TOKEN=TOKEN, JOBCAST_SIGNING_KEY="s3cret")
+    with (
+        httpx.Client(timeout=httpx.Timeout(30, connect=5)) as client,
+        connect_sse(client, "GET", f"{base}/ops/stream", headers=AUTH) as source,
+    ):
+        wait_until(lambda: rds.pubsub_numsub(Keys().job_index)[0][1] == 1, 10, "subscribed")
+        answer = httpx.post(f"{base}/jobs/imagine", json=SMALL, timeout=10)
+        assert answer.status_code == 202
+        job_id, token = answer.json()["jobId"], answer.json()["token"]
+        told = next(json.loads(s.data) for s in source.iter_sse() if s.event == "job")
+    assert told["jobId"] == job_id and told["token"] == token
+    row = get(base, "/ops/jobs.json")["jobs"][0]
+    assert row["jobId"] == job_id and row["token"] == token
+    assert get(base, f"/ops/jobs/{job_id}.json")["token"] == token
+    stream = httpx.get(f"{base}/jobs/{job_id}/stream", params={"token": token}, timeout=60)
+    assert stream.status_code == 200 and "event: done" in stream.text
+    for after in ("18446744073709551616-0", "18446744073709551615-18446744073709551615"):
+        bad = httpx.get(f"{base}/ops/jobs/{job_id}.json", params={"after": after}, headers=AUTH)
+        assert bad.status_code == 400 and "after" in bad.json()["error"]["fields"]

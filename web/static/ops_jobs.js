@@ -10,6 +10,7 @@ import { stream, watchMany } from "./jobcast.js";
 const BASE = document.body.dataset.base ?? "";
 const ENDED = new Set(["succeeded", "failed", "cancelled"]);
 const RENEW_AFTER = 80; // jobs added to one multiplexed list before it starts afresh
+const MAX_ROWS = 200; // rows kept on screen: new jobs push the oldest off (Older brings them)
 const $ = (id) => document.getElementById(id);
 const body = document.querySelector("#jobs tbody");
 const form = $("filters");
@@ -156,6 +157,14 @@ function created(job) {
   const row = { state: "queued", percent: 0, attempt: 0, ...job };
   draw(row, "top");
   follow(row);
+  while (rows.size > MAX_ROWS) {
+    const tr = body.lastElementChild;
+    const gone = rows.get(tr.dataset.job)?.job;
+    rows.delete(tr.dataset.job);
+    tr.remove();
+    if (gone?.created) next = gone.created + 1; // "Older" reads from it again
+    $("more").hidden = next == null;
+  }
 }
 
 async function load(fresh) {
