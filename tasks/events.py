@@ -55,14 +55,11 @@ local function new_job_frame(jobid, now, pos, named)
 end
 """
 
-_COMMON_LUA = (
-    NEW_JOB_LUA
-    + """
+_COMMON_LUA = """
 local function frame(id, phase, data)
   return 'id: ' .. id .. '\\nevent: ' .. phase .. '\\ndata: ' .. data .. '\\n\\n'
 end
 """
-)
 
 # KEYS: job hash, events stream, queue zset, running zset, stats hash, queue version
 # ARGV: channel, phase, data, maxlen, ttl, queue channel, job id, now (ms), expected state,
@@ -175,6 +172,7 @@ return id
 #       broker message ('' = the caller sends it), the index's bound, field/value pairs...
 ENQUEUE_LUA = (
     _COMMON_LUA
+    + NEW_JOB_LUA
     + """
 local job, events, queue, ticket = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 -- What an ETA needs, read here so the caller needs no second round trip.
