@@ -432,7 +432,7 @@ def test_the_ops_feed_tells_of_new_jobs_only_behind_the_token(
     ops: str, web: str, rds: redis.Redis
 ) -> None:
     """Behind the token, /ops/stream sends `event: job` for each job created (id, kind,
-    created, place); an open feed never subscribes to them (job ids are capabilities)."""
+    created, place; a canvas as its parent); an open feed never subscribes to them (job ids are capabilities)."""
     channel = Keys().job_index
     with (
         httpx.Client(timeout=httpx.Timeout(30, connect=5)) as client,
@@ -448,17 +448,19 @@ def test_the_ops_feed_tells_of_new_jobs_only_behind_the_token(
     ):
         assert source.response.status_code == 200
         wait_until(lambda: rds.pubsub_numsub(channel)[0][1] == 1, 10, "the feed to subscribe")
+        frames = source.iter_sse()
         job_id = post(ops, "imagine", SMALL)
         created = rds.hget(Keys().job(job_id), "created")
-        for sse in source.iter_sse():
-            if sse.event == "job":
-                data = json.loads(sse.data)
-                assert data == {
-                    "jobId": job_id, "created": int(created or 0), "position": data["position"],
-                    "kind": "imagine", "queue": "jobcast",
-                }  # fmt: skip
-                assert data["position"] >= 1
-                break
+        data = next(json.loads(s.data) for s in frames if s.event == "job")
+        assert data == {
+            "jobId": job_id, "created": int(created or 0), "position": data["position"],
+            "kind": "imagine", "queue": "jobcast",
+        }  # fmt: skip
+        assert data["position"] >= 1
+        sheet = {"prompt": "a lighthouse at dusk", "count": 2, "side": 64, "steps": 2}
+        parent = post(ops, "contact-sheet", sheet)  # a canvas: one frame, for its parent
+        told = next(json.loads(s.data) for s in frames if s.event == "job")
+        assert (told["jobId"], told["kind"]) == (parent, "contact-sheet")
 
 
 def test_new_routes_refuse_without_the_token(ops: str, web: str, rds: redis.Redis) -> None:
