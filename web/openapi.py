@@ -590,6 +590,15 @@ def _ops_paths() -> Doc:
                 "operationId": "opsStream",
                 "summary": "Worker and queue snapshots as Server-Sent Events (never ends)",
                 "security": ops_auth,
+                "parameters": [
+                    {
+                        "name": "jobs",
+                        "in": "query",
+                        "description": "`1`: also `event: job` for each job created (the "
+                        "job browser's live list), only with `JOBCAST_OPS_TOKEN` set.",
+                        "schema": {"type": "string", "enum": ["0", "1"]},
+                    }
+                ],
                 "responses": {
                     "200": _stream("`retry:`, the latest snapshot, then each new one."),
                     **_errors(401, 503),

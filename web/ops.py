@@ -193,8 +193,9 @@ def stream() -> Response:
     admit_stream(ext, request.environ)
     wake = gevent.event.Event()
     body = _Snapshots(ext, ext.hub.watch(ext.keys.ops, wake), wake)
-    if ext.settings.ops_token:
-        # Job ids are capabilities: only a feed behind the token carries new jobs.
+    if ext.settings.ops_token and request.args.get("jobs") == "1":
+        # Asked for by the job browser only (the dashboard has no use for them); and job
+        # ids are capabilities: only a feed behind the token carries new jobs.
         try:
             body.jobs = ext.hub.watch(ext.keys.job_index, wake)
         except BaseException:
@@ -211,8 +212,8 @@ def stream() -> Response:
 
 class _Snapshots:
     """The feed's WSGI body: retry + the latest snapshot, then live ones, a keep-alive
-    after each silence; behind the token also ``event: job`` for each new job (all of
-    them, in order; ``event: resync`` when some were lost). :meth:`close` unwatches,
+    after each silence; with ``?jobs=1`` behind the token also ``event: job`` for each
+    new job (all of them, in order; ``event: resync`` when some were lost). :meth:`close` unwatches,
     iterated or not."""
 
     def __init__(self, ext: Jobcast, watcher: Watcher, wake: gevent.event.Event) -> None:

@@ -2,7 +2,7 @@
 job in full, its log paged), ``POST /ops/jobs/<id>/retry`` and ``…/cancel``, and the
 ``/ops/jobs`` and ``/ops/jobs/<id>`` pages.
 
-Live: the list page learns of new jobs from the ops feed (``event: job``, published by
+Live: the list page learns of new jobs from ``/ops/stream?jobs=1`` (``event: job``, from
 the enqueue script on the index's channel, see :mod:`tasks.jobindex`), and of changes of
 the jobs it shows from one multiplexed ``/jobs/stream`` of those jobs: their own
 channels, which the worker publishes on anyway. The detail page tails its job's stream.

@@ -431,20 +431,22 @@ def test_racing_actions_have_one_winner_and_409s(
 def test_the_ops_feed_tells_of_new_jobs_only_behind_the_token(
     ops: str, web: str, rds: redis.Redis
 ) -> None:
-    """Behind the token, /ops/stream sends `event: job` for each job created (id, kind,
-    created, place; a canvas as its parent); an open feed never subscribes to them (job ids are capabilities)."""
+    """Behind the token, /ops/stream?jobs=1 sends `event: job` for each job created (id,
+    kind, created, place; a canvas as its parent); the dashboard's feed and an open feed never subscribes to them (job ids are capabilities)."""
     channel = Keys().job_index
+    for base, url, headers in [(web, "/ops/stream?jobs=1", {}), (ops, "/ops/stream", AUTH)]:
+        # The open feed, and the dashboard's (which does not ask for them).
+        with (
+            httpx.Client(timeout=httpx.Timeout(30, connect=5)) as client,
+            connect_sse(client, "GET", base + url, headers=headers) as source,
+        ):
+            assert source.response.status_code == 200
+            next(source.iter_sse())  # the feed is live (its first frame)
+            assert rds.pubsub_numsub(channel)[0][1] == 0
+            assert rds.pubsub_numsub(Keys().ops)[0][1] >= 1
     with (
         httpx.Client(timeout=httpx.Timeout(30, connect=5)) as client,
-        connect_sse(client, "GET", f"{web}/ops/stream") as source,
-    ):
-        assert source.response.status_code == 200
-        next(source.iter_sse())  # the open feed is live (its first frame)
-        assert rds.pubsub_numsub(channel)[0][1] == 0
-        assert rds.pubsub_numsub(Keys().ops)[0][1] >= 1
-    with (
-        httpx.Client(timeout=httpx.Timeout(30, connect=5)) as client,
-        connect_sse(client, "GET", f"{ops}/ops/stream", headers=AUTH) as source,
+        connect_sse(client, "GET", f"{ops}/ops/stream?jobs=1", headers=AUTH) as source,
     ):
         assert source.response.status_code == 200
         wait_until(lambda: rds.pubsub_numsub(channel)[0][1] == 1, 10, "the feed to subscribe")
@@ -496,7 +498,7 @@ def test_signed_mode_hands_operators_the_tokens_to_watch(
     base = web_with(JOBCAST_OPS_TOKEN=TOKEN, JOBCAST_SIGNING_KEY="s3cret")
     with (
         httpx.Client(timeout=httpx.Timeout(30, connect=5)) as client,
-        connect_sse(client, "GET", f"{base}/ops/stream", headers=AUTH) as source,
+        connect_sse(client, "GET", f"{base}/ops/stream?jobs=1", headers=AUTH) as source,
     ):
         wait_until(lambda: rds.pubsub_numsub(Keys().job_index)[0][1] == 1, 10, "subscribed")
         answer = httpx.post(f"{base}/jobs/imagine", json=SMALL, timeout=10)

@@ -8,6 +8,7 @@ import { paintBlurhash, watch } from "./jobcast.js";
 
 const BASE = document.body.dataset.base ?? "";
 const ENDED = new Set(["succeeded", "failed", "cancelled"]);
+const MAX_LINES = 3000; // lines kept on screen while tailing: the oldest go first
 const $ = (id) => document.getElementById(id);
 const JOB = $("job").dataset.jobId;
 const url = (tail = "") => `${BASE}/ops/jobs/${encodeURIComponent(JOB)}${tail}`;
@@ -53,14 +54,18 @@ function line(at, kind, data, extra) {
   return li;
 }
 
-/** Put `li` in time order (events and audit entries interleave). */
+/** Put `li` in time order (events and audit entries interleave); keep MAX_LINES. */
 function place(li) {
   const at = Number(li.dataset.at);
   const log = $("log");
-  for (const other of [...log.children].reverse()) {
-    if (Number(other.dataset.at) <= at) return void other.after(li);
+  let before = log.lastElementChild;
+  while (before && Number(before.dataset.at) > at) before = before.previousElementSibling;
+  if (before) before.after(li);
+  else log.prepend(li);
+  while (log.children.length > MAX_LINES) {
+    log.firstElementChild.remove();
+    $("count").dataset.cut = "1";
   }
-  log.prepend(li);
 }
 
 function event(id, kind, data) {
@@ -146,7 +151,12 @@ function draw() {
   $("traceback").hidden = !job.traceback;
   $("traceback").textContent = job.traceback ?? "";
   for (const entry of job.audit ?? []) audited(entry);
-  $("count").textContent = `(${job.eventCount} events)`;
+  counted();
+}
+
+function counted() {
+  const cut = $("count").dataset.cut ? `; the newest ${MAX_LINES} lines shown` : "";
+  $("count").textContent = `(${job.eventCount} events${cut})`;
 }
 
 async function more(after) {
@@ -181,7 +191,7 @@ function follow() {
     onAny: (kind, data, meta) => {
       if (!shown.has(meta.id)) job.eventCount += 1;
       event(meta.id, kind, data);
-      $("count").textContent = `(${job.eventCount} events)`;
+      counted();
       if (kind === "started") Object.assign(job, { state: "running", startedAt: msOf(meta.id), percent: 0 });
       if ((kind === "progress" || kind === "preview") && data.percent != null) job.percent = data.percent;
       drawFacts();

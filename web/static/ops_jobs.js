@@ -1,5 +1,5 @@
 // The job browser's list, live: one page of /ops/jobs.json, then no more requests for it.
-//   new jobs      the ops feed (/ops/stream) sends `event: job` for each job created; one
+//   new jobs      the ops feed (/ops/stream?jobs=1) sends `event: job` for each job made; one
 //                 that matches the filters goes on top
 //   changes       the jobs on screen that have not ended are watched on ONE multiplexed
 //                 /jobs/stream (the kit's watchMany): state, percent, place change in place
@@ -194,7 +194,7 @@ async function load(fresh) {
 }
 
 function connect() {
-  stream(`${BASE}/ops/stream`, {
+  stream(`${BASE}/ops/stream?jobs=1`, {
     onOpen: () => feed("live", "Live"),
     onReconnecting: () => feed("reconnecting", "Reconnecting…"),
     onEnd: () => true, // the feed never ends: a closed response is a drop
