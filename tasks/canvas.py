@@ -133,7 +133,7 @@ if plan.index then
   if bound > 0 and redis.call('ZCARD', plan.index) > bound then
     redis.call('ZREMRANGEBYRANK', plan.index, 0, -bound - 1)
   end
-  redis.call('PUBLISH', plan.index, new_job_frame(plan.id, now, first, {plan.parent.kind, plan.parent.queue}))
+  publish_new_job(plan.index, plan.id, now, first, {plan.parent.kind, plan.parent.queue})
 end
 if idem then
   redis.call('SET', idem, plan.id, 'EX', ttl)

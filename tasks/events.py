@@ -41,9 +41,11 @@ EventId = tuple[int, int]
 _ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
 NEW_JOB_LUA = """
--- The ops feed's "a job was created" frame (tasks/jobindex.py); kind and queue only when
--- they are plain names (they go into JSON unescaped).
-local function new_job_frame(jobid, now, pos, named)
+-- The ops feed's "a job was created" frame (tasks/jobindex.py), published on `channel`;
+-- the id, kind and queue go into JSON unescaped, so only plain names (an id that is not
+-- one publishes nothing; a kind or queue that is not one is left out).
+local function publish_new_job(channel, jobid, now, pos, named)
+  if #jobid > 80 or not string.find(jobid, '^[%w_.-]+$') then return end
   local data = '{"jobId":"' .. jobid .. '","created":' .. now .. ',"position":' .. pos
   for i, name in ipairs({'kind', 'queue'}) do
     local value = named[i]
@@ -51,7 +53,7 @@ local function new_job_frame(jobid, now, pos, named)
       data = data .. ',"' .. name .. '":"' .. value .. '"'
     end
   end
-  return 'event: job\\ndata: ' .. data .. '}\\n\\n'
+  redis.call('PUBLISH', channel, 'event: job\\ndata: ' .. data .. '}\\n\\n')
 end
 """
 
@@ -213,7 +215,7 @@ if bound and bound > 0 and redis.call('ZCARD', KEYS[9]) > bound then
 end
 -- [index] Job browsers learn of the new job on the index's channel (the same name; web
 -- processes subscribe only while an operator watches): a finished SSE frame, no id.
-redis.call('PUBLISH', KEYS[9], new_job_frame(jobid, now, pos, redis.call('HMGET', job, 'kind', 'queue')))
+publish_new_job(KEYS[9], jobid, now, pos, redis.call('HMGET', job, 'kind', 'queue'))
 -- The task message with the record: a job in line always has one (tasks/submit.py).
 if ARGV[7] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[7]) end
 if idem then
