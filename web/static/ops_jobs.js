@@ -9,7 +9,8 @@ import { stream, watchMany } from "./jobcast.js";
 
 const BASE = document.body.dataset.base ?? "";
 const ENDED = new Set(["succeeded", "failed", "cancelled"]);
-const RENEW_AFTER = 80; // jobs added to one multiplexed list before it starts afresh
+const PER_STREAM = 100; // jobs per multiplexed stream (the server's default limit)
+const BATCH_MS = 1000; // new jobs wait this long to be watched together
 const MAX_ROWS = 200; // rows kept on screen: new jobs push the oldest off (Older brings them)
 const $ = (id) => document.getElementById(id);
 const body = document.querySelector("#jobs tbody");
@@ -17,8 +18,8 @@ const form = $("filters");
 const rows = new Map(); // jobId → {job, tr}
 let next = null;
 let filters = {};
-let mux = null;
-let added = 0;
+let muxes = []; // [{handle (the kit's watchMany), count (jobs added to it)}]
+const waiting = []; // new jobs to watch with the next batch
 let early = []; // new jobs the feed told of before the first page came (null: it came)
 
 const msOf = (id) => (id ? Number(id.split("-")[0]) : null);
@@ -126,22 +127,43 @@ const handlers = {
   onConnected: () => feed("live", "Live"),
 };
 
-/** Watch a job that has not ended; the list starts afresh now and then (ended jobs go). */
+/** Watch a job that has not ended, on a stream with room (at most PER_STREAM jobs each,
+ *  the server's default JOBCAST_MAX_STREAM_JOBS); when every stream is full (of jobs
+ *  that mostly ended), they start afresh with the unfinished rows only. */
 function follow(job) {
   if (ENDED.has(job.state)) return;
-  if (!mux || added >= RENEW_AFTER) {
-    mux?.close();
-    mux = watchMany([], handlers, { base: BASE });
-    added = 0;
-    for (const { job: other } of rows.values()) {
-      if (!ENDED.has(other.state) && other.jobId !== job.jobId) {
-        mux.add(other.jobId, other.token ?? "");
-        added++;
-      }
-    }
+  let slot = muxes.find((m) => m.count < PER_STREAM);
+  if (!slot && muxes.length * PER_STREAM >= MAX_ROWS + PER_STREAM) {
+    for (const m of muxes) m.handle.close();
+    muxes = [];
+    for (const { job: other } of rows.values()) if (other.jobId !== job.jobId) follow(other);
+    slot = muxes.find((m) => m.count < PER_STREAM);
   }
-  mux.add(job.jobId, job.token ?? "");
-  added++;
+  if (!slot) {
+    slot = { handle: watchMany([], handlers, { base: BASE, maxJobs: PER_STREAM }), count: 0 };
+    muxes.push(slot);
+  }
+  slot.handle.add(job.jobId, job.token ?? "");
+  slot.count++;
+}
+
+/** New jobs are watched in batches: each addition reopens a multiplexed stream (its
+ *  cursor stays valid, so only the new jobs' logs are read), once a second at most.
+ *  Nothing is missed meanwhile: the stream starts with each job's log. */
+function later(job) {
+  waiting.push(job);
+  if (waiting.length === 1) {
+    setTimeout(() => {
+      const batch = waiting.splice(0);
+      for (const each of batch) if (rows.get(each.jobId)?.job) follow(rows.get(each.jobId).job);
+    }, BATCH_MS);
+  }
+}
+
+function unfollowAll() {
+  waiting.splice(0);
+  for (const m of muxes) m.handle.close();
+  muxes = [];
 }
 
 function matches(job) {
@@ -156,7 +178,7 @@ function created(job) {
   if (rows.has(job.jobId) || !matches(job)) return;
   const row = { state: "queued", percent: 0, attempt: 0, ...job };
   draw(row, "top");
-  follow(row);
+  later(row);
   while (rows.size > MAX_ROWS) {
     const tr = body.lastElementChild;
     const gone = rows.get(tr.dataset.job)?.job;
@@ -182,8 +204,7 @@ async function load(fresh) {
   if (fresh) {
     body.replaceChildren();
     rows.clear();
-    mux?.close();
-    mux = null;
+    unfollowAll();
   }
   for (const job of page.jobs ?? []) {
     draw(job);
