@@ -36,7 +36,7 @@ from celery.canvas import _chain, chord, group, maybe_signature
 
 from tasks.canvas_lua import END_CHILDREN_LUA
 from tasks.config import Settings
-from tasks.events import TERMINAL_STATES, JobEvents, dumps, now_ms
+from tasks.events import NEW_JOB_LUA, TERMINAL_STATES, JobEvents, dumps, now_ms
 from tasks.keys import DEFAULT_QUEUE, Keys, check_queue, parent_of
 from tasks.submit import broker_message, queue_of, shares_broker, task_fields
 
@@ -75,7 +75,9 @@ return 1
 # submit_canvas). Returns {position of the first child in line, that line's length,
 # parent's queued event id}; {-2} if the id exists already, {-3, 0, id} if the
 # idempotency key named canvas `id` already.
-SUBMIT_CANVAS_LUA = """
+SUBMIT_CANVAS_LUA = (
+    NEW_JOB_LUA
+    + """
 local function frame(id, phase, data)
   return 'id: ' .. id .. '\\nevent: ' .. phase .. '\\ndata: ' .. data .. '\\n\\n'
 end
@@ -130,6 +132,7 @@ if plan.index then
   if bound > 0 and redis.call('ZCARD', plan.index) > bound then
     redis.call('ZREMRANGEBYRANK', plan.index, 0, -bound - 1)
   end
+  publish_new_job(plan.index, plan.id, now, first, {plan.parent.kind, plan.parent.queue})
 end
 if idem then
   redis.call('SET', idem, plan.id, 'EX', ttl)
@@ -138,6 +141,7 @@ end
 redis.call('PUBLISH', pjob, frame(id, 'queued', data))
 return {first, firstlen, id}
 """
+)
 
 Takes = int | list[Any] | None  # what a link gets prepended: a child's result, or a list
 

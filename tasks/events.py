@@ -41,6 +41,23 @@ MAX_EVENT_BYTES = 64 * 1024
 EventId = tuple[int, int]
 _ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
+NEW_JOB_LUA = """
+-- The ops feed's "a job was created" frame (tasks/jobindex.py), published on `channel`;
+-- the id, kind and queue go into JSON unescaped, so only plain names (an id that is not
+-- one publishes nothing; a kind or queue that is not one is left out).
+local function publish_new_job(channel, jobid, now, pos, named)
+  if #jobid > 80 or not string.find(jobid, '^[%w_.-]+$') then return end
+  local data = '{"jobId":"' .. jobid .. '","created":' .. now .. ',"position":' .. pos
+  for i, name in ipairs({'kind', 'queue'}) do
+    local value = named[i]
+    if value and #value <= 64 and string.find(value, '^[%w_.-]+$') then
+      data = data .. ',"' .. name .. '":"' .. value .. '"'
+    end
+  end
+  redis.call('PUBLISH', channel, 'event: job\\ndata: ' .. data .. '}\\n\\n')
+end
+"""
+
 _COMMON_LUA = """
 local function frame(id, phase, data)
   return 'id: ' .. id .. '\\nevent: ' .. phase .. '\\ndata: ' .. data .. '\\n\\n'
@@ -180,6 +197,7 @@ ENQUEUE_LUA = (
     _COMMON_LUA
     + KIND_NAME_LUA
     + f"local MAX_KINDS = {MAX_KINDS}\n"
+    + NEW_JOB_LUA
     + """
 local job, events, queue, ticket = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 -- What an ETA needs, read here so the caller needs no second round trip.
@@ -230,6 +248,9 @@ if kind then
   redis.call('HINCRBY', KEYS[10], kind, 1)
   redis.call('HSET', job, 'waitKind', kind)
 end
+-- [index] Job browsers learn of the new job on the index's channel (the same name; web
+-- processes subscribe only while an operator watches): a finished SSE frame, no id.
+publish_new_job(KEYS[9], jobid, now, pos, redis.call('HMGET', job, 'kind', 'queue'))
 -- The task message with the record: a job in line always has one (tasks/submit.py).
 if ARGV[7] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[7]) end
 if idem then

@@ -6,6 +6,18 @@ call that records it (ZADD, O(log n)) and, past ``JOBCAST_JOB_INDEX_MAX`` member
 drops the oldest (ZREMRANGEBYRANK, one member per job once full); the retention sweep
 drops those older than the retention (ZREMRANGEBYSCORE). Later events of a job do not
 touch the index: its state is read from the record, one pipelined HGETALL per page.
+The enqueue scripts also PUBLISH an id-less ``event: job`` frame on the channel of the
+same name (``tasks.events.NEW_JOB_LUA``), for the live list of ``/ops/jobs``.
+
+What operators see and the public routes never show:
+
+* ``traceback`` in the job's hash: the tail (:data:`TRACEBACK_MAX` bytes) of the
+  exception that failed it, written by the worker before its ``failed`` event.
+* ``<prefix>job:{id}:audit``: a list (same hash slot as the job) of JSON entries
+  ``{action, by, at, ...}``, the operators' actions on the job, at most
+  :data:`AUDIT_MAX`, expiring with the record. An audit entry is not an event: the log
+  refuses events after a terminal one, and a retry comes after one.
+* ``cancelBy`` in the hash: who claimed the job's cancel from the browser (once).
 """
 
 from __future__ import annotations
@@ -20,6 +32,9 @@ from tasks.events import TERMINAL_STATES
 from tasks.keys import Keys
 from tasks.records import decode, json_object, last_events, progress
 
+TRACEBACK_MAX = 8 * 1024  # bytes of a failure's traceback kept in the record (its tail)
+AUDIT_MAX = 100  # audit entries kept per job (the newest)
+LOG_PAGE = 500  # events of a job's log one detail answers, at most
 BATCH = 200  # index members read per round trip while filling a filtered page
 MAX_SCAN = 5000  # members one page request looks at, at most (then it answers `next`)
 
@@ -33,6 +48,35 @@ if state ~= 'failed' and state ~= 'cancelled' then return state end
 local done = redis.call('HGET', KEYS[1], 'retriedAs')
 if done then return 'as:' .. done end
 redis.call('HSET', KEYS[1], 'retriedAs', ARGV[1], 'retriedBy', ARGV[2])
+return 'ok'
+"""
+
+# KEYS: job hash. ARGV: the traceback. Never creates a record.
+KEEP_TRACEBACK_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'traceback', ARGV[1])
+return 1
+"""
+
+# KEYS: job hash, audit list. ARGV: entry (JSON), entries kept, ttl (s). Appends to an
+# existing job's audit, which lives as long as the record (or the retention, if longer).
+AUDIT_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+redis.call('EXPIRE', KEYS[2], math.max(redis.call('TTL', KEYS[1]), tonumber(ARGV[3])))
+return 1
+"""
+
+# KEYS: job hash. ARGV: who. Claims the job's cancel, once, while it has not ended:
+# "ok", the state of an ended job, "by:<who>" when claimed already, nil for no record.
+CLAIM_CANCEL_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return false end
+if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return state end
+if redis.call('HSETNX', KEYS[1], 'cancelBy', ARGV[1]) == 0 then
+  return 'by:' .. redis.call('HGET', KEYS[1], 'cancelBy')
+end
 return 'ok'
 """
 
@@ -134,15 +178,31 @@ def list_jobs(
     return Page(jobs, cut if cut is not None else (int(last[0][1]) if last else None))
 
 
-def detail(client: redis.Redis, keys: Keys, job_id: str, now_ms: int) -> dict[str, Any] | None:
-    """Everything kept about one job: record, whole log, result or error; None if gone."""
+def detail(
+    client: redis.Redis,
+    keys: Keys,
+    job_id: str,
+    now_ms: int,
+    *,
+    after: str | None = None,
+    limit: int = LOG_PAGE,
+) -> dict[str, Any] | None:
+    """Everything kept about one job: record, log, audit, result or error (with the
+    traceback); None if gone. The log is paged: at most ``limit`` events after the
+    event id ``after`` (exclusive; None: from the start), and ``eventsNext``, the
+    ``after`` of the next page, when more follow."""
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.job(job_id))
-    pipe.xrange(keys.events(job_id), "-", "+")
-    raw, entries = pipe.execute()
+    pipe.xrange(keys.events(job_id), f"({after}" if after else "-", "+", count=limit + 1)
+    pipe.xlen(keys.events(job_id))
+    pipe.lrange(keys.audit(job_id), 0, -1)
+    raw, entries, count, audited = pipe.execute()
     if not raw:
         return None
+    more = len(entries) > limit
+    entries = entries[:limit]
     record = decode(raw)
+    traceback = record.pop("traceback", None)
     log: list[dict[str, Any]] = []
     for event_id, fields in entries:
         data_raw = fields.get(b"data", b"{}").decode()
@@ -177,8 +237,13 @@ def detail(client: redis.Redis, keys: Keys, job_id: str, now_ms: int) -> dict[st
         "error": last.get("failed") if record.get("state") == "failed" else None,
         "retriedAs": record.get("retriedAs"),
         "retriedBy": record.get("retriedBy"),
+        "traceback": traceback if record.get("state") == "failed" else None,
+        "cancelBy": record.get("cancelBy"),
+        "audit": [a for a in (json_object(r.decode("utf-8", "replace")) for r in audited) if a],
         "record": record,
         "events": log,
+        "eventCount": count,
+        "eventsNext": log[-1]["id"] if more and log else None,
     }
 
 
@@ -194,3 +259,31 @@ def release_retry(client: redis.Redis, keys: Keys, job_id: str) -> None:
 
 
 RETRYABLE = TERMINAL_STATES - {"succeeded"}
+
+
+def bounded_traceback(text: str, limit: int = TRACEBACK_MAX) -> str:
+    """``text`` in at most ``limit`` UTF-8 bytes: its tail (where the error is), marked."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return text
+    mark = "…(start cut)\n"
+    tail = raw[len(raw) - (limit - len(mark.encode())) :]
+    return mark + tail.decode("utf-8", "ignore")
+
+
+def keep_traceback(client: redis.Redis, keys: Keys, job_id: str, text: str) -> None:
+    """Keep a failure's traceback in the job's record, for operators only."""
+    client.eval(KEEP_TRACEBACK_LUA, 1, keys.job(job_id), bounded_traceback(text))
+
+
+def audit(client: redis.Redis, keys: Keys, job_id: str, entry: dict[str, Any], ttl: int) -> bool:
+    """Append an operator's action to the job's audit; False if the job is gone."""
+    line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
+    done = client.eval(AUDIT_LUA, 2, keys.job(job_id), keys.audit(job_id), line, AUDIT_MAX, ttl)
+    return bool(done)
+
+
+def claim_cancel(client: redis.Redis, keys: Keys, job_id: str, by: str) -> str | None:
+    """Claim the cancel of ``job_id`` for ``by``: see :data:`CLAIM_CANCEL_LUA`."""
+    answer = client.eval(CLAIM_CANCEL_LUA, 1, keys.job(job_id), by)
+    return answer.decode() if isinstance(answer, bytes) else answer

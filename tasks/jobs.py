@@ -14,7 +14,8 @@ bind=True)`` is the same) owns what every job needs around the body, so no task 
 - ``started`` with the attempt number, and ``failed`` past the attempt limit,
 - ``cancelled`` when DELETE asked for it (raised at the body's next check),
 - ``failed`` on an exception: a :class:`~tasks.errors.JobError`'s message, or the task's
-  ``failure_message`` for anything else (the traceback goes to the logs only), then the
+  ``failure_message`` for anything else (the traceback goes to the logs, and its tail
+  to the record's ``traceback``, which only the ops job browser shows), then the
   exception is raised again so Celery records it,
 - ``done`` with the return value: a dict is the event's data as it is, anything else
   is ``{"result": value}``; files saved with :meth:`JobContext.save_file` are listed.
@@ -31,10 +32,12 @@ import json
 import logging
 import os
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import Task, shared_task
 from celery.exceptions import Reject, Retry, TimeLimitExceeded
 from PIL import Image
@@ -44,6 +47,7 @@ from tasks.canvas import prepended
 from tasks.config import Settings
 from tasks.errors import JobCancelled, JobError
 from tasks.events import EventTooLarge, check_kind
+from tasks.jobindex import keep_traceback
 from tasks.keys import parent_of
 from tasks.lease import JobLease, LeaseLost, held
 from tasks.media import FILE_NAME, job_dir, write_file
@@ -363,6 +367,7 @@ class JobTask(Task):
             raise  # Celery runs the job again: the next attempt reports
         except JobError as exc:
             job.flush()
+            self._keep_traceback(ctx, job_id)
             try:
                 reporter.failed(exc.message, retryable=exc.retryable)
             except ValueError:  # too large for an event, or no UTF-8: say what is safe
@@ -374,6 +379,7 @@ class JobTask(Task):
         except BaseException:  # an Exception, or the likes of asyncio.CancelledError
             log.exception("job %s (%s) failed", job_id, self.name)
             job.flush()
+            self._keep_traceback(ctx, job_id)
             reporter.failed(self.failure_message, retryable=False)
             raise
         try:
@@ -386,6 +392,15 @@ class JobTask(Task):
             log.exception("job %s (%s): its result is not JSON", job_id, self.name)
             reporter.failed("The job's result could not be encoded as JSON.")
             raise
+
+    def _keep_traceback(self, ctx: Context, job_id: str) -> None:
+        """Keep the traceback of the exception being handled in the job's record, before
+        ``failed`` is sent: operators see it in the job browser, nobody else does."""
+        text = traceback.format_exc()
+        try:
+            ctx.events.retrying(lambda: keep_traceback(ctx.redis, ctx.events.keys, job_id, text))
+        except redis.RedisError:  # the failure is still reported; only its trace is lost
+            log.warning("job %s: its traceback could not be kept", job_id)
 
 
 def job_task(*args: Any, **options: Any) -> Any:

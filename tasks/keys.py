@@ -78,6 +78,10 @@ class Keys:
     def events(self, job_id: str) -> str:
         return f"{self.job(job_id)}:events"
 
+    def audit(self, job_id: str) -> str:
+        """List of the operators' actions on the job (:mod:`tasks.jobindex`)."""
+        return f"{self.job(job_id)}:audit"
+
     def channel(self, job_id: str) -> str:
         return self.job(job_id)
 

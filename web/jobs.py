@@ -352,8 +352,12 @@ def stream(job_id: str) -> Response:
 @alias.delete("/imagine/<job_id>", endpoint="cancel")
 @cross_origin
 def cancel(job_id: str) -> tuple[Response, int]:
-    ext = jobcast()
     check_id(job_id)
+    return cancel_job(jobcast(), job_id)
+
+
+def cancel_job(ext: Jobcast, job_id: str) -> tuple[Response, int]:
+    """End a queued job (200), ask a running one to stop (202), 409 if it ended, 404."""
     ended = cancel_canvas(ext.events, job_id)  # a canvas: it and every unfinished child
     if ended == 1:
         return jsonify(jobId=job_id, state="cancelled"), 200

@@ -516,7 +516,15 @@ def _ops_paths() -> Doc:
     }
     login_form = {
         "type": "object",
-        "properties": {"token": {"type": "string"}, "next": {"type": "string"}},
+        "properties": {
+            "token": {"type": "string"},
+            "next": {"type": "string"},
+            "operator": {
+                "type": "string",
+                "maxLength": 64,
+                "description": "Your name, kept in the session: the job browser's audit shows it.",
+            },
+        },
     }
     set_cookie = {"Set-Cookie": {"schema": {"type": "string"}}}
     return {
@@ -553,6 +561,7 @@ def _ops_paths() -> Doc:
                     "303": _redirect(
                         "Logged in (or no token configured): to `next`.", **set_cookie
                     ),
+                    "400": _html("An operator name that is not 1-64 printable characters."),
                     "401": _html("Wrong token: the form again."),
                     "413": _ref("responses", "TooLarge"),
                     "415": _ref("responses", "UnsupportedMediaType"),
@@ -581,6 +590,15 @@ def _ops_paths() -> Doc:
                 "operationId": "opsStream",
                 "summary": "Worker and queue snapshots as Server-Sent Events (never ends)",
                 "security": ops_auth,
+                "parameters": [
+                    {
+                        "name": "jobs",
+                        "in": "query",
+                        "description": "`1`: also `event: job` for each job created (the "
+                        "job browser's live list), only with `JOBCAST_OPS_TOKEN` set.",
+                        "schema": {"type": "string", "enum": ["0", "1"]},
+                    }
+                ],
                 "responses": {
                     "200": _stream("`retry:`, the latest snapshot, then each new one."),
                     **_errors(401, 503),
@@ -619,6 +637,22 @@ def _ops_job_paths() -> Doc:
             ("limit", "integer", "Rows per page, 1 to 200 (50)."),
         ]
     ]
+    log_query = [
+        {"name": name, "in": "query", "description": text, "schema": schema}
+        for name, schema, text in [
+            ("after", {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"},
+             "Only events after this event id: the log's paging."),
+            ("limit", {"type": "integer", "minimum": 1, "maximum": 500},
+             "Events per page, 1 to 500 (500)."),
+        ]
+    ]  # fmt: skip
+    operator = {
+        "name": "X-Jobcast-Operator",
+        "in": "header",
+        "description": "Who acts (1-64 printable characters), for the job's audit; "
+        "bearer callers only (a session uses its sign-in name).",
+        "schema": {"type": "string", "maxLength": 64},
+    }
     return {
         "/ops/jobs": {
             "get": {
@@ -644,24 +678,55 @@ def _ops_job_paths() -> Doc:
                 },
             }
         },
+        "/ops/jobs/{job_id}": {
+            "parameters": JOB_PARAMS,
+            "get": {
+                "operationId": "opsJobPage",
+                "summary": "One job's page: params, log, result or error, audit, live tail",
+                "security": auth,
+                "responses": {
+                    "200": _html("The page."),
+                    "303": _redirect("Not logged in: to `/ops/login`."),
+                    **_errors(403, 404),
+                },
+            },
+        },
         "/ops/jobs/{job_id}.json": {
             "parameters": JOB_PARAMS,
             "get": {
                 "operationId": "opsJob",
-                "summary": "One job in full: record, params, attempts, whole log, result/error",
+                "summary": "One job in full: record, params, attempts, log (paged), audit, "
+                "result, or error with its `traceback`",
                 "security": auth,
-                "responses": {"200": _json(obj, "The job."), **_errors(401, 403, 404, 503)},
+                "parameters": log_query,
+                "responses": {
+                    "200": _json(obj, "The job; `eventsNext` is the next page's `after`."),
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            },
+        },
+        "/ops/jobs/{job_id}/cancel": {
+            "parameters": [*JOB_PARAMS, operator],
+            "post": {
+                "operationId": "opsCancelJob",
+                "summary": "Cancel as `DELETE /jobs/{job_id}` does, once, audited with who",
+                "security": auth,
+                "responses": {
+                    "200": _json(obj, "Cancelled (it was waiting)."),
+                    "202": _json(obj, "Cancelling: it stops at its next step."),
+                    **_errors(400, 401, 403, 404, 409, 503),
+                },
             },
         },
         "/ops/jobs/{job_id}/retry": {
-            "parameters": JOB_PARAMS,
+            "parameters": [*JOB_PARAMS, operator],
             "post": {
                 "operationId": "opsRetryJob",
                 "summary": "Resubmit a failed or cancelled job as a new job (`retryOf`)",
                 "security": auth,
                 "responses": {
                     "202": _json(obj, "The new job's `jobId`."),
-                    **_errors(401, 403, 404, 409, 429, 503),
+                    **_errors(400, 401, 403, 404, 409, 429, 503),
                 },
             },
         },

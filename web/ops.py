@@ -27,11 +27,13 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import gevent.event
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 from flask_limiter.errors import RateLimitExceeded
 from werkzeug.wrappers import Response as BaseResponse
 
 from tasks.monitor import snapshot_frame
+from tasks.tokens import job_token
 from web.api import admit_stream
 from web.errors import ApiError, error_response
 from web.extension import Jobcast, jobcast
@@ -45,6 +47,7 @@ COOKIE_MAX_AGE = 7 * 24 * 3600
 LABEL_HEX = 8  # 32 bits: tells jobs apart on one screen, opens none of them
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 ID_FIELDS = ("id", "jobId")  # where the monitor's snapshot puts job (task) ids
+MAX_OPERATOR = 64  # characters of an operator's name (sign-in form, X-Jobcast-Operator)
 MAX_LABELS = 4096  # labels remembered per deployment (a snapshot holds a few dozen ids)
 
 
@@ -63,11 +66,31 @@ def session_mac(token: str, session_id: str) -> str:
     return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
 
 
-def new_session(ext: Jobcast, token: str) -> str:
-    """Start a session in Redis; return the cookie value for it."""
+def new_session(ext: Jobcast, token: str, operator: str = "") -> str:
+    """Start a session in Redis (holding the operator's name, if given); return the
+    cookie value for it."""
     session_id = secrets.token_urlsafe(32)
-    ext.redis.set(session_key(ext, session_id), b"1", ex=COOKIE_MAX_AGE)
+    value = b"op:" + operator.encode() if operator else b"1"
+    ext.redis.set(session_key(ext, session_id), value, ex=COOKIE_MAX_AGE)
     return f"{session_id}.{session_mac(token, session_id)}"
+
+
+def session_operator(ext: Jobcast) -> str | None:
+    """The operator name the request's session was signed in with, if any."""
+    session_id = request.cookies.get(COOKIE, "").partition(".")[0]
+    if not session_id:
+        return None
+    value: bytes | None = ext.redis.get(session_key(ext, session_id))
+    if not value or not value.startswith(b"op:"):
+        return None
+    return value[3:].decode("utf-8", "replace")
+
+
+def operator_problem(name: str) -> str | None:
+    """Why ``name`` cannot name an operator (None when it can): 1-64 printable characters."""
+    if not name or len(name) > MAX_OPERATOR or not name.isprintable() or name != name.strip():
+        return f"1 to {MAX_OPERATOR} printable characters, no leading or trailing space"
+    return None
 
 
 def valid_cookie(ext: Jobcast, token: str, cookie: str) -> bool:
@@ -122,11 +145,14 @@ def login() -> BaseResponse | tuple[str, int]:
     given = request.form.get("token", "")
     if not hmac.compare_digest(given.encode(), token.encode()):
         return _login_form(target, "That is not the token."), 401
+    operator = request.form.get("operator", "").strip()
+    if operator and (problem := operator_problem(operator)):
+        return _login_form(target, f"Your name: {problem}."), 400
     response = redirect(target, 303)
     # Secure whenever the client came over TLS; behind a TLS proxy, request.is_secure
     # reflects X-Forwarded-Proto only with JOBCAST_TRUSTED_PROXIES set (ProxyFix).
     response.set_cookie(
-        COOKIE, new_session(ext, token), max_age=COOKIE_MAX_AGE, httponly=True,
+        COOKIE, new_session(ext, token, operator), max_age=COOKIE_MAX_AGE, httponly=True,
         samesite="Strict", secure=request.is_secure,
     )  # fmt: skip
     return response
@@ -165,7 +191,16 @@ def stream() -> Response:
     if request.method != "GET":
         return Response(iter(()), content_type="text/event-stream", headers=headers)
     admit_stream(ext, request.environ)
-    body = _Snapshots(ext, ext.hub.watch(ext.keys.ops))
+    wake = gevent.event.Event()
+    body = _Snapshots(ext, ext.hub.watch(ext.keys.ops, wake), wake)
+    if ext.settings.ops_token and request.args.get("jobs") == "1":
+        # Asked for by the job browser only (the dashboard has no use for them); and job
+        # ids are capabilities: only a feed behind the token carries new jobs.
+        try:
+            body.jobs = ext.hub.watch(ext.keys.job_index, wake)
+        except BaseException:
+            body.close()
+            raise
     return Response(
         body,
         status=200,
@@ -177,11 +212,15 @@ def stream() -> Response:
 
 class _Snapshots:
     """The feed's WSGI body: retry + the latest snapshot, then live ones, a keep-alive
-    after each silence; :meth:`close` unwatches, iterated or not."""
+    after each silence; with ``?jobs=1`` behind the token also ``event: job`` for each
+    new job (all of them, in order; ``event: resync`` when some were lost). :meth:`close` unwatches,
+    iterated or not."""
 
-    def __init__(self, ext: Jobcast, watcher: Watcher) -> None:
+    def __init__(self, ext: Jobcast, watcher: Watcher, wake: gevent.event.Event) -> None:
         self.ext = ext
         self.watcher: Watcher | None = watcher
+        self.jobs: Watcher | None = None
+        self.wake = wake  # set by either watcher
 
     def __iter__(self) -> Iterator[bytes]:
         watcher, ext = self.watcher, self.ext
@@ -191,21 +230,57 @@ class _Snapshots:
             yield Event(retry=ext.settings.retry_ms).encode() + _latest(ext)
             heartbeat = ext.settings.heartbeat_seconds
             while True:
-                batch = watcher.drain(heartbeat)
-                if not batch:
-                    yield KEEP_ALIVE
-                elif RESYNC in batch:
-                    yield _latest(ext)  # messages were lost (reconnect, slow reader)
-                else:
-                    # Snapshots replace each other: only the newest of a batch matters.
-                    yield public_frame(ext, batch[-1].frame)
+                chunk = self._next(watcher, heartbeat)
+                if chunk:
+                    yield chunk
         finally:
             self.close()
 
+    def _next(self, watcher: Watcher, heartbeat: float) -> bytes:
+        jobs = self.jobs
+        if not watcher.items and not (jobs and jobs.items):
+            self.wake.clear()
+            if not self.wake.wait(heartbeat):
+                return KEEP_ALIVE
+        out = []
+        batch = watcher.take()
+        if RESYNC in batch:
+            out.append(_latest(self.ext))  # messages were lost (reconnect, slow reader)
+        elif batch:
+            # Snapshots replace each other: only the newest of a batch matters.
+            out.append(public_frame(self.ext, batch[-1].frame))
+        if jobs is not None:
+            news = jobs.take()
+            if RESYNC in news:
+                out.append(RESYNC_FRAME)  # the page reads its first page again
+            else:
+                key = self.ext.settings.signing_key
+                for item in news:
+                    if item.frame.startswith(b"event: job"):
+                        out.append(with_token(key, item.frame) if key else item.frame)
+        return b"".join(out)
+
     def close(self) -> None:
         watcher, self.watcher = self.watcher, None
-        if watcher is not None:
-            self.ext.hub.unwatch(watcher)
+        jobs, self.jobs = self.jobs, None
+        for gone in (watcher, jobs):
+            if gone is not None:
+                self.ext.hub.unwatch(gone)
+
+
+RESYNC_FRAME = Event(event="resync", data="{}").encode()
+
+
+def with_token(key: str, frame: bytes) -> bytes:
+    """A new-job frame with the job's token added (signed mode: the page needs it to
+    watch the job); the frame as it is if it cannot be read."""
+    data = frame.partition(b"\ndata: ")[2].strip()
+    try:
+        job = json.loads(data)
+        job["token"] = job_token(key, str(job["jobId"]))
+    except (ValueError, TypeError, KeyError):
+        return frame
+    return Event(event="job", data=json.dumps(job, separators=(",", ":"))).encode()
 
 
 def _latest(ext: Jobcast) -> bytes:

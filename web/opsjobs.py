@@ -1,5 +1,16 @@
 """The operators' job browser: ``/ops/jobs.json`` (list), ``/ops/jobs/<id>.json`` (one
-job in full), ``POST /ops/jobs/<id>/retry``, and the ``/ops/jobs`` page.
+job in full, its log paged), ``POST /ops/jobs/<id>/retry`` and ``…/cancel``, and the
+``/ops/jobs`` and ``/ops/jobs/<id>`` pages.
+
+Live: the list page learns of new jobs from ``/ops/stream?jobs=1`` (``event: job``, from
+the enqueue script on the index's channel, see :mod:`tasks.jobindex`), and of changes of
+the jobs it shows from one multiplexed ``/jobs/stream`` of those jobs: their own
+channels, which the worker publishes on anyway. The detail page tails its job's stream.
+
+Actions are audited in ``job:{id}:audit`` with who did them: the name given at sign-in
+(kept in the session), or ``X-Jobcast-Operator`` from a bearer caller; else "session" or
+"bearer". Each action is claimed once in the record (``cancelBy``, ``retriedAs``), so of
+two racing actions one wins and the other is a 409.
 
 These show every job's parameters, results and errors, so they need the ops token
 *configured and given*: without ``JOBCAST_OPS_TOKEN`` they answer 403 (the open
@@ -9,22 +20,35 @@ is described in :mod:`tasks.jobindex`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
 from typing import Any
 
+import redis
 from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
 from tasks.events import now_ms
-from tasks.jobindex import RETRYABLE, claim_retry, detail, list_jobs, release_retry
+from tasks.jobindex import (
+    LOG_PAGE,
+    RETRYABLE,
+    audit,
+    claim_cancel,
+    claim_retry,
+    detail,
+    list_jobs,
+    release_retry,
+)
 from tasks.keys import parent_of
 from tasks.submit import submit
-from web.api import JOB_ID, not_found, queue_full
+from tasks.tokens import job_token
+from web.api import JOB_ID, MAX_ID_PART, MAX_LAST_ID, not_found, queue_full
 from web.errors import ApiError
-from web.extension import jobcast
-from web.ops import authorized
+from web.extension import Jobcast, jobcast
+from web.jobs import cancel_job
+from web.ops import authorized, operator_problem, session_operator
 
 bp = Blueprint("opsjobs", __name__)
 
@@ -32,6 +56,8 @@ STATES = frozenset({"queued", "running", "succeeded", "failed", "cancelled"})
 KIND_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 ID_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_LIMIT = 200
+EVENT_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+OPERATOR_HEADER = "X-Jobcast-Operator"
 
 
 def require_ops() -> None:
@@ -80,12 +106,41 @@ def _query() -> dict[str, Any]:
     return {"state": state, "kind": kind, "id_prefix": prefix, "before": before, "limit": limit}
 
 
+def operator() -> str:
+    """Who is acting: the session's name, or a bearer caller's ``X-Jobcast-Operator``
+    (400 if it is not 1-64 printable characters); else "session" or "bearer"."""
+    if _bearer():
+        name = request.headers.get(OPERATOR_HEADER)
+        if name is None:
+            return "bearer"
+        if problem := operator_problem(name):
+            raise ApiError(
+                400, "bad_operator", f"{OPERATOR_HEADER}: {problem}.",
+                fields={OPERATOR_HEADER: problem},
+            )  # fmt: skip
+        return name
+    return session_operator(jobcast()) or "session"
+
+
+def _bearer() -> bool:
+    return request.headers.get("Authorization", "").lower().startswith("bearer ")
+
+
+def _with_tokens(ext: Jobcast, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Signed mode: each job with its token, so the page can watch it."""
+    key = ext.settings.signing_key
+    if key:
+        for job in jobs:
+            job["token"] = job_token(key, job["jobId"])
+    return jobs
+
+
 @bp.get("/ops/jobs.json")
 def jobs_json() -> Response:
     require_ops()
     ext = jobcast()
     page = list_jobs(ext.redis, ext.keys, now_ms=now_ms(), **_query())
-    return jsonify({"jobs": page.jobs, "next": page.next})
+    return jsonify({"jobs": _with_tokens(ext, page.jobs), "next": page.next})
 
 
 def _job_id(job_id: str) -> str:
@@ -94,14 +149,70 @@ def _job_id(job_id: str) -> str:
     return job_id
 
 
+def _event_id(text: str) -> bool:
+    """A stream id Redis takes as an exclusive start: two 64-bit parts, not the very last."""
+    if len(text) > MAX_LAST_ID or not EVENT_ID.fullmatch(text):
+        return False
+    ms, seq = (int(part) for part in text.split("-"))
+    return ms <= MAX_ID_PART and seq <= MAX_ID_PART and (ms, seq) != (MAX_ID_PART, MAX_ID_PART)
+
+
+def _log_page() -> tuple[str | None, int]:
+    """``after`` (an event id) and ``limit`` (1-LOG_PAGE) of a detail; 400 naming each bad one."""
+    bad: dict[str, str] = {}
+    after = request.args.get("after") or None
+    if after is not None and not _event_id(after):
+        bad["after"] = "an event id (ms-seq)"
+    limit = LOG_PAGE
+    if request.args.get("limit"):
+        try:
+            limit = int(request.args["limit"])
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= LOG_PAGE:
+            bad["limit"] = f"a whole number from 1 to {LOG_PAGE}"
+    if bad:
+        raise ApiError(400, "bad_query", "Some parameters are not valid.", fields=bad)
+    return after, limit
+
+
 @bp.get("/ops/jobs/<job_id>.json")
 def job_json(job_id: str) -> Response:
     require_ops()
     ext = jobcast()
-    found = detail(ext.redis, ext.keys, _job_id(job_id), now_ms())
+    after, limit = _log_page()
+    found = detail(ext.redis, ext.keys, _job_id(job_id), now_ms(), after=after, limit=limit)
     if found is None:
         raise not_found()
+    _with_tokens(ext, [found])
     return jsonify(found)
+
+
+@bp.post("/ops/jobs/<job_id>/cancel")
+def cancel(job_id: str) -> tuple[Response, int]:
+    """Cancel as ``DELETE /jobs/<id>`` does, once, audited: a second cancel is a 409."""
+    require_ops()
+    ext = jobcast()
+    job_id = _job_id(job_id)
+    by = operator()
+    claim = claim_cancel(ext.redis, ext.keys, job_id, by)
+    if claim is None:
+        raise not_found()
+    if claim.startswith("by:"):
+        raise ApiError(409, "already_cancelling", f"{claim[3:]} cancelled this job already.")
+    if claim != "ok":
+        raise ApiError(409, "already_finished", f"The job has already ended ({claim}).")
+    try:
+        answer, status = cancel_job(ext, job_id)
+    except BaseException:
+        # Not cancelled (Redis failed, or it ended meanwhile): a later cancel may try.
+        with contextlib.suppress(redis.RedisError):
+            ext.redis.hdel(ext.keys.job(job_id), "cancelBy")
+        raise
+    outcome = "cancelled" if status == 200 else "cancelling"
+    entry = {"action": "cancel", "by": by, "at": now_ms(), "outcome": outcome}
+    audit(ext.redis, ext.keys, job_id, entry, ext.settings.retention_seconds)
+    return answer, status
 
 
 @bp.post("/ops/jobs/<job_id>/retry")
@@ -125,7 +236,7 @@ def retry(job_id: str) -> tuple[Response, int]:
     except ValueError:
         raise ApiError(409, "not_retryable", "This job's parameters cannot be read.") from None
     new_id = secrets.token_urlsafe(16)
-    by = "bearer" if request.headers.get("Authorization") else "session"
+    by = operator()
     claim = claim_retry(ext.redis, ext.keys, old, new_id, by)
     if claim is None:
         raise not_found()
@@ -152,6 +263,9 @@ def retry(job_id: str) -> tuple[Response, int]:
         if line.position == -1:
             raise queue_full(line)
         raise ApiError(409, "not_retryable", "The new job could not be queued.")
+    at, ttl = now_ms(), ext.settings.retention_seconds
+    audit(ext.redis, ext.keys, old, {"action": "retry", "by": by, "at": at, "newJob": new_id}, ttl)
+    audit(ext.redis, ext.keys, new_id, {"action": "retryOf", "by": by, "at": at, "job": old}, ttl)
     return jsonify({"jobId": new_id, "retryOf": old, "position": line.position}), 202
 
 
@@ -163,3 +277,13 @@ def jobs_page() -> str | BaseResponse:
         return redirect(url_for("jobcast.ops.login", next=request.full_path.rstrip("?")), 303)
     require_ops()
     return render_template("jobcast/ops_jobs.html")
+
+
+@bp.get("/ops/jobs/<job_id>")
+def job_page(job_id: str) -> str | BaseResponse:
+    """One job's page: params, log, result or error with its traceback, audit, a live tail."""
+    token = jobcast().settings.ops_token
+    if token and not authorized(token):
+        return redirect(url_for("jobcast.ops.login", next=request.full_path.rstrip("?")), 303)
+    require_ops()
+    return render_template("jobcast/ops_job.html", job_id=_job_id(job_id))
