@@ -355,3 +355,22 @@ def muxed_events(source: Any, last: str | None) -> Iterator[Muxed]:
         own = sse.id if sse.id and sse.id != previous else None
         previous = sse.id or previous
         yield Muxed(sse.event, json.loads(sse.data), own)
+
+
+def gevent_scenario(module: str, name: str, server: RedisServer) -> None:
+    """Run ``<module>.main()`` with scenario ``name`` in a child process that patches the
+    standard library with gevent first (the web's own setting), against ``server``; the
+    child prints ``ok`` at the end of a scenario that held."""
+    child = f"from gevent import monkey; monkey.patch_all(); import {module} as t; t.main()"
+    unit = ROOT / "tests" / "unit"
+    path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), str(unit)])
+    result = subprocess.run(
+        [sys.executable, "-c", child, name, server.url],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok"), result.stdout[-3000:]

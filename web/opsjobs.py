@@ -93,17 +93,24 @@ def _query() -> dict[str, Any]:
             before = int(args["before"])
         except ValueError:
             bad["before"] = "a time in ms"
-    limit = 50
-    if args.get("limit"):
-        try:
-            limit = int(args["limit"])
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= MAX_LIMIT:
-            bad["limit"] = f"a whole number from 1 to {MAX_LIMIT}"
+    limit = _limit(args, 50, MAX_LIMIT, bad)
     if bad:
         raise ApiError(400, "bad_query", "Some filters are not valid.", fields=bad)
     return {"state": state, "kind": kind, "id_prefix": prefix, "before": before, "limit": limit}
+
+
+def _limit(args: Any, default: int, most: int, bad: dict[str, str]) -> int:
+    """The ``limit`` argument, 1 to ``most`` (``default`` when absent); a bad one is
+    named in ``bad``."""
+    if not args.get("limit"):
+        return default
+    try:
+        limit = int(args["limit"])
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= most:
+        bad["limit"] = f"a whole number from 1 to {most}"
+    return limit
 
 
 def operator() -> str:
@@ -163,14 +170,7 @@ def _log_page() -> tuple[str | None, int]:
     after = request.args.get("after") or None
     if after is not None and not _event_id(after):
         bad["after"] = "an event id (ms-seq)"
-    limit = LOG_PAGE
-    if request.args.get("limit"):
-        try:
-            limit = int(request.args["limit"])
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= LOG_PAGE:
-            bad["limit"] = f"a whole number from 1 to {LOG_PAGE}"
+    limit = _limit(request.args, LOG_PAGE, LOG_PAGE, bad)
     if bad:
         raise ApiError(400, "bad_query", "Some parameters are not valid.", fields=bad)
     return after, limit

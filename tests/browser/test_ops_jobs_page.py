@@ -3,8 +3,6 @@ filter, live updates without polling, a job's page with its live tail, cancel, p
 
 from __future__ import annotations
 
-import base64
-import io
 import re
 import secrets
 from collections.abc import Callable
@@ -12,15 +10,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 import redis
-from PIL import Image
+from opsupport import failing_analyze
 from playwright.sync_api import Page, Request, expect
 from support import Proc, collect, post_job
-
-from tasks.app import create_celery
-from tasks.config import Settings
-from tasks.demo.analyze_params import TASK as ANALYZE_TASK
-from tasks.events import JobEvents
-from tasks.submit import submit
 
 pytestmark = pytest.mark.browser
 
@@ -126,24 +118,6 @@ def test_the_job_page_tails_a_running_job_and_cancels_it(
     expect(page.locator("#cancel")).to_be_hidden()
     ids = page.locator("#log li[data-id]").evaluate_all("els => els.map(e => e.dataset.id)")
     assert len(ids) == len(set(ids))  # the tail repeats nothing the first load showed
-
-
-def failing_analyze(stack_env: dict[str, str], rds: redis.Redis) -> str:
-    """An analyze job of a damaged PNG, sent straight to the task (the route refuses it)."""
-    noise = Image.effect_noise((96, 96), 64).convert("RGB")
-    out = io.BytesIO()
-    noise.save(out, format="PNG")
-    cut = out.getvalue()[:600]
-    url = "data:image/png;base64," + base64.b64encode(cut[: len(cut) - len(cut) % 3]).decode()
-    settings = Settings.from_env(stack_env)
-    job_id = secrets.token_urlsafe(16)
-    events = JobEvents.for_settings(rds, settings)
-    line = submit(
-        create_celery(settings), events, settings, job_id, ANALYZE_TASK, {"image": url},
-        {"kind": "analyze"},
-    )  # fmt: skip
-    assert line.position >= 1
-    return job_id
 
 
 def test_a_failed_job_page_shows_its_traceback(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from kindsupport import failing_analyze, post
+from opsupport import failing_analyze, post
 from playwright.sync_api import Page, expect
 from support import Proc, collect, jobcast_monitor
 

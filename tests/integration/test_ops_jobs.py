@@ -3,8 +3,6 @@ retry, and the ops token in front of them; real Redis, worker and gunicorn web."
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import secrets
 from collections.abc import Callable
@@ -16,16 +14,14 @@ import httpx
 import pytest
 import redis
 from httpx_sse import connect_sse
-from PIL import Image
+from opsupport import failing_analyze
 from support import Proc, collect, jobcast_monitor, logged, wait_until
 
-from tasks.app import create_celery
 from tasks.config import Settings
-from tasks.demo.analyze_params import TASK as ANALYZE_TASK
 from tasks.events import JobEvents
 from tasks.jobindex import TRACEBACK_MAX, bounded_traceback
 from tasks.keys import Keys
-from tasks.submit import submit, task_fields
+from tasks.submit import task_fields
 
 TOKEN = "ops-" + secrets.token_urlsafe(12)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -77,24 +73,6 @@ def cancelled_imagine(base: str, rds: redis.Redis, stack_env: dict[str, str]) ->
     assert events.enqueue(job_id, fields).position >= 1
     answer = httpx.delete(f"{base}/jobs/{job_id}", timeout=10)
     assert answer.status_code == 200 and answer.json()["state"] == "cancelled", answer.text
-    return job_id
-
-
-def failing_analyze(stack_env: dict[str, str], rds: redis.Redis) -> str:
-    """An analyze job of a damaged PNG, sent straight to the task (the route refuses it)."""
-    noise = Image.effect_noise((96, 96), 64).convert("RGB")
-    out = io.BytesIO()
-    noise.save(out, format="PNG")
-    cut = out.getvalue()[:600]
-    url = "data:image/png;base64," + base64.b64encode(cut[: len(cut) - len(cut) % 3]).decode()
-    settings = Settings.from_env(stack_env)
-    job_id = secrets.token_urlsafe(16)
-    events = JobEvents.for_settings(rds, settings)
-    line = submit(
-        create_celery(settings), events, settings, job_id, ANALYZE_TASK, {"image": url},
-        {"kind": "analyze"},
-    )  # fmt: skip
-    assert line.position >= 1
     return job_id
 
 

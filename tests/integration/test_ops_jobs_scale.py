@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from kindsupport import (
+from opsupport import (
     ENDED,
     SMALL,
     TOKEN,

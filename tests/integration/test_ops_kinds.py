@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from kindsupport import TOKEN, failing_analyze, metrics, post, sample
+from opsupport import TOKEN, failing_analyze, metrics, post, sample
 from support import Proc, celery_worker, collect, jobcast_monitor, wait_until
 
 from tasks.app import create_celery

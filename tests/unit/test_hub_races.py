@@ -7,33 +7,17 @@ the other side has acted, never by faking Redis or the hub.
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from support import ROOT, RedisServer
-
-CHILD = "from gevent import monkey; monkey.patch_all(); import sys, test_hub_races as t; t.main()"
+from support import RedisServer, gevent_scenario
 
 
 def run_scenario(name: str, server: RedisServer) -> None:
-    here = Path(__file__).resolve().parent
-    path = os.pathsep.join([str(ROOT), str(here.parent), str(here)])
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, name, server.url],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": path},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.stdout.strip().endswith("ok"), result.stdout[-3000:]
+    gevent_scenario("test_hub_races", name, server)
 
 
 def test_a_fill_begun_before_a_reconnect_cannot_complete_after_it(

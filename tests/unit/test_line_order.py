@@ -9,39 +9,23 @@ certain by holding the hub's delivery until the other side has acted.
 
 from __future__ import annotations
 
-import os
 import random
 import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, RedisServer
+from support import RedisServer, gevent_scenario
 
 from tasks.events import dumps
 from web.line import Place
 from web.sse import Event
 
-CHILD = "from gevent import monkey; monkey.patch_all(); import test_line_order as t; t.main()"
-
 
 def run_scenario(name: str, server: RedisServer) -> None:
-    here = Path(__file__).resolve().parent
-    path = os.pathsep.join([str(ROOT), str(here.parent), str(here)])
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, name, server.url],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": path},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.stdout.strip().endswith("ok"), result.stdout[-3000:]
+    gevent_scenario("test_line_order", name, server)
 
 
 @pytest.mark.parametrize(

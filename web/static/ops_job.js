@@ -5,11 +5,9 @@
 // Every value goes in as text (textContent), never as markup.
 
 import { paintBlurhash, watch } from "./jobcast.js";
+import { $, BASE, ENDED, feed, problem } from "./ops_common.js";
 
-const BASE = document.body.dataset.base ?? "";
-const ENDED = new Set(["succeeded", "failed", "cancelled"]);
 const MAX_LINES = 3000; // lines kept on screen while tailing: the oldest go first
-const $ = (id) => document.getElementById(id);
 const JOB = $("job").dataset.jobId;
 const url = (tail = "") => `${BASE}/ops/jobs/${encodeURIComponent(JOB)}${tail}`;
 let job = null;
@@ -18,16 +16,6 @@ let tail = null;
 const shown = new Set(); // event ids and audit entries on screen
 
 const msOf = (id) => Number(id.split("-")[0]);
-
-function problem(text) {
-  $("problem").hidden = !text;
-  $("problem").textContent = text ?? "";
-}
-
-function feed(state, text) {
-  $("feed").dataset.state = state;
-  $("feed-text").textContent = text;
-}
 
 async function fetchJson(path) {
   const answer = await fetch(path, { headers: { Accept: "application/json" } });

@@ -6,13 +6,11 @@
 // Every value goes in as text (textContent), never as markup.
 
 import { stream, watchMany } from "./jobcast.js";
+import { $, BASE, ENDED, feed, problem } from "./ops_common.js";
 
-const BASE = document.body.dataset.base ?? "";
-const ENDED = new Set(["succeeded", "failed", "cancelled"]);
 const PER_STREAM = 100; // jobs per multiplexed stream (the server's default limit)
 const BATCH_MS = 1000; // new jobs wait this long to be watched together
 const MAX_ROWS = 200; // rows kept on screen: new jobs push the oldest off (Older brings them)
-const $ = (id) => document.getElementById(id);
 const body = document.querySelector("#jobs tbody");
 const form = $("filters");
 const rows = new Map(); // jobId → {job, tr}
@@ -24,16 +22,6 @@ let early = []; // new jobs the feed told of before the first page came (null: i
 
 const msOf = (id) => (id ? Number(id.split("-")[0]) : null);
 const time = (ms) => (ms ? new Date(ms).toLocaleTimeString() : "");
-
-function problem(text) {
-  $("problem").hidden = !text;
-  $("problem").textContent = text ?? "";
-}
-
-function feed(state, text) {
-  $("feed").dataset.state = state;
-  $("feed-text").textContent = text;
-}
 
 function cell(tr, text, name) {
   const td = document.createElement("td");

@@ -1,4 +1,4 @@
-"""Helpers of the per-kind and job-browser scale tests: jobs of two kinds that end in
+"""Helpers of the ops tests (job browser, per-kind numbers): jobs of two kinds that end in
 each state, and /metrics read back as numbers (prometheus-client's own parser)."""
 
 from __future__ import annotations
