@@ -7,8 +7,9 @@ A URL names the server the way kombu does, so Celery's broker takes the same val
 
 For a Sentinel set, ``JOBCAST_SENTINEL_MASTER`` names the master the sentinels watch and
 ``JOBCAST_SENTINEL_PASSWORD`` is the sentinels' own password (if they have one); the
-URL's credentials and database are the master's. As in kombu, they are read from the
-first address; another address naming others is a configuration error.
+URL's credentials and database are the master's. kombu reads them from whichever
+address it connects through, so all addresses must agree (``/0`` on the last alone, as
+in kombu's examples, agrees with none on the others: database 0).
 
 A Sentinel pool asks the sentinels where the master is whenever it opens a connection,
 and again at most once a second as connections are taken (:data:`MASTER_CHECK_SECONDS`),
@@ -95,7 +96,7 @@ def parse_sentinels(url: str) -> SentinelSet:
     if not parts or any(part.scheme != SENTINEL for part in parts):
         raise ValueError("every address must start with sentinel://")
     sentinels: list[tuple[str, int]] = []
-    named: set[tuple[int, str | None, str | None]] = set()
+    named: set[tuple[int, str | None, str | None]] = set()  # (db, user, password) of each
     for part in parts:
         try:
             port = part.port or 26379
@@ -107,17 +108,15 @@ def parse_sentinels(url: str) -> SentinelSet:
         path = part.path.strip("/")
         if path and not path.isdigit():
             raise ValueError(f"the database must be a number, got {path!r}")
-        if path or part.password is not None or part.username:
-            named.add((int(path or 0), _unquote(part.username), _unquote(part.password)))
-    first = parts[0]
-    db = int(first.path.strip("/") or 0)
-    own = (db, _unquote(first.username), _unquote(first.password))
-    if named - {own}:
+        named.add((int(path or 0), _unquote(part.username), _unquote(part.password)))
+    if len(named) > 1:
+        # kombu reads them from whichever address it connects through: they must agree.
         raise ValueError(
-            "the database and credentials are read from the first address (as kombu does); "
-            "name them there, or the same on every address"
+            "every address must name the same database and credentials (none means "
+            "database 0, no password)"
         )
-    return SentinelSet(sentinels, db, own[1], own[2])
+    db, username, password = named.pop()
+    return SentinelSet(sentinels, db, username, password)
 
 
 def _unquote(value: str | None) -> str | None:
