@@ -12,13 +12,15 @@ address it connects through, so all addresses must agree (``/0`` on the last alo
 in kombu's examples, agrees with none on the others: database 0).
 
 A Sentinel pool asks the sentinels where the master is whenever it opens a connection,
-and again at most once a second as connections are taken (:data:`MASTER_CHECK_SECONDS`),
-closing those to any other server: a forced failover leaves the old master up and
-writable for seconds (until the sentinels reconfigure it), and writes it takes then are
-lost. A connection whose server answers READONLY (demoted) or NOREPLICAS (a master cut
-off from its replicas under ``min-replicas-to-write``) is closed with a
-``ConnectionError``. So every caller rides a failover as it rides a Redis restart: the
-hub reconnects, publishes retry, requests answer 503 until a new master is known.
+and again every :data:`MASTER_CHECK_SECONDS` as connections are taken, closing those to
+any other server. While any sentinel reports a failover in progress there is no master
+(:class:`FencedSentinel`): a failover of a live master (``SENTINEL FAILOVER``) promotes a
+replica seconds before the sentinels announce it, and the old master, still named, takes
+writes that are lost when it is demoted. A connection whose server answers READONLY
+(demoted) or NOREPLICAS (a master cut off from its replicas under
+``min-replicas-to-write``) is closed with a ``ConnectionError``. So every caller rides a
+failover as it rides a Redis restart: the hub reconnects, publishes retry, requests
+answer 503 until the new master is announced.
 """
 
 from __future__ import annotations
@@ -34,8 +36,30 @@ import redis.sentinel
 SENTINEL = "sentinel"
 # Sentinels answer small commands; one that hangs must not hold up discovery for long.
 SENTINEL_TIMEOUT = 1.0
-# How stale a pool's idea of the master may get while its connections stay busy.
-MASTER_CHECK_SECONDS = 1.0
+# How stale a pool's idea of the master may get while its connections stay busy: writes
+# that reach a master being replaced in that time are lost.
+MASTER_CHECK_SECONDS = 0.5
+
+
+class FencedSentinel(redis.sentinel.Sentinel):
+    """Sentinels that name no master while any of them runs a failover of it.
+
+    Only the sentinel leading a failover flags it (``failover_in_progress``); the others
+    name the old master until the new one is announced, so every reachable sentinel is
+    asked."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        address = super().discover_master(service_name)
+        for sentinel in self.sentinels:
+            try:
+                state = sentinel.sentinel_master(service_name)
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+                continue  # down, or not watching this master: as discover_master skips it
+            if "failover_in_progress" in state.get("flags", ""):
+                raise redis.sentinel.MasterNotFoundError(
+                    f"a failover of {service_name!r} is in progress"
+                )
+        return address
 
 
 class MasterConnection(redis.sentinel.SentinelManagedConnection):
@@ -65,8 +89,15 @@ class SentinelPool(redis.sentinel.SentinelConnectionPool):
         now = time.monotonic()
         if now - self._checked >= MASTER_CHECK_SECONDS:
             self._checked = now
-            # On a change this closes idle connections; busy ones close when released.
-            self.get_master_address()
+            try:
+                # On a change this closes idle connections; busy ones close when released.
+                self.get_master_address()
+            except redis.ConnectionError:
+                # No master now: close them all (busy ones as they come back), so nothing
+                # more reaches the old one; new connections wait for the sentinels.
+                self.proxy.master_address = None
+                self.disconnect(inuse_connections=False)
+                raise
         return super().get_connection(*args, **kwargs)
 
 
@@ -144,7 +175,7 @@ class RedisTarget:
             return kind.from_url(self.url, **options)
         parsed = parse_sentinels(self.url)
         credentials = {"username": parsed.username, "password": parsed.password}
-        manager = redis.sentinel.Sentinel(
+        manager = FencedSentinel(
             parsed.sentinels,
             sentinel_kwargs={
                 "socket_connect_timeout": SENTINEL_TIMEOUT,

@@ -11,6 +11,7 @@ Retry-After, and the stack takes new jobs after it. The timeline is printed (``-
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from support import Received, SentinelSet, Stack, iter_events, logged, own_stack, wait_until
+
+from tasks.keys import Keys
 
 pytestmark = pytest.mark.slow
 
@@ -144,6 +148,7 @@ def test_a_job_streams_through_a_failover(ha: Stack, how: str) -> None:
     poster = Poster(base)
     wait_until(lambda: len(poster.answers) >= 3, 30, "POSTs before the switch")
     at = switch(ha, how)
+    switched = time.time()
     events = reader.join()
     wait_until(lambda: any(t > at and s == 202 for t, s, _, _ in poster.answers), 60, "a 202")
     poster.stop()
@@ -158,20 +163,33 @@ def test_a_job_streams_through_a_failover(ha: Stack, how: str) -> None:
     assert after.status_code == 202, after.text
     final = Reader(base, after.json()["jobId"]).join()
     assert final[-1][1] == "done"
+    # The monitor follows too: the ops snapshot is written to the new master again.
+    wait_until(lambda: snapshot_at(master) > switched, 30, "a snapshot on the new master")
     _report(how, at, reader, poster, events, master)
 
 
+def snapshot_at(client: redis.Redis) -> float:
+    """When the monitor last wrote the ops snapshot there (0: never)."""
+    raw = client.get(Keys().ops_snapshot)
+    return json.loads(raw)["at"] / 1000 if raw else 0.0
+
+
 def _report(
-    how: str, at: float, reader: Reader, poster: Poster, log: object, master: object
+    how: str,
+    at: float,
+    reader: Reader,
+    poster: Poster,
+    log: list[tuple[str, str]],
+    master: redis.Redis,
 ) -> None:
-    """Print the switch as a user saw it: seconds of 503, events and jobs lost."""
+    """Print the switch as a user saw it: seconds of 503, jobs and events lost."""
     refused = [t - at for t, status, _, _ in poster.answers if status == 503]
-    accepted = [job for t, status, _, job in poster.answers if status == 202]
-    gone = [job for job in accepted if not master.exists(f"jobcast:job:{{{job}}}")]  # type: ignore[attr-defined]
-    lost = {e.id for e in reader.seen} - {i for i, _ in log}  # type: ignore[attr-defined]
+    accepted = [job for _, status, _, job in poster.answers if status == 202]
+    gone = [job for job in accepted if not master.exists(Keys().job(job))]
+    lost = {e.id for e in reader.seen} - {event_id for event_id, _ in log}
     span = f"{min(refused):.2f}..{max(refused):.2f} s" if refused else "none"
     print(
         f"\n[{how}] 503s: {len(refused)} of {len(poster.answers)} POSTs, {span} after the "
-        f"switch; 202 jobs gone: {len(gone)}; stream events seen but lost: {len(lost)}; "
-        f"resets: {reader.resets}; reader drops: {reader.drops}"
+        f"switch was asked; 202 jobs gone: {len(gone)} of {len(accepted)}; stream events "
+        f"seen but lost: {len(lost)}; resets: {reader.resets}; reader drops: {reader.drops}"
     )

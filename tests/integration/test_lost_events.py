@@ -37,9 +37,7 @@ def as_client_keeps_it(received: list[Received]) -> list[tuple[str, str]]:
     return log
 
 
-def test_resuming_from_a_lost_id_gets_a_reset_and_the_whole_log(
-    web: str, rds: redis.Redis
-) -> None:
+def test_resuming_from_a_lost_id_gets_a_reset_and_the_whole_log(web: str, rds: redis.Redis) -> None:
     """Last-Event-ID names an event the log no longer holds (inside its span, not trimmed):
     a reset with the snapshot comes first, then every logged event."""
     events = JobEvents(rds)
