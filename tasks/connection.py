@@ -49,17 +49,21 @@ class FencedSentinel(redis.sentinel.Sentinel):
     asked."""
 
     def discover_master(self, service_name: str) -> tuple[str, int]:
-        address = super().discover_master(service_name)
+        found: tuple[str, int] | None = None
         for sentinel in self.sentinels:
             try:
                 state = sentinel.sentinel_master(service_name)
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-                continue  # down, or not watching this master: as discover_master skips it
+                continue  # down, or not watching this master: the others decide
             if "failover_in_progress" in state.get("flags", ""):
                 raise redis.sentinel.MasterNotFoundError(
                     f"a failover of {service_name!r} is in progress"
                 )
-        return address
+            if found is None and self.check_master_state(state, service_name):
+                found = (state["ip"], state["port"])
+        if found is None:
+            raise redis.sentinel.MasterNotFoundError(f"no sentinel names {service_name!r}")
+        return found
 
 
 class MasterConnection(redis.sentinel.SentinelManagedConnection):

@@ -33,7 +33,7 @@ SMALL = {"prompt": "a small one", "width": 64, "height": 64, "steps": 2}
 
 @pytest.fixture
 def ha(tmp_path: Path) -> Iterator[Stack]:
-    with own_stack(tmp_path, sentinel=True, JOBCAST_POST_RATE_LIMIT="") as stack:
+    with own_stack(tmp_path, sentinel=True, JOBCAST_POST_RATE_LIMIT="100000/minute") as stack:
         yield stack
 
 
