@@ -173,6 +173,7 @@ class SentinelSet:
     replicas: int = 2
     sentinels: int = 3
     master_name: str = "mymaster"
+    password: str = ""  # the sentinels' own (requirepass), if any
     servers: list[RedisServer] = field(default_factory=list)
     watchers: list[Proc] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
@@ -213,12 +214,20 @@ class SentinelSet:
             f"sentinel failover-timeout {name} 3000\n"
             f"sentinel parallel-syncs {name} 2\n"
         )
+        if self.password:  # asked of clients, and of each other
+            with conf.open("a") as out:
+                out.write(f"requirepass {self.password}\nsentinel sentinel-pass {self.password}\n")
         argv = [redis_server_binary(), str(conf), "--sentinel"]
         self.watchers.append(Proc(argv, dict(os.environ), directory / "sentinel.log").start())
         return port
 
     def sentinel(self, n: int = 0) -> redis.Redis:
-        return redis.Redis(port=self.ports[n], socket_timeout=2, decode_responses=True)
+        return redis.Redis(
+            port=self.ports[n],
+            password=self.password or None,
+            socket_timeout=2,
+            decode_responses=True,
+        )
 
     def _ready(self) -> bool:
         try:
@@ -328,16 +337,22 @@ class Stack:
 
 @contextmanager
 def own_stack(
-    tmp: Path, kind: type[Stack] = Stack, sentinel: bool = False, **env: str
+    tmp: Path, kind: type[Stack] = Stack, sentinel: bool | str = False, **env: str
 ) -> Iterator[Stack]:
     """A Redis of its own under ``tmp`` (with ``sentinel``, a Sentinel set: a master, two
-    replicas, three sentinels) and the environment its processes get: that Redis, a
+    replicas, three sentinels; a string: their password) and the environment its processes
+    get: that Redis, a
     private media folder, Celery's default visibility timeout (an hour) unless ``env``
     says, and ``env``. Everything the stack started is stopped on the way out."""
     server: RedisServer | SentinelSet
     if sentinel:
-        server = SentinelSet(tmp / "sentinels")
-        env = {"JOBCAST_SENTINEL_MASTER": server.master_name, **env}
+        password = sentinel if isinstance(sentinel, str) else ""
+        server = SentinelSet(tmp / "sentinels", password=password)
+        env = {
+            "JOBCAST_SENTINEL_MASTER": server.master_name,
+            "JOBCAST_SENTINEL_PASSWORD": password,
+            **env,
+        }
         try:
             server.start()
         except BaseException:

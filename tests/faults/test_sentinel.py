@@ -12,6 +12,7 @@ Retry-After, and the stack takes new jobs after it. The timeline is printed (``-
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +22,16 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from support import Received, SentinelSet, Stack, iter_events, logged, own_stack, wait_until
+from support import (
+    Proc,
+    Received,
+    SentinelSet,
+    Stack,
+    iter_events,
+    logged,
+    own_stack,
+    wait_until,
+)
 
 from tasks.keys import Keys
 
@@ -166,6 +176,26 @@ def test_a_job_streams_through_a_failover(ha: Stack, how: str) -> None:
     # The monitor follows too: the ops snapshot is written to the new master again.
     wait_until(lambda: snapshot_at(master) > switched, 30, "a snapshot on the new master")
     _report(how, at, reader, poster, events, master)
+
+
+def test_sentinels_with_a_password(tmp_path: Path) -> None:
+    """Sentinels that require a password: with JOBCAST_SENTINEL_PASSWORD the web, the
+    worker (Celery's broker through kombu's sentinel transport) and the monitor find the
+    master, and a job runs to done; a monitor without it says it cannot authenticate."""
+    with own_stack(tmp_path, sentinel="watchers-secret") as stack:
+        stack.worker()
+        stack.monitor()
+        _, base = stack.web()
+        response = httpx.post(base + "/imagine", json=SMALL, timeout=10)
+        assert response.status_code == 202, response.text
+        events = Reader(base, response.json()["jobId"]).join()
+        assert events == logged(sentinels(stack).client(), response.json()["jobId"])
+        assert events[-1][1] == "done"
+        env = {**stack.env, "JOBCAST_SENTINEL_PASSWORD": ""}
+        proc = Proc([sys.executable, "-m", "web.cli", "monitor"], env, tmp_path / "m2.log")
+        stack.keep("monitor without the password", proc.start())
+        wait_until(lambda: "AuthenticationError" in proc.output(), 30, "an authentication error")
+        assert "leading" not in proc.output()
 
 
 def snapshot_at(client: redis.Redis) -> float:
