@@ -10,6 +10,7 @@ import redis
 from celery import Celery
 
 from tasks.config import Settings
+from tasks.connection import is_sentinel
 from tasks.events import JobEvents
 from tasks.keys import DEFAULT_QUEUE
 
@@ -27,7 +28,7 @@ def create_celery(settings: Settings | None = None, **conf: Any) -> Celery:
     """Build Jobcast's own Celery app; ``conf`` overrides Celery settings (tests shorten
     timeouts)."""
     settings = settings or Settings.from_env()
-    app = Celery("jobcast", broker=settings.redis_url, backend=None)
+    app = Celery("jobcast", broker=settings.broker, backend=None)
     configure_celery(app, settings)
     app.conf.update(
         task_ignore_result=True,
@@ -61,6 +62,7 @@ def configure_celery(app: Celery, settings: Settings | None = None) -> Celery:
         task_track_started=False,
         broker_transport_options={
             **(app.conf.broker_transport_options or {}),  # the app's own (key prefix...)
+            **sentinel_options(settings),
             # A message whose worker died unacked is handed out again after this.
             "visibility_timeout": settings.visibility_timeout,
             # Look for such messages often enough to honour a short visibility timeout.
@@ -76,9 +78,18 @@ def configure_celery(app: Celery, settings: Settings | None = None) -> Celery:
     return app
 
 
+def sentinel_options(settings: Settings) -> dict[str, Any]:
+    """What kombu's sentinel:// transport needs to find the master (none for a plain URL)."""
+    if not is_sentinel(settings.broker):
+        return {}
+    options: dict[str, Any] = {"master_name": settings.sentinel_master}
+    if settings.sentinel_password:
+        options["sentinel_kwargs"] = {"password": settings.sentinel_password}
+    return options
+
+
 def build_context(settings: Settings) -> Context:
-    client = redis.Redis.from_url(
-        settings.redis_url,
+    client = settings.store.client(
         health_check_interval=30,
         socket_keepalive=True,
         retry_on_timeout=True,

@@ -14,14 +14,24 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from tasks.connection import RedisTarget, is_sentinel, parse_sentinels
 
 
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # A sentinel:// REDIS_URL (or broker URL) names a Sentinel set: the master's name, and
+    # the sentinels' own password if they have one (tasks.connection).
+    sentinel_master: str = ""
+    sentinel_password: str = ""
+    # Celery's broker, when not the Redis of the job records ("" : REDIS_URL): a single
+    # Redis, a Sentinel set (the same master name) or RabbitMQ; never a Redis Cluster.
+    broker_url: str = ""
     prefix: str = "jobcast:"
     media_dir: str = "var/media"
     retention_seconds: int = 24 * 3600
@@ -127,10 +137,7 @@ class Settings:
         _check_range("max_side", self.max_side, self.min_side, BOUNDS["max_side"][1])
         _check_range("default_side", self.default_side, self.min_side, self.max_side)
         _check_range("default_steps", self.default_steps, 1, self.max_steps)
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise SettingsError(
-                f"REDIS_URL must start with redis://, rediss:// or unix://, got {self.redis_url!r}"
-            )
+        _check_redis_url(self)
         if not self.prefix:
             raise SettingsError("JOBCAST_PREFIX must not be empty")
         for module in self.import_list:
@@ -142,6 +149,23 @@ class Settings:
                 f"got {self.url_prefix!r}"
             )
         _check_origins(self.cors_origins, self.cors_credentials)
+
+    @property
+    def store(self) -> RedisTarget:
+        """The Redis of job records, event logs and pub/sub."""
+        return RedisTarget(self.redis_url, self.sentinel_master, self.sentinel_password)
+
+    @property
+    def broker(self) -> str:
+        """Celery's broker URL."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_target(self) -> RedisTarget | None:
+        """The broker's Redis, to read its lists; None for RabbitMQ."""
+        if urllib.parse.urlsplit(self.broker).scheme not in REDIS_BROKERS:
+            return None
+        return RedisTarget(self.broker, self.sentinel_master, self.sentinel_password)
 
     @property
     def import_list(self) -> list[str]:
@@ -228,6 +252,39 @@ def _check_origins(raw: str, credentials: bool) -> None:
             raise SettingsError(
                 "JOBCAST_CORS_ORIGINS takes origins like https://app.example.com:8443 "
                 f"(scheme, host, optional port; no path), got {origin!r}"
+            )
+
+
+STORE_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+REDIS_BROKERS = frozenset({"redis", "rediss", "sentinel"})
+BROKER_SCHEMES = REDIS_BROKERS | {"amqp", "amqps", "pyamqp"}
+
+
+def _check_redis_url(settings: Settings) -> None:
+    """REDIS_URL and JOBCAST_BROKER_URL name servers Jobcast can use; a Sentinel set needs
+    the master's name."""
+    url = settings.redis_url
+    if urllib.parse.urlsplit(url).scheme not in STORE_SCHEMES:
+        raise SettingsError(
+            f"REDIS_URL must start with redis://, rediss://, unix:// or sentinel://, got {url!r}"
+        )
+    broker = settings.broker_url
+    if broker and urllib.parse.urlsplit(broker).scheme not in BROKER_SCHEMES:
+        raise SettingsError(
+            "JOBCAST_BROKER_URL must be a single Redis (redis://, rediss://), a Sentinel set "
+            f"(sentinel://) or RabbitMQ (amqp://); got {broker!r} (kombu's Redis transport "
+            "cannot use a Redis Cluster)"
+        )
+    for name, value in (("REDIS_URL", url), ("JOBCAST_BROKER_URL", broker)):
+        if not is_sentinel(value):
+            continue
+        try:
+            parse_sentinels(value)
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {exc}") from None
+        if not settings.sentinel_master:
+            raise SettingsError(
+                f"{name} names a Sentinel set: JOBCAST_SENTINEL_MASTER must name its master"
             )
 
 

@@ -263,8 +263,10 @@ return {pos, waiting + 1, id, avg, busy}
 )
 
 
-# KEYS: job hash, events stream; ARGV: range start, page size, "1" to also get the oldest id
-# Answers state, last id, oldest id, entries, and the job's queue (its line).
+# KEYS: job hash, events stream; ARGV: range start, page size, "1" to also get the oldest id,
+# [an id to look up: is it in the log?]
+# Answers state, last id, oldest id, entries, the job's queue (its line), and 1/0 for
+# whether the id looked up is logged (false if none was asked about).
 READ_LUA = """
 local head = redis.call('HMGET', KEYS[1], 'state', 'lastEventId', 'queue')
 local entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
@@ -273,7 +275,11 @@ if ARGV[3] == '1' then
   local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
   if first[1] then oldest = first[1][1] end
 end
-return {head[1], head[2], oldest, entries, head[3]}
+local logged = false
+if ARGV[4] then
+  logged = #redis.call('XRANGE', KEYS[2], ARGV[4], ARGV[4], 'COUNT', 1)
+end
+return {head[1], head[2], oldest, entries, head[3], logged}
 """
 
 
@@ -416,16 +422,21 @@ class JobEvents:
                 time.sleep(delay)  # backing off from a Redis that is down
                 delay = min(delay * 2, 1.0)
 
-    def read(self, job_id: str, start: str, count: int, *, oldest: bool = False) -> list[Any]:
-        """One round trip: ``[state, lastEventId, oldest id, entries, queue]`` of a job.
+    def read(
+        self, job_id: str, start: str, count: int, *, oldest: bool = False, lookup: str = ""
+    ) -> list[Any]:
+        """One round trip: ``[state, lastEventId, oldest id, entries, queue, logged]`` of a
+        job.
 
         ``start`` is an XRANGE bound (``-`` or ``(<id>``); entries are raw
-        ``[id, [b"phase", phase, b"data", data]]`` pairs, in log order.
+        ``[id, [b"phase", phase, b"data", data]]`` pairs, in log order. ``logged`` says
+        whether the id ``lookup`` is in the log (1 or 0; None without one).
         """
         k = self.keys
-        result: list[Any] = self._read(
-            keys=[k.job(job_id), k.events(job_id)], args=[start, count, "1" if oldest else "0"]
-        )
+        args: list[Any] = [start, count, "1" if oldest else "0"]
+        if lookup:
+            args.append(lookup)
+        result: list[Any] = self._read(keys=[k.job(job_id), k.events(job_id)], args=args)
         return result
 
     def enqueue(

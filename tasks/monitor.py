@@ -798,8 +798,8 @@ def main() -> int:
     )
     settings = Settings.from_env()
     app = create_celery(settings)
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_keepalive=True, socket_timeout=10, health_check_interval=30
+    client = settings.store.client(
+        socket_keepalive=True, socket_timeout=10, health_check_interval=30
     )
     monitor = Monitor(settings, client, broker_queue=app.conf.task_default_queue)
     if settings.monitor_watchdog_seconds > 0:
@@ -809,7 +809,7 @@ def main() -> int:
     stopping: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
-    log.info("monitor %s: following %s", monitor.token, settings.redis_url)
+    log.info("monitor %s: following %s", monitor.token, settings.store.describe())
     monitor.run(app, stop=lambda: bool(stopping))
     try:
         monitor.resign()
@@ -835,7 +835,7 @@ def healthcheck(max_age: float = 15.0) -> int:
     """Exit status for a container healthcheck: 0 while a snapshot younger than ``max_age``
     is in Redis (some monitor leads), under the configured ``JOBCAST_PREFIX``."""
     settings = Settings.from_env()
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    client = settings.store.client(socket_timeout=3, socket_connect_timeout=3)
     try:
         raw = client.get(Keys(settings.prefix).ops_snapshot)
     except (redis.ConnectionError, redis.TimeoutError):

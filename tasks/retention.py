@@ -39,6 +39,7 @@ import redis
 from celery import Celery
 
 from tasks.config import Settings
+from tasks.connection import RedisTarget
 from tasks.events import JobEvents, now_ms
 from tasks.keys import LINE_NAME, Keys, LineKeys
 from tasks.lease import lease_key
@@ -305,7 +306,8 @@ class Sweeper:
         if urllib.parse.urlsplit(url).scheme not in REDIS_SCHEMES:
             return None
         if self._broker_client is None:
-            self._broker_client = redis.Redis.from_url(url)
+            target = self.settings.store
+            self._broker_client = RedisTarget(url, target.master, target.sentinel_password).client()
         return self._broker_client
 
     def _message_ids(self, broker: redis.Redis, queues: set[str]) -> Iterator[str]:

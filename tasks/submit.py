@@ -31,7 +31,7 @@ from tasks.config import Settings
 from tasks.events import TERMINAL_STATES, Enqueued, JobEvents
 from tasks.keys import check_queue
 
-REDIS_SCHEMES = frozenset({"redis", "rediss"})
+REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel"})  # kombu's Redis transports
 
 # KEYS: job hash. Flag a running job for cancellation, only if its record still exists
 # (HSET on an expired id would create a record with no TTL); answer its state, or nil.
@@ -46,7 +46,8 @@ return state
 
 
 def shares_broker(app: Celery, settings: Settings) -> bool:
-    """Whether Celery's broker is the Redis (same URL, same db) the job records live in."""
+    """Whether Celery's broker is the Redis (same URL, same db) the job records live in
+    (a Sentinel set counts: kombu's sentinel transport keeps the Redis layout)."""
     url = str(app.conf.broker_write_url or app.conf.broker_url or "")
     return url == settings.redis_url and urllib.parse.urlsplit(url).scheme in REDIS_SCHEMES
 

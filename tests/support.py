@@ -115,6 +115,7 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     appendonly: bool = True
     proc: Proc | None = None
+    options: list[str] = field(default_factory=list)  # more redis-server arguments
 
     @property
     def url(self) -> str:
@@ -139,6 +140,7 @@ class RedisServer:
             "yes" if self.appendonly else "no",
             "--appendfsync",
             "always",
+            *self.options,
         ]
         self.proc = Proc(argv, dict(os.environ), self.directory / "redis.log").start()
         wait_until(self._pings, 15, "redis-server to answer PING")
@@ -160,6 +162,105 @@ class RedisServer:
         if down_for:
             time.sleep(down_for)  # the outage itself is what is being tested
         self.start()
+
+
+@dataclass
+class SentinelSet:
+    """A Redis master, its replicas and the sentinels that watch them, on free ports, with
+    short timeouts so that a failover takes seconds (1 s to call a master down)."""
+
+    directory: Path
+    replicas: int = 2
+    sentinels: int = 3
+    master_name: str = "mymaster"
+    password: str = ""  # the sentinels' own (requirepass), if any
+    servers: list[RedisServer] = field(default_factory=list)
+    watchers: list[Proc] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """kombu's form: every sentinel, the database on the last one."""
+        return ";".join(f"sentinel://127.0.0.1:{port}" for port in self.ports) + "/0"
+
+    def start(self) -> SentinelSet:
+        master = RedisServer(self.directory / "redis0").start()
+        self.servers.append(master)
+        for n in range(1, self.replicas + 1):
+            replica = RedisServer(
+                self.directory / f"redis{n}",
+                options=[
+                    "--replicaof", "127.0.0.1", str(master.port),
+                    "--replica-announce-ip", "127.0.0.1",
+                ],
+            )  # fmt: skip
+            self.servers.append(replica.start())
+        for n in range(self.sentinels):
+            self.ports.append(self._sentinel(n, master.port))
+        wait_until(self._ready, 30, "the sentinels to know every replica and each other")
+        return self
+
+    def _sentinel(self, n: int, master_port: int) -> int:
+        port = free_port()
+        directory = self.directory / f"sentinel{n}"
+        directory.mkdir(parents=True, exist_ok=True)
+        conf = directory / "sentinel.conf"  # the sentinel rewrites it: its own copy
+        name = self.master_name
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"sentinel announce-ip 127.0.0.1\n"
+            f"sentinel monitor {name} 127.0.0.1 {master_port} 2\n"
+            f"sentinel down-after-milliseconds {name} 1000\n"
+            f"sentinel failover-timeout {name} 3000\n"
+            f"sentinel parallel-syncs {name} 2\n"
+        )
+        if self.password:  # asked of clients, and of each other
+            with conf.open("a") as out:
+                out.write(f"requirepass {self.password}\nsentinel sentinel-pass {self.password}\n")
+        argv = [redis_server_binary(), str(conf), "--sentinel"]
+        self.watchers.append(Proc(argv, dict(os.environ), directory / "sentinel.log").start())
+        return port
+
+    def sentinel(self, n: int = 0) -> redis.Redis:
+        return redis.Redis(
+            port=self.ports[n],
+            password=self.password or None,
+            socket_timeout=2,
+            decode_responses=True,
+        )
+
+    def _ready(self) -> bool:
+        try:
+            for n in range(self.sentinels):
+                with self.sentinel(n) as client:
+                    state = client.sentinel_master(self.master_name)
+                    replicas = client.sentinel_slaves(self.master_name)
+                    up = [r for r in replicas if r["master-link-status"] == "ok"]
+                    up = [r for r in up if not r["is_sdown"]]
+                    if state["num-other-sentinels"] < self.sentinels - 1 or len(up) < self.replicas:
+                        return False
+            return True
+        except (redis.ConnectionError, redis.ResponseError):
+            return False
+
+    def master_port(self) -> int:
+        """The master's port as the sentinels report it now."""
+        with self.sentinel() as client:
+            return int(client.sentinel_get_master_addr_by_name(self.master_name)[1])
+
+    def master(self) -> RedisServer:
+        port = self.master_port()
+        return next(server for server in self.servers if server.port == port)
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A client of the current master (asked of the sentinels at each call)."""
+        return self.master().client(**kwargs)
+
+    def stop(self) -> None:
+        for proc in reversed(self.watchers):
+            proc.stop()
+        for server in reversed(self.servers):
+            server.stop()
 
 
 def celery_worker(
@@ -218,7 +319,7 @@ class Stack:
     servers and monitors started on it, each under a name, stopped in reverse order."""
 
     tmp: Path
-    redis: RedisServer
+    redis: RedisServer | SentinelSet
     env: dict[str, str]
     procs: dict[str, Proc] = field(default_factory=dict)
 
@@ -230,9 +331,9 @@ class Stack:
     def worker(self, name: str = "w1", **kwargs: Any) -> Proc:
         return self.keep(name, celery_worker(self.env, self.tmp / f"{name}.log", name, **kwargs))
 
-    def web(self, workers: int = 1, **env: str) -> tuple[Proc, str]:
-        proc, base = gunicorn_web({**self.env, **env}, self.tmp / "web.log", workers=workers)
-        return self.keep("web", proc), base
+    def web(self, workers: int = 1, name: str = "web", **env: str) -> tuple[Proc, str]:
+        proc, base = gunicorn_web({**self.env, **env}, self.tmp / f"{name}.log", workers=workers)
+        return self.keep(name, proc), base
 
     def monitor(self) -> Proc:
         return self.keep("monitor", jobcast_monitor(self.env, self.tmp / "monitor.log"))
@@ -247,11 +348,30 @@ class Stack:
 
 
 @contextmanager
-def own_stack(tmp: Path, kind: type[Stack] = Stack, **env: str) -> Iterator[Stack]:
-    """A Redis of its own under ``tmp`` and the environment its processes get: that Redis,
-    a private media folder, Celery's default visibility timeout (an hour) unless ``env``
+def own_stack(
+    tmp: Path, kind: type[Stack] = Stack, sentinel: bool | str = False, **env: str
+) -> Iterator[Stack]:
+    """A Redis of its own under ``tmp`` (with ``sentinel``, a Sentinel set: a master, two
+    replicas, three sentinels; a string: their password) and the environment its processes
+    get: that Redis, a
+    private media folder, Celery's default visibility timeout (an hour) unless ``env``
     says, and ``env``. Everything the stack started is stopped on the way out."""
-    server = RedisServer(tmp / "redis").start()
+    server: RedisServer | SentinelSet
+    if sentinel:
+        password = sentinel if isinstance(sentinel, str) else ""
+        server = SentinelSet(tmp / "sentinels", password=password)
+        env = {
+            "JOBCAST_SENTINEL_MASTER": server.master_name,
+            "JOBCAST_SENTINEL_PASSWORD": password,
+            **env,
+        }
+        try:
+            server.start()
+        except BaseException:
+            server.stop()
+            raise
+    else:
+        server = RedisServer(tmp / "redis").start()
     environ = dict(os.environ)
     environ.pop("JOBCAST_VISIBILITY_TIMEOUT", None)
     environ.update(

@@ -40,8 +40,8 @@ class Jobcast:
 def init_app(app: Flask, settings: Settings, kinds: Registry | None = None) -> Jobcast:
     """Build the Redis pool, event log, hub and Celery client for this app; ``kinds`` are
     the job kinds it offers (the demo kinds when not given)."""
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.redis_url,
+    pool = settings.store.pool(
+        blocking=True,
         # A bounded pool that waits for a free connection: under gevent, a pool that
         # raises when exhausted would turn a burst of requests into HTTP 500s.
         max_connections=settings.redis_pool_size,
@@ -55,7 +55,7 @@ def init_app(app: Flask, settings: Settings, kinds: Registry | None = None) -> J
     client = redis.Redis(connection_pool=pool)
     keys = Keys(settings.prefix)
     hub = Hub(
-        settings.redis_url,
+        settings.store,
         queue_size=settings.watcher_queue_size,
         heartbeat=settings.heartbeat_seconds,
     )

@@ -33,6 +33,7 @@ import gevent.event
 import redis
 import redis.connection
 
+from tasks.connection import MASTER_CHECK_SECONDS, RedisTarget
 from tasks.events import TERMINAL, EventId
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class HubUnavailable(Exception):
 class Hub:
     def __init__(
         self,
-        redis_url: str,
+        redis_url: str | RedisTarget,
         *,
         queue_size: int = 256,
         confirm_timeout: float = 5.0,
@@ -142,8 +143,10 @@ class Hub:
         cache_bytes: int = 0,
         down_grace: float = 5.0,
     ) -> None:
-        self.pool = redis.connection.ConnectionPool.from_url(
-            redis_url,
+        # Only its connection class and options are used: the hub makes its one connection
+        # itself, and a Sentinel pool's connections ask the sentinels for the master.
+        target = RedisTarget(redis_url) if isinstance(redis_url, str) else redis_url
+        self.pool = target.pool(
             protocol=2,
             socket_keepalive=True,
             socket_connect_timeout=5,
@@ -289,12 +292,14 @@ class Hub:
     def start(self) -> None:
         if not self._greenlets:
             self._down_since = _now()
-            loops = (
+            loops = [
                 self._read_forever,
                 self._write_forever,
                 self._reap_forever,
                 self._heartbeat_forever,
-            )
+            ]
+            if hasattr(self.pool, "get_master_address"):
+                loops.append(self._follow_master_forever)
             self._greenlets = [gevent.spawn(self._supervise, loop) for loop in loops]
 
     def _supervise(self, loop: Callable[[], None]) -> None:
@@ -395,6 +400,27 @@ class Hub:
                         watcher.put(KEEP_ALIVE)
 
     # -- the connection ---------------------------------------------------------------
+
+    def _follow_master_forever(self) -> None:
+        """With a Sentinel set: drop the connection once the sentinels name another master.
+
+        A forced failover leaves the old master up for seconds, publishing nothing more
+        (the workers write to the new one); the reader then reconnects to the new master
+        and every stream resyncs from the log."""
+        while True:
+            gevent.sleep(MASTER_CHECK_SECONDS)
+            conn = self._conn
+            if conn is None:
+                continue
+            try:
+                address = self.pool.get_master_address()
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue  # no master known now; the connection tells us if it dies
+            if self._conn != conn:  # (identity; `is` would un-narrow conn for mypy)
+                continue  # the reader reconnected meanwhile
+            if (conn.host, conn.port) != tuple(address):
+                log.warning("hub: the master is now %s:%s; reconnecting", *address)
+                conn.disconnect()  # the reader's read fails and it reconnects
 
     def _write_forever(self) -> None:
         """Send queued (UN)SUBSCRIBEs in batches, and a PING when idle."""

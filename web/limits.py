@@ -51,8 +51,12 @@ def init_app(app: Flask, settings: Settings) -> Limiter | None:
         return None
     limiter = Limiter(
         client_key,
-        storage_uri=settings.redis_url,
-        storage_options={"socket_connect_timeout": 2, "socket_timeout": 2},
+        # The storage is given a pool of ours (a Sentinel set's too); its URI only picks
+        # limits' Redis storage.
+        storage_uri="redis://",
+        storage_options={
+            "connection_pool": settings.store.pool(socket_connect_timeout=2, socket_timeout=2)
+        },
         strategy="fixed-window",
         headers_enabled=True,
         swallow_errors=True,

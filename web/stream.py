@@ -10,11 +10,15 @@ live:    frames from the hub, skipping ids ≤ the last sent; keep-alive comment
 close:   unwatch (the hub unsubscribes the job once nobody watches it); WSGI servers
          call it on every path, also for a body never iterated
 A Last-Event-ID newer than the job's log is not one this job sent: the client gets a
-``reset`` with the snapshot, then the whole log as if it had sent no id.
+``reset`` with the snapshot, then the whole log as if it had sent no id. So does one
+within the log's span that the log does not hold, at the start or on a resync: the
+event was lost (a Sentinel failover drops what the old master had not replicated), and
+the client hears it rather than getting a log with a hole where its id was.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -50,6 +54,11 @@ class Opening:
     more: bool = False  # the page was full: the log may go on after the backlog
     unknown_last: bool = False  # the client's id is newer than the log: not from it
     queue: str | None = None  # the job's line, from the record (None: not read)
+    lost_last: bool = False  # the client's id is in the log's span but not in the log
+
+    def unfamiliar(self, last: EventId | None) -> bool:
+        """Whether the log cannot continue from ``last``: never its id, or lost from it."""
+        return self.lost_last or self.is_from_future(last)
 
     def nothing_after(self, last: EventId | None) -> bool:
         """Whether a client that saw ``last`` of a finished job has nothing to get (→ 204)."""
@@ -73,17 +82,18 @@ class Opening:
             last_logged=newest.key,
             oldest=log[0].key,
             backlog=after(log, last),
+            lost_last=missing(log, last),
         )
 
 
 def open_stream(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
     """The opening of a stream whose channel is subscribed (and confirmed) already."""
     opening = _open(ext, job_id, last)
-    if not opening.is_from_future(last):
+    if not opening.unfamiliar(last):
         return opening
     # The cache may not have heard yet what another process already delivered: ask Redis.
     opening = read_opening(ext, job_id, last)
-    if not opening.is_from_future(last):
+    if not opening.unfamiliar(last):
         return opening
     return replace(_open(ext, job_id, None), unknown_last=True)
 
@@ -105,8 +115,15 @@ def _open(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
     ext.hub.finish_fill(channel, token, whole.backlog if complete else None)
     if last is None:
         return whole
+    if not complete:
+        return read_opening(ext, job_id, last)  # a long log: let Redis look the id up
     oldest = whole.backlog[0].key if whole.backlog else None
-    return replace(whole, oldest=oldest, backlog=after(whole.backlog, last))
+    return replace(
+        whole,
+        oldest=oldest,
+        backlog=after(whole.backlog, last),
+        lost_last=missing(whole.backlog, last),
+    )
 
 
 def after(items: list[Item], last: EventId | None) -> list[Item]:
@@ -116,19 +133,37 @@ def after(items: list[Item], last: EventId | None) -> list[Item]:
     return [item for item in items if item.key > last]  # type: ignore[operator]
 
 
+def missing(log: list[Item], last: EventId | None) -> bool:
+    """Whether ``last`` falls within the complete ``log`` but is not one of its ids."""
+    if last is None or not log or not log[0].key <= last <= log[-1].key:  # type: ignore[operator]
+        return False
+    at = bisect.bisect_left(log, last, key=lambda item: item.key)  # type: ignore[arg-type,return-value]
+    return log[at].key != last
+
+
 def read_opening(ext: Jobcast, job_id: str, last: EventId | None) -> Opening:
-    """State, last logged id, oldest id and first backlog page: one round trip."""
-    state, last_logged, oldest, backlog, queue = ext.events.read(
-        job_id, _after_bound(last), PAGE, oldest=last is not None
+    """State, last logged id, oldest id and first backlog page, and whether ``last`` is
+    still logged: one round trip."""
+    lookup = format_id(last) if last is not None and last < LAST_ID else ""
+    state, last_logged, oldest, backlog, queue, logged = ext.events.read(
+        job_id, _after_bound(last), PAGE, oldest=last is not None, lookup=lookup
     )
+    first, newest = parse_id(oldest), parse_id(last_logged)
     return Opening(
         state=state.decode() if state is not None else None,
-        last_logged=parse_id(last_logged),
-        oldest=parse_id(oldest),
+        last_logged=newest,
+        oldest=first,
         backlog=after([_item(entry) for entry in backlog], last),
         more=len(backlog) >= PAGE,
         # A record without the field is one of the default line (written before lines).
         queue=queue.decode(errors="replace") if queue else DEFAULT_QUEUE,
+        lost_last=(
+            logged == 0
+            and last is not None
+            and first is not None
+            and newest is not None
+            and first <= last <= newest
+        ),
     )
 
 
@@ -234,10 +269,16 @@ class Stream:
         return Event(event="reset", data=dumps(snapshot(self.ext, self.job_id) or {})).encode()
 
     def _catch_up(self) -> bytes:
-        """Everything in the log after the last sent id, page by page."""
+        """Everything in the log after the last sent id, page by page; a reset and the
+        whole log if the log no longer holds that id (lost in a failover)."""
         parts: list[bytes] = []
         while not self.finished:
-            entries = read_opening(self.ext, self.job_id, self.sent).backlog
+            opening = read_opening(self.ext, self.job_id, self.sent)
+            if opening.unfamiliar(self.sent):
+                parts.append(self._reset())
+                self.sent = None
+                continue
+            entries = opening.backlog
             parts.append(self._frames(entries))
             if len(entries) < PAGE:
                 break

@@ -1,0 +1,80 @@
+"""Where Redis lives: a plain URL or a Sentinel set in kombu's form, and a broker apart."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.app import create_celery
+from tasks.config import Settings, SettingsError
+from tasks.connection import RedisTarget, parse_sentinels
+
+SENTINELS = "sentinel://h1:26379;sentinel://h2:26380;sentinel://h3/0"
+
+
+def test_kombus_sentinel_form_names_every_sentinel_and_the_database() -> None:
+    """The brief's form: every address, default port 26379, the database on the last."""
+    parsed = parse_sentinels(SENTINELS)
+    assert parsed.sentinels == [("h1", 26379), ("h2", 26380), ("h3", 26379)]
+    assert (parsed.db, parsed.password) == (0, None)
+    both = parse_sentinels("sentinel://:s%40cret@h1/2;sentinel://:s%40cret@h2/2")
+    assert (both.db, both.password) == (2, "s@cret")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REDIS_URL": SENTINELS}, "JOBCAST_SENTINEL_MASTER must name its master"),
+        (
+            {"REDIS_URL": "sentinel://h1;sentinel://h2/3", "JOBCAST_SENTINEL_MASTER": "m"},
+            "REDIS_URL: every address must name the same database",
+        ),
+        (
+            {"REDIS_URL": "sentinel://h1:port", "JOBCAST_SENTINEL_MASTER": "m"},
+            "REDIS_URL: bad port",
+        ),
+        ({"JOBCAST_BROKER_URL": "redis+cluster://h1:7000"}, "cannot use a Redis Cluster"),
+        ({"JOBCAST_BROKER_URL": SENTINELS}, "JOBCAST_SENTINEL_MASTER must name its master"),
+        ({"REDIS_URL": "http://x"}, "REDIS_URL must start with redis://"),
+    ],
+)
+def test_a_redis_it_cannot_use_is_refused_by_name(env: dict[str, str], message: str) -> None:
+    """A Sentinel set without its master's name, addresses that disagree, or a broker that
+    kombu cannot use stop the process with the variable named."""
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert message in str(caught.value)
+
+
+def test_celery_follows_the_same_sentinel_set() -> None:
+    """REDIS_URL names a Sentinel set: Celery's broker is the same value, and kombu's
+    sentinel transport gets the master's name and the sentinels' password."""
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": SENTINELS,
+            "JOBCAST_SENTINEL_MASTER": "mymaster",
+            "JOBCAST_SENTINEL_PASSWORD": "watchers",
+        }
+    )
+    app = create_celery(settings)
+    assert app.conf.broker_url == SENTINELS
+    options = app.conf.broker_transport_options
+    assert options["master_name"] == "mymaster"
+    assert options["sentinel_kwargs"] == {"password": "watchers"}
+    assert options["visibility_timeout"] == settings.visibility_timeout
+
+
+def test_a_broker_apart_from_the_event_store() -> None:
+    """JOBCAST_BROKER_URL moves Celery's broker only; by default it is REDIS_URL."""
+    assert create_celery(Settings.from_env({})).conf.broker_url == "redis://127.0.0.1:6379/0"
+    settings = Settings.from_env(
+        {"REDIS_URL": "redis://store:6379/0", "JOBCAST_BROKER_URL": "amqp://guest@rabbit//"}
+    )
+    assert create_celery(settings).conf.broker_url == "amqp://guest@rabbit//"
+    assert settings.store.url == "redis://store:6379/0" and settings.broker_target is None
+
+
+def test_a_target_describes_itself_without_its_password() -> None:
+    """Log lines name the server, never its password."""
+    assert RedisTarget("redis://:hunter2@db:6379/1").describe() == "redis://db:6379/1"
+    sentinel = RedisTarget("sentinel://:hunter2@h1/0;sentinel://:hunter2@h2/0", "mymaster")
+    assert "hunter2" not in sentinel.describe() and "h1:26379,h2:26379" in sentinel.describe()
