@@ -137,9 +137,9 @@ def parse_sentinels(url: str) -> SentinelSet:
         try:
             port = part.port or 26379
         except ValueError:
-            raise ValueError(f"bad port in {part.geturl()!r}") from None
+            raise ValueError(f"bad port in {without_password(part.geturl())!r}") from None
         if not part.hostname:
-            raise ValueError(f"no host in {part.geturl()!r}")
+            raise ValueError(f"no host in {without_password(part.geturl())!r}")
         sentinels.append((part.hostname, port))
         path = part.path.strip("/")
         if path and not path.isdigit():
@@ -153,6 +153,21 @@ def parse_sentinels(url: str) -> SentinelSet:
         )
     db, username, password = named.pop()
     return SentinelSet(sentinels, db, username, password)
+
+
+def without_password(url: str) -> str:
+    """``url`` (each ``;``-separated address of it) with any password left out: for error
+    messages and logs, which must show where a URL points but not its secret."""
+    return ";".join(_address_without_password(part) for part in url.split(";"))
+
+
+def _address_without_password(address: str) -> str:
+    parts = urllib.parse.urlsplit(address)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return address
+    user = userinfo.partition(":")[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
 
 
 def _unquote(value: str | None) -> str | None:
@@ -200,6 +215,4 @@ class RedisTarget:
         if self.sentinel:
             hosts = ",".join(f"{h}:{p}" for h, p in parse_sentinels(self.url).sentinels)
             return f"sentinel master {self.master!r} via {hosts}"
-        parts = urllib.parse.urlsplit(self.url)
-        netloc = parts.netloc.rpartition("@")[2]
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+        return without_password(self.url)
