@@ -25,6 +25,7 @@ import json
 import re
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
@@ -115,11 +116,16 @@ def _limit(args: Any, default: int, most: int, bad: dict[str, str]) -> int:
 
 def operator() -> str:
     """Who is acting: the session's name, or a bearer caller's ``X-Jobcast-Operator``
-    (400 if it is not 1-64 printable characters); else "session" or "bearer"."""
+    (UTF-8; 400 if it is not 1-64 printable characters); else "session" or "bearer"."""
     if _bearer():
-        name = request.headers.get(OPERATOR_HEADER)
-        if name is None:
+        raw = request.headers.get(OPERATOR_HEADER)
+        if raw is None:
             return "bearer"
+        try:
+            # WSGI hands header bytes over as latin-1 text; clients send names as UTF-8.
+            name = raw.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            name = ""
         if problem := operator_problem(name):
             raise ApiError(
                 400, "bad_operator", f"{OPERATOR_HEADER}: {problem}.",
@@ -127,6 +133,27 @@ def operator() -> str:
             )  # fmt: skip
         return name
     return session_operator(jobcast()) or "session"
+
+
+def same_site_only() -> None:
+    """403 for an action signed by the session cookie that the browser says came from
+    another site (``Sec-Fetch-Site``; without it, ``Origin``): SameSite=Strict keeps the
+    cookie from other sites' forms, not from a sibling subdomain's, nor from browsers
+    that ignore SameSite. A bearer caller sends no ambient credential: never refused."""
+    if _bearer():
+        return
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        foreign = site not in ("same-origin", "none")
+    else:
+        origin = request.headers.get("Origin")
+        foreign = origin is not None and (
+            origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower()
+        )
+    if foreign:
+        raise ApiError(
+            403, "cross_site", "Operator actions are only taken from this site's own pages."
+        )
 
 
 def _bearer() -> bool:
@@ -192,6 +219,7 @@ def job_json(job_id: str) -> Response:
 def cancel(job_id: str) -> tuple[Response, int]:
     """Cancel as ``DELETE /jobs/<id>`` does, once, audited: a second cancel is a 409."""
     require_ops()
+    same_site_only()
     ext = jobcast()
     job_id = _job_id(job_id)
     by = operator()
@@ -219,6 +247,7 @@ def cancel(job_id: str) -> tuple[Response, int]:
 def retry(job_id: str) -> tuple[Response, int]:
     """Resubmit a failed or cancelled job as a new one (``retryOf`` links back)."""
     require_ops()
+    same_site_only()
     ext = jobcast()
     old = _job_id(job_id)
     if parent_of(old) is not None:
