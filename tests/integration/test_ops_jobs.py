@@ -508,7 +508,7 @@ def test_an_operator_name_in_utf8_is_kept_as_written(ops: str, rds: redis.Redis)
     bad = httpx.post(f"{ops}/ops/jobs/{other}/cancel", headers=headers, timeout=10)
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_operator"
     assert rds.hget(Keys().job(other), "cancelBy") is None
-    assert rds.hget(Keys().job(other), "state") == b"queued"
+    assert rds.hget(Keys().job(other), "state") in (b"queued", b"running")
 
 
 @pytest.mark.parametrize(
@@ -535,10 +535,11 @@ def test_a_cross_site_post_with_the_session_cookie_changes_nothing(
             refused = browser.post(f"/ops/jobs/{job_id}/{action}", headers=foreign)
             assert refused.status_code == 403, refused.text
             assert refused.json()["error"]["code"] == "cross_site"
-        assert rds.hget(Keys().job(queued), "state") == b"queued"
+        assert rds.hget(Keys().job(queued), "state") in (b"queued", b"running")
+        assert rds.hget(Keys().job(queued), "cancelBy") is None
         assert rds.hget(Keys().job(ended), "retriedAs") is None
         assert get(ops, f"/ops/jobs/{queued}.json")["audit"] == []
         own = {"Sec-Fetch-Site": "same-origin", "Origin": ops}
-        assert browser.post(f"/ops/jobs/{queued}/cancel", headers=own).status_code == 200
+        assert browser.post(f"/ops/jobs/{queued}/cancel", headers=own).status_code in (200, 202)
     bearer = httpx.post(f"{ops}/ops/jobs/{ended}/retry", headers={**AUTH, **foreign})
     assert bearer.status_code == 202, bearer.text
