@@ -21,6 +21,7 @@ is described in :mod:`tasks.jobindex`.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import re
 import secrets
@@ -157,7 +158,16 @@ def same_site_only() -> None:
 
 
 def _bearer() -> bool:
-    return request.headers.get("Authorization", "").lower().startswith("bearer ")
+    """Whether the ops token itself came with the request (not just a Bearer header
+    beside the session cookie, which would skip the cross-site check and let the header
+    name someone other than the session's operator)."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    token = jobcast().settings.ops_token
+    return (
+        scheme.lower() == "bearer"
+        and bool(token)
+        and hmac.compare_digest(given.strip().encode(), token.encode())
+    )
 
 
 def _with_tokens(ext: Jobcast, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
