@@ -19,7 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.connection import RedisTarget, is_sentinel, parse_sentinels, without_password
+from tasks.connection import (
+    RedisTarget,
+    check_address,
+    is_sentinel,
+    parse_sentinels,
+    without_password,
+)
 
 
 @dataclass(frozen=True)
@@ -277,12 +283,14 @@ def _check_redis_url(settings: Settings) -> None:
             "(kombu's Redis transport cannot use a Redis Cluster)"
         )
     for name, value in (("REDIS_URL", url), ("JOBCAST_BROKER_URL", broker)):
-        if not is_sentinel(value):
-            continue
         try:
-            parse_sentinels(value)
+            check_address(value)
+            if is_sentinel(value):
+                parse_sentinels(value)
         except ValueError as exc:
             raise SettingsError(f"{name}: {exc}") from None
+        if not is_sentinel(value):
+            continue
         if not settings.sentinel_master:
             raise SettingsError(
                 f"{name} names a Sentinel set: JOBCAST_SENTINEL_MASTER must name its master"

@@ -155,6 +155,22 @@ def parse_sentinels(url: str) -> SentinelSet:
     return SentinelSet(sentinels, db, username, password)
 
 
+def check_address(url: str) -> None:
+    """``ValueError`` saying what is wrong with a ``redis://``/``rediss://`` URL's port or
+    database (redis-py fails on the first deep inside, and takes database 0 for a second
+    that is not a number); other schemes are left to their own parsers."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return
+    try:
+        parts.port  # noqa: B018 (the check is the reading)
+    except ValueError:
+        raise ValueError(f"bad port in {without_password(url)!r}") from None
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"the database must be a number, got {path!r}")
+
+
 def without_password(url: str) -> str:
     """``url`` (each ``;``-separated address of it) with any password left out: for error
     messages and logs, which must show where a URL points but not its secret."""

@@ -93,11 +93,15 @@ def test_a_target_describes_itself_without_its_password() -> None:
             "no host",
         ),
         ({"JOBCAST_BROKER_URL": "kafka://user:hunter2-secret@bus:9092"}, "kafka://user@bus:9092"),
+        ({"REDIS_URL": "redis://:hunter2-secret@store:63790x/0"}, "REDIS_URL: bad port"),
+        ({"REDIS_URL": "redis://:hunter2-secret@store:6379/zero"}, "REDIS_URL: the database"),
+        ({"JOBCAST_BROKER_URL": "redis://:hunter2-secret@bus:port"}, "JOBCAST_BROKER_URL: bad"),
     ],
 )
 def test_a_refused_url_is_named_without_its_password(env: dict[str, str], shown: str) -> None:
-    """The startup error for a URL it cannot use shows where it points (to fix the
-    typo) but never the password in it: that message goes to the process's log."""
+    """The startup error for a URL it cannot use (a bad port or database is one: redis-py
+    would fail deep inside on the first, and quietly use database 0 for the second) names
+    the variable and shows where it points, never the password: it goes to the log."""
     with pytest.raises(SettingsError) as caught:
         Settings.from_env(env)
     assert shown in str(caught.value)
