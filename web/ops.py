@@ -8,7 +8,7 @@ With ``JOBCAST_OPS_TOKEN`` set, the dashboard, its stream and ``/metrics`` need 
 ``Authorization: Bearer <token>`` (Prometheus, curl) or the session cookie the login
 form sets (browsers). Without it they are open, and the feed carries no job id: a job id
 is the capability to watch, cancel and download that job, so each one is replaced by a
-short label (:class:`PublicFeed`).
+short label (:class:`PublicFeed`), and a failure's exception text by a notice.
 
 The cookie is ``<session id>.<HMAC(token, session id)>``; the session lives in Redis
 (``<prefix>ops:session:<sha256(id)>``, as long as the cookie). Logout deletes it, so a
@@ -48,6 +48,7 @@ LABEL_HEX = 8  # 32 bits: tells jobs apart on one screen, opens none of them
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 ID_FIELDS = ("id", "jobId")  # where the monitor's snapshot puts job (task) ids
 MAX_OPERATOR = 64  # characters of an operator's name (sign-in form, X-Jobcast-Operator)
+HIDDEN_ERROR = "(the error's text is for operators: set JOBCAST_OPS_TOKEN and sign in)"
 MAX_LABELS = 4096  # labels remembered per deployment (a snapshot holds a few dozen ids)
 
 
@@ -338,6 +339,11 @@ class PublicFeed:
         in_text = sorted((i for i in labels if len(i) >= 16), key=len, reverse=True)
         pattern = re.compile("|".join(map(re.escape, in_text))) if in_text else None
         redacted = _replace(snap, labels, pattern)
+        for failure in redacted.get("failures") or []:
+            if isinstance(failure, dict) and "error" in failure:
+                # A task's exception text may carry parameters, paths or another job's
+                # id: operators read it (with the token, or in the job browser).
+                failure["error"] = HIDDEN_ERROR
         redacted["redacted"] = True  # the page says what it shows
         return snapshot_frame(json.dumps(redacted, separators=(",", ":")))
 

@@ -142,7 +142,8 @@ def test_open_ops_feed_shows_labels_and_never_a_job_id(
 ) -> None:
     """Without JOBCAST_OPS_TOKEN, /ops/stream (the latest snapshot at connect and the live
     ones) names a running job and a failed task only by 8-hex labels, the same in every
-    connection; the token's holder sees the ids."""
+    connection, and shows no failure's exception text (it may carry parameters or paths);
+    the token's holder sees the ids and the errors."""
     monitor = jobcast_monitor(stack_env, tmp_path / "monitor.log")
     app = create_celery(Settings.from_env(stack_env))
     try:
@@ -168,12 +169,15 @@ def test_open_ops_feed_shows_labels_and_never_a_job_id(
             assert snap["redacted"] is True
             ids = active_ids(snap) + [f["id"] for f in snap["failures"]]
             assert all(LABEL.fullmatch(label) for label in ids), ids
+            assert not [f for f in snap["failures"] if "TypeError" in f["error"]]
+            assert not [data for data in seen if "TypeError" in data]
             labels.append((active_ids(snap), snap["failures"][0]["id"]))
         assert labels[0] == labels[1]  # a job keeps its label
 
         bearer = {"Authorization": f"Bearer {TOKEN}"}
         _, full = read_snapshots(servers["direct"], shows_both, headers=bearer)
         assert job_id in active_ids(full) and doomed in [f["id"] for f in full["failures"]]
+        assert "TypeError" in next(f["error"] for f in full["failures"] if f["id"] == doomed)
         assert "redacted" not in full
     finally:
         app.close()
