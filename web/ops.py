@@ -124,6 +124,40 @@ def require_token() -> None:
         )  # fmt: skip
 
 
+def bearer_given() -> bool:
+    """Whether the ops token itself came with the request (not just a Bearer header
+    beside the session cookie, which would skip the cross-site check and let the header
+    name someone other than the session's operator)."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    token = jobcast().settings.ops_token
+    return (
+        scheme.lower() == "bearer"
+        and bool(token)
+        and hmac.compare_digest(given.strip().encode(), token.encode())
+    )
+
+
+def same_site_only() -> None:
+    """403 for an action signed by the session cookie that the browser says came from
+    another site (``Sec-Fetch-Site``; without it, ``Origin``): SameSite=Strict keeps the
+    cookie from other sites' forms, not from a sibling subdomain's, nor from browsers
+    that ignore SameSite. A bearer caller sends no ambient credential: never refused."""
+    if bearer_given():
+        return
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        foreign = site not in ("same-origin", "none")
+    else:
+        origin = request.headers.get("Origin")
+        foreign = origin is not None and (
+            origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower()
+        )
+    if foreign:
+        raise ApiError(
+            403, "cross_site", "Operator actions are only taken from this site's own pages."
+        )
+
+
 @bp.get("/ops")
 def page() -> str | BaseResponse:
     if not authorized(jobcast().settings.ops_token):
@@ -174,6 +208,7 @@ def _login_form(target: str, error: str = "") -> str:
 
 @bp.post("/ops/logout")
 def logout() -> BaseResponse:
+    same_site_only()  # another site's form must not sign the operator out
     ext = jobcast()
     session_id = request.cookies.get(COOKIE, "").partition(".")[0]
     if session_id:

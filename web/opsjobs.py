@@ -21,12 +21,10 @@ is described in :mod:`tasks.jobindex`.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import re
 import secrets
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
@@ -50,7 +48,13 @@ from web.api import JOB_ID, MAX_ID_PART, MAX_LAST_ID, not_found, queue_full
 from web.errors import ApiError
 from web.extension import Jobcast, jobcast
 from web.jobs import cancel_job
-from web.ops import authorized, operator_problem, session_operator
+from web.ops import (
+    authorized,
+    bearer_given,
+    operator_problem,
+    same_site_only,
+    session_operator,
+)
 
 bp = Blueprint("opsjobs", __name__)
 
@@ -118,7 +122,7 @@ def _limit(args: Any, default: int, most: int, bad: dict[str, str]) -> int:
 def operator() -> str:
     """Who is acting: the session's name, or a bearer caller's ``X-Jobcast-Operator``
     (UTF-8; 400 if it is not 1-64 printable characters); else "session" or "bearer"."""
-    if _bearer():
+    if bearer_given():
         raw = request.headers.get(OPERATOR_HEADER)
         if raw is None:
             return "bearer"
@@ -134,40 +138,6 @@ def operator() -> str:
             )  # fmt: skip
         return name
     return session_operator(jobcast()) or "session"
-
-
-def same_site_only() -> None:
-    """403 for an action signed by the session cookie that the browser says came from
-    another site (``Sec-Fetch-Site``; without it, ``Origin``): SameSite=Strict keeps the
-    cookie from other sites' forms, not from a sibling subdomain's, nor from browsers
-    that ignore SameSite. A bearer caller sends no ambient credential: never refused."""
-    if _bearer():
-        return
-    site = request.headers.get("Sec-Fetch-Site")
-    if site is not None:
-        foreign = site not in ("same-origin", "none")
-    else:
-        origin = request.headers.get("Origin")
-        foreign = origin is not None and (
-            origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower()
-        )
-    if foreign:
-        raise ApiError(
-            403, "cross_site", "Operator actions are only taken from this site's own pages."
-        )
-
-
-def _bearer() -> bool:
-    """Whether the ops token itself came with the request (not just a Bearer header
-    beside the session cookie, which would skip the cross-site check and let the header
-    name someone other than the session's operator)."""
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    token = jobcast().settings.ops_token
-    return (
-        scheme.lower() == "bearer"
-        and bool(token)
-        and hmac.compare_digest(given.strip().encode(), token.encode())
-    )
 
 
 def _with_tokens(ext: Jobcast, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:

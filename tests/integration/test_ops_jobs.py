@@ -544,3 +544,19 @@ def test_a_cross_site_post_with_the_session_cookie_changes_nothing(
         assert browser.post(f"/ops/jobs/{queued}/cancel", headers=own).status_code in (200, 202)
     bearer = httpx.post(f"{ops}/ops/jobs/{ended}/retry", headers={**foreign, **AUTH})
     assert bearer.status_code == 202, bearer.text
+
+
+def test_another_site_cannot_sign_an_operator_out(ops: str, rds: redis.Redis) -> None:
+    """POST /ops/logout sent from another site (Sec-Fetch-Site) is a 403 and the session
+    goes on working; the page's own logout (same origin) ends it."""
+    with httpx.Client(base_url=ops, timeout=10) as browser:
+        form = {"token": TOKEN, "operator": "carol", "next": "/ops/jobs"}
+        assert browser.post("/ops/login", data=form).status_code == 303
+        refused = browser.post("/ops/logout", headers={"Sec-Fetch-Site": "cross-site"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "cross_site"
+        assert browser.get("/ops/jobs.json").status_code == 200
+        cookie = browser.cookies["jobcast_ops"]
+        own = browser.post("/ops/logout", headers={"Sec-Fetch-Site": "same-origin"})
+        assert own.status_code == 303
+    again = httpx.get(f"{ops}/ops/jobs.json", cookies={"jobcast_ops": cookie}, timeout=10)
+    assert again.status_code == 401
