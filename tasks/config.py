@@ -19,7 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.connection import RedisTarget, is_sentinel, parse_sentinels
+from tasks.connection import (
+    RedisTarget,
+    check_address,
+    is_sentinel,
+    parse_sentinels,
+    without_password,
+)
 
 
 @dataclass(frozen=True)
@@ -266,22 +272,25 @@ def _check_redis_url(settings: Settings) -> None:
     url = settings.redis_url
     if urllib.parse.urlsplit(url).scheme not in STORE_SCHEMES:
         raise SettingsError(
-            f"REDIS_URL must start with redis://, rediss://, unix:// or sentinel://, got {url!r}"
+            "REDIS_URL must start with redis://, rediss://, unix:// or sentinel://, got "
+            f"{without_password(url)!r}"
         )
     broker = settings.broker_url
     if broker and urllib.parse.urlsplit(broker).scheme not in BROKER_SCHEMES:
         raise SettingsError(
             "JOBCAST_BROKER_URL must be a single Redis (redis://, rediss://), a Sentinel set "
-            f"(sentinel://) or RabbitMQ (amqp://); got {broker!r} (kombu's Redis transport "
-            "cannot use a Redis Cluster)"
+            f"(sentinel://) or RabbitMQ (amqp://); got {without_password(broker)!r} "
+            "(kombu's Redis transport cannot use a Redis Cluster)"
         )
     for name, value in (("REDIS_URL", url), ("JOBCAST_BROKER_URL", broker)):
-        if not is_sentinel(value):
-            continue
         try:
-            parse_sentinels(value)
+            check_address(value)
+            if is_sentinel(value):
+                parse_sentinels(value)
         except ValueError as exc:
             raise SettingsError(f"{name}: {exc}") from None
+        if not is_sentinel(value):
+            continue
         if not settings.sentinel_master:
             raise SettingsError(
                 f"{name} names a Sentinel set: JOBCAST_SENTINEL_MASTER must name its master"

@@ -137,9 +137,9 @@ def parse_sentinels(url: str) -> SentinelSet:
         try:
             port = part.port or 26379
         except ValueError:
-            raise ValueError(f"bad port in {part.geturl()!r}") from None
+            raise ValueError(f"bad port in {without_password(part.geturl())!r}") from None
         if not part.hostname:
-            raise ValueError(f"no host in {part.geturl()!r}")
+            raise ValueError(f"no host in {without_password(part.geturl())!r}")
         sentinels.append((part.hostname, port))
         path = part.path.strip("/")
         if path and not path.isdigit():
@@ -153,6 +153,37 @@ def parse_sentinels(url: str) -> SentinelSet:
         )
     db, username, password = named.pop()
     return SentinelSet(sentinels, db, username, password)
+
+
+def check_address(url: str) -> None:
+    """``ValueError`` saying what is wrong with a ``redis://``/``rediss://`` URL's port or
+    database (redis-py fails on the first deep inside, and takes database 0 for a second
+    that is not a number); other schemes are left to their own parsers."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return
+    try:
+        parts.port  # noqa: B018 (the check is the reading)
+    except ValueError:
+        raise ValueError(f"bad port in {without_password(url)!r}") from None
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"the database must be a number, got {path!r}")
+
+
+def without_password(url: str) -> str:
+    """``url`` (each ``;``-separated address of it) with any password left out: for error
+    messages and logs, which must show where a URL points but not its secret."""
+    return ";".join(_address_without_password(part) for part in url.split(";"))
+
+
+def _address_without_password(address: str) -> str:
+    parts = urllib.parse.urlsplit(address)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return address
+    user = userinfo.partition(":")[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
 
 
 def _unquote(value: str | None) -> str | None:
@@ -200,6 +231,4 @@ class RedisTarget:
         if self.sentinel:
             hosts = ",".join(f"{h}:{p}" for h, p in parse_sentinels(self.url).sentinels)
             return f"sentinel master {self.master!r} via {hosts}"
-        parts = urllib.parse.urlsplit(self.url)
-        netloc = parts.netloc.rpartition("@")[2]
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+        return without_password(self.url)

@@ -649,8 +649,9 @@ def _ops_job_paths() -> Doc:
     operator = {
         "name": "X-Jobcast-Operator",
         "in": "header",
-        "description": "Who acts (1-64 printable characters), for the job's audit; "
-        "bearer callers only (a session uses its sign-in name).",
+        "description": "Who acts (1-64 printable characters, UTF-8), for the job's audit; "
+        "bearer callers only (a session uses its sign-in name). A session's action sent "
+        "from another site is a 403 `cross_site`.",
         "schema": {"type": "string", "maxLength": 64},
     }
     return {
@@ -763,7 +764,7 @@ def _error_responses() -> Doc:
     return {
         "BadRequest": _json(error, "Malformed: not JSON (`bad_json`), a `Last-Event-ID` this stream never sent (`bad_last_event_id`), a bad `Idempotency-Key` (`bad_idempotency_key`); for `/jobs/stream`: no jobs, too many, one twice, or a parameter given twice or out of its values (`no_jobs`, `too_many_jobs`, `duplicate_job`, `bad_parameter`)."),
         "Unauthorized": _json(error, "The ops token is needed (`unauthorized`).", headers={"WWW-Authenticate": {"schema": {"type": "string"}}}),
-        "BadToken": _json(error, "Signing is on and the job's token is missing or wrong (`bad_token`); or this client may not submit this kind (`forbidden`)."),
+        "BadToken": _json(error, "Signing is on and the job's token is missing or wrong (`bad_token`); or this client may not submit this kind (`forbidden`); or an operator's action sent from another site (`cross_site`)."),
         "NotFound": _json(error, "No such job, or not an id (`not_found`); for a result or file: not succeeded yet, or no such file; no such kind (`unknown_kind`)."),
         "AlreadyFinished": _json(error, "The job has already ended (`already_finished`)."),
         "TooLarge": _json(error, "The body is larger than the limit (`too_large`)."),

@@ -8,7 +8,7 @@ With ``JOBCAST_OPS_TOKEN`` set, the dashboard, its stream and ``/metrics`` need 
 ``Authorization: Bearer <token>`` (Prometheus, curl) or the session cookie the login
 form sets (browsers). Without it they are open, and the feed carries no job id: a job id
 is the capability to watch, cancel and download that job, so each one is replaced by a
-short label (:class:`PublicFeed`).
+short label (:class:`PublicFeed`), and a failure's exception text by a notice.
 
 The cookie is ``<session id>.<HMAC(token, session id)>``; the session lives in Redis
 (``<prefix>ops:session:<sha256(id)>``, as long as the cookie). Logout deletes it, so a
@@ -48,6 +48,7 @@ LABEL_HEX = 8  # 32 bits: tells jobs apart on one screen, opens none of them
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 ID_FIELDS = ("id", "jobId")  # where the monitor's snapshot puts job (task) ids
 MAX_OPERATOR = 64  # characters of an operator's name (sign-in form, X-Jobcast-Operator)
+HIDDEN_ERROR = "(the error's text is for operators: set JOBCAST_OPS_TOKEN and sign in)"
 MAX_LABELS = 4096  # labels remembered per deployment (a snapshot holds a few dozen ids)
 
 
@@ -123,6 +124,40 @@ def require_token() -> None:
         )  # fmt: skip
 
 
+def bearer_given() -> bool:
+    """Whether the ops token itself came with the request (not just a Bearer header
+    beside the session cookie, which would skip the cross-site check and let the header
+    name someone other than the session's operator)."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    token = jobcast().settings.ops_token
+    return (
+        scheme.lower() == "bearer"
+        and bool(token)
+        and hmac.compare_digest(given.strip().encode(), token.encode())
+    )
+
+
+def same_site_only() -> None:
+    """403 for an action signed by the session cookie that the browser says came from
+    another site (``Sec-Fetch-Site``; without it, ``Origin``): SameSite=Strict keeps the
+    cookie from other sites' forms, not from a sibling subdomain's, nor from browsers
+    that ignore SameSite. A bearer caller sends no ambient credential: never refused."""
+    if bearer_given():
+        return
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        foreign = site not in ("same-origin", "none")
+    else:
+        origin = request.headers.get("Origin")
+        foreign = origin is not None and (
+            origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower()
+        )
+    if foreign:
+        raise ApiError(
+            403, "cross_site", "Operator actions are only taken from this site's own pages."
+        )
+
+
 @bp.get("/ops")
 def page() -> str | BaseResponse:
     if not authorized(jobcast().settings.ops_token):
@@ -173,6 +208,7 @@ def _login_form(target: str, error: str = "") -> str:
 
 @bp.post("/ops/logout")
 def logout() -> BaseResponse:
+    same_site_only()  # another site's form must not sign the operator out
     ext = jobcast()
     session_id = request.cookies.get(COOKIE, "").partition(".")[0]
     if session_id:
@@ -338,6 +374,11 @@ class PublicFeed:
         in_text = sorted((i for i in labels if len(i) >= 16), key=len, reverse=True)
         pattern = re.compile("|".join(map(re.escape, in_text))) if in_text else None
         redacted = _replace(snap, labels, pattern)
+        for failure in redacted.get("failures") or []:
+            if isinstance(failure, dict) and "error" in failure:
+                # A task's exception text may carry parameters, paths or another job's
+                # id: operators read it (with the token, or in the job browser).
+                failure["error"] = HIDDEN_ERROR
         redacted["redacted"] = True  # the page says what it shows
         return snapshot_frame(json.dumps(redacted, separators=(",", ":")))
 

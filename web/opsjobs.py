@@ -48,7 +48,13 @@ from web.api import JOB_ID, MAX_ID_PART, MAX_LAST_ID, not_found, queue_full
 from web.errors import ApiError
 from web.extension import Jobcast, jobcast
 from web.jobs import cancel_job
-from web.ops import authorized, operator_problem, session_operator
+from web.ops import (
+    authorized,
+    bearer_given,
+    operator_problem,
+    same_site_only,
+    session_operator,
+)
 
 bp = Blueprint("opsjobs", __name__)
 
@@ -115,11 +121,16 @@ def _limit(args: Any, default: int, most: int, bad: dict[str, str]) -> int:
 
 def operator() -> str:
     """Who is acting: the session's name, or a bearer caller's ``X-Jobcast-Operator``
-    (400 if it is not 1-64 printable characters); else "session" or "bearer"."""
-    if _bearer():
-        name = request.headers.get(OPERATOR_HEADER)
-        if name is None:
+    (UTF-8; 400 if it is not 1-64 printable characters); else "session" or "bearer"."""
+    if bearer_given():
+        raw = request.headers.get(OPERATOR_HEADER)
+        if raw is None:
             return "bearer"
+        try:
+            # WSGI hands header bytes over as latin-1 text; clients send names as UTF-8.
+            name = raw.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            name = ""
         if problem := operator_problem(name):
             raise ApiError(
                 400, "bad_operator", f"{OPERATOR_HEADER}: {problem}.",
@@ -127,10 +138,6 @@ def operator() -> str:
             )  # fmt: skip
         return name
     return session_operator(jobcast()) or "session"
-
-
-def _bearer() -> bool:
-    return request.headers.get("Authorization", "").lower().startswith("bearer ")
 
 
 def _with_tokens(ext: Jobcast, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -192,6 +199,7 @@ def job_json(job_id: str) -> Response:
 def cancel(job_id: str) -> tuple[Response, int]:
     """Cancel as ``DELETE /jobs/<id>`` does, once, audited: a second cancel is a 409."""
     require_ops()
+    same_site_only()
     ext = jobcast()
     job_id = _job_id(job_id)
     by = operator()
@@ -219,6 +227,7 @@ def cancel(job_id: str) -> tuple[Response, int]:
 def retry(job_id: str) -> tuple[Response, int]:
     """Resubmit a failed or cancelled job as a new one (``retryOf`` links back)."""
     require_ops()
+    same_site_only()
     ext = jobcast()
     old = _job_id(job_id)
     if parent_of(old) is not None:

@@ -492,3 +492,71 @@ def test_signed_mode_hands_operators_the_tokens_to_watch(
     for after in ("18446744073709551616-0", "18446744073709551615-18446744073709551615"):
         bad = httpx.get(f"{base}/ops/jobs/{job_id}.json", params={"after": after}, headers=AUTH)
         assert bad.status_code == 400 and "after" in bad.json()["error"]["fields"]
+
+
+def test_an_operator_name_in_utf8_is_kept_as_written(ops: str, rds: redis.Redis) -> None:
+    """X-Jobcast-Operator carries UTF-8 (HTTP headers are bytes): "José" is audited as
+    José, not as its bytes read one by one (JosÃ©); bytes that are not UTF-8 are a 400
+    that cancels nothing."""
+    job_id = post(ops, "imagine", LONG)
+    headers = {**AUTH, "X-Jobcast-Operator": "José".encode()}
+    answer = httpx.post(f"{ops}/ops/jobs/{job_id}/cancel", headers=headers, timeout=10)
+    assert answer.status_code in (200, 202), answer.text
+    assert get(ops, f"/ops/jobs/{job_id}.json")["audit"][0]["by"] == "José"
+    other = post(ops, "imagine", LONG)
+    headers = {**AUTH, "X-Jobcast-Operator": b"Jos\xe9"}
+    bad = httpx.post(f"{ops}/ops/jobs/{other}/cancel", headers=headers, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_operator"
+    assert rds.hget(Keys().job(other), "cancelBy") is None
+    assert rds.hget(Keys().job(other), "state") in (b"queued", b"running")
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "cross-site", "Authorization": "Bearer not-the-token"},
+    ],
+)
+def test_a_cross_site_post_with_the_session_cookie_changes_nothing(
+    ops: str, rds: redis.Redis, stack_env: dict[str, str], foreign: dict[str, str]
+) -> None:
+    """Cancel and retry signed by the session cookie are refused (403) when the browser
+    says the form or fetch came from another site (Sec-Fetch-Site, else Origin), even
+    from a sibling subdomain that SameSite lets the cookie through for; the page's own
+    requests (same origin) and bearer callers are not affected."""
+    queued = post(ops, "imagine", LONG)
+    ended = cancelled_imagine(ops, rds, stack_env)
+    with httpx.Client(base_url=ops, timeout=10) as browser:
+        form = {"token": TOKEN, "operator": "carol", "next": "/ops/jobs"}
+        assert browser.post("/ops/login", data=form).status_code == 303
+        for action, job_id in (("cancel", queued), ("retry", ended)):
+            refused = browser.post(f"/ops/jobs/{job_id}/{action}", headers=foreign)
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["error"]["code"] == "cross_site"
+        assert rds.hget(Keys().job(queued), "state") in (b"queued", b"running")
+        assert rds.hget(Keys().job(queued), "cancelBy") is None
+        assert rds.hget(Keys().job(ended), "retriedAs") is None
+        assert get(ops, f"/ops/jobs/{queued}.json")["audit"] == []
+        own = {"Sec-Fetch-Site": "same-origin", "Origin": ops}
+        assert browser.post(f"/ops/jobs/{queued}/cancel", headers=own).status_code in (200, 202)
+    bearer = httpx.post(f"{ops}/ops/jobs/{ended}/retry", headers={**foreign, **AUTH})
+    assert bearer.status_code == 202, bearer.text
+
+
+def test_another_site_cannot_sign_an_operator_out(ops: str, rds: redis.Redis) -> None:
+    """POST /ops/logout sent from another site (Sec-Fetch-Site) is a 403 and the session
+    goes on working; the page's own logout (same origin) ends it."""
+    with httpx.Client(base_url=ops, timeout=10) as browser:
+        form = {"token": TOKEN, "operator": "carol", "next": "/ops/jobs"}
+        assert browser.post("/ops/login", data=form).status_code == 303
+        refused = browser.post("/ops/logout", headers={"Sec-Fetch-Site": "cross-site"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "cross_site"
+        assert browser.get("/ops/jobs.json").status_code == 200
+        cookie = browser.cookies["jobcast_ops"]
+        own = browser.post("/ops/logout", headers={"Sec-Fetch-Site": "same-origin"})
+        assert own.status_code == 303
+    again = httpx.get(f"{ops}/ops/jobs.json", cookies={"jobcast_ops": cookie}, timeout=10)
+    assert again.status_code == 401

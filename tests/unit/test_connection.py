@@ -78,3 +78,31 @@ def test_a_target_describes_itself_without_its_password() -> None:
     assert RedisTarget("redis://:hunter2@db:6379/1").describe() == "redis://db:6379/1"
     sentinel = RedisTarget("sentinel://:hunter2@h1/0;sentinel://:hunter2@h2/0", "mymaster")
     assert "hunter2" not in sentinel.describe() and "h1:26379,h2:26379" in sentinel.describe()
+
+
+@pytest.mark.parametrize(
+    ("env", "shown"),
+    [
+        ({"REDIS_URL": "reddis://:hunter2-secret@store:6379/0"}, "reddis://store:6379/0"),
+        (
+            {"REDIS_URL": "sentinel://:hunter2-secret@h1:port", "JOBCAST_SENTINEL_MASTER": "m"},
+            "sentinel://h1:port",
+        ),
+        (
+            {"REDIS_URL": "sentinel://:hunter2-secret@:26379", "JOBCAST_SENTINEL_MASTER": "m"},
+            "no host",
+        ),
+        ({"JOBCAST_BROKER_URL": "kafka://user:hunter2-secret@bus:9092"}, "kafka://user@bus:9092"),
+        ({"REDIS_URL": "redis://:hunter2-secret@store:63790x/0"}, "REDIS_URL: bad port"),
+        ({"REDIS_URL": "redis://:hunter2-secret@store:6379/zero"}, "REDIS_URL: the database"),
+        ({"JOBCAST_BROKER_URL": "redis://:hunter2-secret@bus:port"}, "JOBCAST_BROKER_URL: bad"),
+    ],
+)
+def test_a_refused_url_is_named_without_its_password(env: dict[str, str], shown: str) -> None:
+    """The startup error for a URL it cannot use (a bad port or database is one: redis-py
+    would fail deep inside on the first, and quietly use database 0 for the second) names
+    the variable and shows where it points, never the password: it goes to the log."""
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert shown in str(caught.value)
+    assert "hunter2" not in str(caught.value)
