@@ -263,9 +263,9 @@ RETRYABLE = TERMINAL_STATES - {"succeeded"}
 
 def bounded_traceback(text: str, limit: int = TRACEBACK_MAX) -> str:
     """``text`` in at most ``limit`` UTF-8 bytes: its tail (where the error is), marked."""
-    raw = text.encode("utf-8", "replace")
+    raw = text.encode("utf-8", "replace")  # a lone surrogate (bad bytes in a message) is '?'
     if len(raw) <= limit:
-        return text
+        return raw.decode("utf-8")
     mark = "…(start cut)\n"
     tail = raw[len(raw) - (limit - len(mark.encode())) :]
     return mark + tail.decode("utf-8", "ignore")

@@ -399,8 +399,8 @@ class JobTask(Task):
         text = traceback.format_exc()
         try:
             ctx.events.retrying(lambda: keep_traceback(ctx.redis, ctx.events.keys, job_id, text))
-        except redis.RedisError:  # the failure is still reported; only its trace is lost
-            log.warning("job %s: its traceback could not be kept", job_id)
+        except Exception:  # noqa: BLE001 - whatever it is, the failure must still be reported
+            log.warning("job %s: its traceback could not be kept", job_id, exc_info=True)
 
 
 def job_task(*args: Any, **options: Any) -> Any:

@@ -268,6 +268,9 @@ def test_a_traceback_is_kept_to_its_last_8_kb() -> None:
     assert len(kept.encode()) <= TRACEBACK_MAX and kept.endswith("E: é")
     assert kept.startswith("…(start cut)")
     assert bounded_traceback("short") == "short"
+    # A message with a lone surrogate (bytes that were not UTF-8) keeps a '?' in its place,
+    # so the record can be written: the job still ends failed.
+    assert bounded_traceback("E: bad \udcff here") == "E: bad ? here"
 
 
 def test_detail_pages_its_log(ops: str, worker: Proc, rds: redis.Redis) -> None:
