@@ -290,9 +290,15 @@ def jobs_page() -> str | BaseResponse:
 
 @bp.get("/ops/jobs/<job_id>")
 def job_page(job_id: str) -> str | BaseResponse:
-    """One job's page: params, log, result or error with its traceback, audit, a live tail."""
-    token = jobcast().settings.ops_token
+    """One job's page: params, log, result or error with its traceback, audit, a live tail.
+    An id that cannot name a job is a 404 before anything else; one that names no job
+    (expired, never made) is a 404 once the operator is signed in."""
+    job_id = _job_id(job_id)
+    ext = jobcast()
+    token = ext.settings.ops_token
     if token and not authorized(token):
         return redirect(url_for("jobcast.ops.login", next=request.full_path.rstrip("?")), 303)
     require_ops()
-    return render_template("jobcast/ops_job.html", job_id=_job_id(job_id))
+    if not ext.redis.exists(ext.keys.job(job_id)):
+        raise not_found()
+    return render_template("jobcast/ops_job.html", job_id=job_id)
