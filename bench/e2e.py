@@ -137,6 +137,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--samples", type=int, default=200, help="enqueue → queued samples")
     p.add_argument("--publishes", type=int, default=5000)
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="py-spy the server worker during the POSTs; print where their time goes "
+        "(py-spy's sampling adds to the CPU per post)",
+    )
     args = p.parse_args(argv)
     procs.raise_fd_limit()
     os.sched_setaffinity(0, {procs.HARNESS_CORE})
@@ -147,9 +153,11 @@ def main(argv: list[str] | None = None) -> None:
         # One client address posts everything here: lift the per-client POST rate limit.
         env = {"JOBCAST_MAX_QUEUE": "10000000", "JOBCAST_POST_RATE_LIMIT": ""}
         server = procs.Server("web:create_app()", rds.url, "/healthz", env)
+        profiler = procs.start_profiler(server.worker, args.profile, "post")
         cpu0 = procs.cpu_ns(server.worker)
         posts = asyncio.run(post_load(server.port, args.posters, args.seconds))
         cpu_per_post = (procs.cpu_ns(server.worker) - cpu0) / 1e3 / max(posts["posts"], 1)
+        procs.stop_profiler(profiler)
         queued = asyncio.run(queued_latency(server.port, args.samples))
     finally:
         if server is not None:
@@ -172,6 +180,32 @@ def main(argv: list[str] | None = None) -> None:
         f"p50 {worker['p50_us']:.0f} µs, p99 {worker['p99_us']:.0f} µs, "
         f"mean {worker['mean_us']:.0f} µs, {worker['round_trips']:.2f} Redis round trips, "
         f"Redis CPU {worker['redis_cpu_us']:.1f} µs"
+    )
+
+    if args.profile:
+        print("\n### py-spy during the POSTs: self time by leaf frame\n")
+        print(procs.hotspots(f"{args.profile}/post.txt", top=20))
+        print("\n### inclusive: share of busy samples with the function on the stack\n")
+        print(inclusive(f"{args.profile}/post.txt"))
+
+
+def inclusive(path: str, top: int = 40) -> str:
+    """Busy samples (not in gevent's hub loop) per function anywhere on the stack, each
+    stack counted once per function, as a Markdown list."""
+    shares: dict[str, int] = {}
+    total = 0
+    with open(path) as lines:
+        for line in lines:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not count.isdigit() or "gevent/hub.py" in stack.rsplit(";", 1)[-1]:
+                continue
+            total += int(count)
+            # "name (path:line)" -> "name (path)": one entry per function, whatever line.
+            for frame in {re.sub(r":\d+\)$", ")", f) for f in stack.split(";")}:
+                shares[frame] = shares.get(frame, 0) + int(count)
+    ranked = sorted(shares.items(), key=lambda kv: -kv[1])[:top]
+    return f"({total} busy samples)\n" + "\n".join(
+        f"- {100 * n / max(total, 1):5.1f}%  {frame}" for frame, n in ranked
     )
 
 

@@ -52,8 +52,13 @@ return state
 def shares_broker(app: Celery, settings: Settings) -> bool:
     """Whether Celery's broker is the Redis (same URL, same db) the job records live in
     (a Sentinel set counts: kombu's sentinel transport keeps the Redis layout)."""
-    url = str(app.conf.broker_write_url or app.conf.broker_url or "")
+    url = _BROKERS.get(app)
+    if url is None:  # read once per app: Celery's configuration view was 3% of a POST
+        url = _BROKERS[app] = str(app.conf.broker_write_url or app.conf.broker_url or "")
     return url == settings.redis_url and urllib.parse.urlsplit(url).scheme in REDIS_SCHEMES
+
+
+_BROKERS: weakref.WeakKeyDictionary[Celery, str] = weakref.WeakKeyDictionary()
 
 
 def broker_message(
@@ -130,7 +135,9 @@ def _template(
     args: tuple[Any, ...] | list[Any],
     kwargs: dict[str, Any],
 ) -> _Shape:
-    shapes = _SHAPES.setdefault(app, {})
+    shapes = _SHAPES.get(app)
+    if shapes is None:
+        shapes = _SHAPES[app] = {}
     shape = shapes.get((name, queue))
     if shape is not None:
         return shape
@@ -235,7 +242,9 @@ def queue_of(app: Celery, name: str) -> str:
 
 
 def _queue_of(app: Celery, name: str) -> str:
-    cache = _QUEUES.setdefault(app, {})
+    cache = _QUEUES.get(app)
+    if cache is None:
+        cache = _QUEUES[app] = {}
     found = cache.get(name)
     if found is None:
         found = cache[name] = _route_queue(app, name)
