@@ -191,6 +191,8 @@ def wants_stream() -> bool:
     """Whether the client asked for the new job's stream (``Accept: text/event-stream``,
     not ranked below JSON); if so, 503 now when this process holds all the streams it
     can, before any job exists."""
+    if SSE not in request.headers.get("Accept", "").lower():
+        return False  # most POSTs: no need to parse the header's ranking
     accept_header = request.accept_mimetypes
     sse = max((q for value, q in accept_header if value == SSE), default=0)
     json_q = max((q for value, q in accept_header if value == JSON), default=0)
