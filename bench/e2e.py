@@ -186,27 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\n### py-spy during the POSTs: self time by leaf frame\n")
         print(procs.hotspots(f"{args.profile}/post.txt", top=20))
         print("\n### inclusive: share of busy samples with the function on the stack\n")
-        print(inclusive(f"{args.profile}/post.txt"))
-
-
-def inclusive(path: str, top: int = 40) -> str:
-    """Busy samples (not in gevent's hub loop) per function anywhere on the stack, each
-    stack counted once per function, as a Markdown list."""
-    shares: dict[str, int] = {}
-    total = 0
-    with open(path) as lines:
-        for line in lines:
-            stack, _, count = line.rstrip("\n").rpartition(" ")
-            if not count.isdigit() or "gevent/hub.py" in stack.rsplit(";", 1)[-1]:
-                continue
-            total += int(count)
-            # "name (path:line)" -> "name (path)": one entry per function, whatever line.
-            for frame in {re.sub(r":\d+\)$", ")", f) for f in stack.split(";")}:
-                shares[frame] = shares.get(frame, 0) + int(count)
-    ranked = sorted(shares.items(), key=lambda kv: -kv[1])[:top]
-    return f"({total} busy samples)\n" + "\n".join(
-        f"- {100 * n / max(total, 1):5.1f}%  {frame}" for frame, n in ranked
-    )
+        print(procs.inclusive(f"{args.profile}/post.txt"))
 
 
 if __name__ == "__main__":
