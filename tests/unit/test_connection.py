@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import pytest
 
 from tasks.app import create_celery
@@ -78,3 +80,14 @@ def test_a_target_describes_itself_without_its_password() -> None:
     assert RedisTarget("redis://:hunter2@db:6379/1").describe() == "redis://db:6379/1"
     sentinel = RedisTarget("sentinel://:hunter2@h1/0;sentinel://:hunter2@h2/0", "mymaster")
     assert "hunter2" not in sentinel.describe() and "h1:26379,h2:26379" in sentinel.describe()
+
+
+def test_every_connection_reports_redis_pys_version_resolved_once() -> None:
+    """The connections of every pool tell Redis (CLIENT SETINFO) redis-py's name and
+    version from one DriverInfo, not one looked up in importlib.metadata per connection."""
+    plain = RedisTarget("redis://127.0.0.1:1/0").pool()
+    sentinel = RedisTarget(SENTINELS, "mymaster").pool(blocking=True)
+    first, second = plain.make_connection(), sentinel.make_connection()
+    assert first.driver_info is second.driver_info
+    assert first.driver_info.lib_version == importlib.metadata.version("redis")
+    assert first.driver_info.formatted_name == "redis-py"
