@@ -19,7 +19,6 @@ import json
 import os
 import urllib.parse
 import uuid
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,13 +51,24 @@ return state
 def shares_broker(app: Celery, settings: Settings) -> bool:
     """Whether Celery's broker is the Redis (same URL, same db) the job records live in
     (a Sentinel set counts: kombu's sentinel transport keeps the Redis layout)."""
-    url = _BROKERS.get(app)
+    cache = _cache(app)
+    url = cache.get("broker")
     if url is None:  # read once per app: Celery's configuration view was 3% of a POST
-        url = _BROKERS[app] = str(app.conf.broker_write_url or app.conf.broker_url or "")
+        url = cache["broker"] = str(app.conf.broker_write_url or app.conf.broker_url or "")
     return url == settings.redis_url and urllib.parse.urlsplit(url).scheme in REDIS_SCHEMES
 
 
-_BROKERS: weakref.WeakKeyDictionary[Celery, str] = weakref.WeakKeyDictionary()
+def _cache(app: Celery) -> dict[Any, Any]:
+    """This process's cache of what ``app``'s configuration decides, kept on the app
+    (through Celery's proxies too, which cannot be weakly referenced): it goes with it."""
+    cache: dict[Any, Any] | None = getattr(app, _CACHE, None)
+    if cache is None:
+        cache = {}
+        setattr(app, _CACHE, cache)
+    return cache
+
+
+_CACHE = "_jobcast_submit_cache"
 
 
 def broker_message(
@@ -121,11 +131,8 @@ class _Shape:
     content_encoding: str
 
 
-# Per Celery app: (task name, queue asked for) -> its messages' shape. Celery reads its
-# configuration once too (the router and the queues are cached on first use).
-_SHAPES: weakref.WeakKeyDictionary[Celery, dict[tuple[str, str | None], _Shape]] = (
-    weakref.WeakKeyDictionary()
-)
+# In the app's cache: ("shape", task name, queue asked for) -> its messages' shape.
+# Celery reads its configuration once too (the router and queues are cached on first use).
 
 
 def _template(
@@ -135,15 +142,13 @@ def _template(
     args: tuple[Any, ...] | list[Any],
     kwargs: dict[str, Any],
 ) -> _Shape:
-    shapes = _SHAPES.get(app)
-    if shapes is None:
-        shapes = _SHAPES[app] = {}
-    shape = shapes.get((name, queue))
+    shapes = _cache(app)
+    shape: _Shape | None = shapes.get(("shape", name, queue))
     if shape is not None:
         return shape
     shape = _build_shape(app, name, queue, args, kwargs)
     if _routes_are_static(app):  # a router function may look at the arguments
-        shapes[(name, queue)] = shape
+        shapes[("shape", name, queue)] = shape
     return shape
 
 
@@ -242,21 +247,16 @@ def queue_of(app: Celery, name: str) -> str:
 
 
 def _queue_of(app: Celery, name: str) -> str:
-    cache = _QUEUES.get(app)
-    if cache is None:
-        cache = _QUEUES[app] = {}
-    found = cache.get(name)
+    cache = _cache(app)
+    found: str | None = cache.get(("queue", name))
     if found is None:
-        found = cache[name] = _route_queue(app, name)
+        found = cache[("queue", name)] = _route_queue(app, name)
     return found
 
 
 def _route_queue(app: Celery, name: str) -> str:
     target = app.amqp.router.route({}, name, (), {}, None).get("queue")
     return str(target.name if target is not None else app.conf.task_default_queue)
-
-
-_QUEUES: weakref.WeakKeyDictionary[Celery, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
 def task_fields(
