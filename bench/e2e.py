@@ -137,6 +137,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--samples", type=int, default=200, help="enqueue → queued samples")
     p.add_argument("--publishes", type=int, default=5000)
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="py-spy the server worker during the POSTs; print where their time goes "
+        "(py-spy's sampling adds to the CPU per post)",
+    )
     args = p.parse_args(argv)
     procs.raise_fd_limit()
     os.sched_setaffinity(0, {procs.HARNESS_CORE})
@@ -147,9 +153,11 @@ def main(argv: list[str] | None = None) -> None:
         # One client address posts everything here: lift the per-client POST rate limit.
         env = {"JOBCAST_MAX_QUEUE": "10000000", "JOBCAST_POST_RATE_LIMIT": ""}
         server = procs.Server("web:create_app()", rds.url, "/healthz", env)
+        profiler = procs.start_profiler(server.worker, args.profile, "post")
         cpu0 = procs.cpu_ns(server.worker)
         posts = asyncio.run(post_load(server.port, args.posters, args.seconds))
         cpu_per_post = (procs.cpu_ns(server.worker) - cpu0) / 1e3 / max(posts["posts"], 1)
+        procs.stop_profiler(profiler)
         queued = asyncio.run(queued_latency(server.port, args.samples))
     finally:
         if server is not None:
@@ -173,6 +181,12 @@ def main(argv: list[str] | None = None) -> None:
         f"mean {worker['mean_us']:.0f} µs, {worker['round_trips']:.2f} Redis round trips, "
         f"Redis CPU {worker['redis_cpu_us']:.1f} µs"
     )
+
+    if args.profile:
+        print("\n### py-spy during the POSTs: self time by leaf frame\n")
+        print(procs.hotspots(f"{args.profile}/post.txt", top=20))
+        print("\n### inclusive: share of busy samples with the function on the stack\n")
+        print(procs.inclusive(f"{args.profile}/post.txt"))
 
 
 if __name__ == "__main__":

@@ -240,6 +240,7 @@ def run_case(
     rds: procs.RedisServer,
     env: dict[str, str],
     profile: str | None = None,
+    profile_connect: str | None = None,
 ) -> dict[str, Any]:
     """One subject, one round: connect, publish, drain, measure."""
     rds.client.flushall()
@@ -261,6 +262,7 @@ def run_case(
         clients = procs.ClientPool(len(split))
         time.sleep(0.5)
         m: dict[str, Any] = {"redis_base": redis_base}
+        connect_profiler = procs.start_profiler(server.worker, profile_connect, subject.name)
         m["cpu0"], m["rss0"] = procs.cpu_ns(server.worker), procs.rss_kb(server.worker)
         t_connect = time.monotonic()
         opened = clients.ask(
@@ -281,6 +283,7 @@ def run_case(
         m["subscribed"] = wait_subscribed(subject, rds, jobs, load.streams)
         m["connect_s"] = time.monotonic() - t_connect
         m["cpu1"] = procs.cpu_ns(server.worker)
+        procs.stop_profiler(connect_profiler)
         time.sleep(1.0)
         m["rss1"] = procs.rss_kb(server.worker)
         m["redis_clients"] = rds.connected_clients() - m["redis_base"]
@@ -488,6 +491,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="py-spy the server worker during round 0's publish phase; print its hotspots",
     )
+    p.add_argument(
+        "--profile-connect",
+        metavar="DIR",
+        help="py-spy the server worker while round 0's streams open (first connect until "
+        "all are subscribed); print the functions on the stack most often",
+    )
     return p.parse_args(argv)
 
 
@@ -521,7 +530,8 @@ def main(argv: list[str] | None = None) -> None:
             shift = rnd % len(subjects)
             for subject in subjects[shift:] + subjects[:shift]:
                 profile = args.profile if rnd == 0 else None
-                result = run_case(subject, load, rds, env, profile)
+                connect = args.profile_connect if rnd == 0 else None
+                result = run_case(subject, load, rds, env, profile, connect)
                 result["round"] = rnd
                 results.append(result)
                 print(_progress_line(result), flush=True)
@@ -538,6 +548,10 @@ def main(argv: list[str] | None = None) -> None:
         for name in names:
             print(f"\n### py-spy self time, {name} (publish phase, round 0)\n")
             print(procs.hotspots(f"{args.profile}/{name}.txt"))
+    if args.profile_connect:
+        for name in names:
+            print(f"\n### py-spy while the streams open, {name} (round 0)\n")
+            print(procs.inclusive(f"{args.profile_connect}/{name}.txt"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"load": vars(args), "runs": results}, f, indent=1)

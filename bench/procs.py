@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -425,3 +426,23 @@ class AofRedis:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def inclusive(path: str, top: int = 40) -> str:
+    """Busy samples (not in gevent's hub loop) per function anywhere on the stack, each
+    stack counted once per function, as a Markdown list."""
+    shares: dict[str, int] = {}
+    total = 0
+    with open(path) as lines:
+        for line in lines:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not count.isdigit() or "gevent/hub.py" in stack.rsplit(";", 1)[-1]:
+                continue
+            total += int(count)
+            # "name (path:line)" -> "name (path)": one entry per function, whatever line.
+            for frame in {re.sub(r":\d+\)$", ")", f) for f in stack.split(";")}:
+                shares[frame] = shares.get(frame, 0) + int(count)
+    ranked = sorted(shares.items(), key=lambda kv: -kv[1])[:top]
+    return f"({total} busy samples)\n" + "\n".join(
+        f"- {100 * n / max(total, 1):5.1f}%  {frame}" for frame, n in ranked
+    )

@@ -37,7 +37,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 from celery import Task, shared_task
 from celery.exceptions import Reject, Retry, TimeLimitExceeded
 from PIL import Image
@@ -399,7 +398,7 @@ class JobTask(Task):
         text = traceback.format_exc()
         try:
             ctx.events.retrying(lambda: keep_traceback(ctx.redis, ctx.events.keys, job_id, text))
-        except Exception:  # noqa: BLE001 - whatever it is, the failure must still be reported
+        except Exception:
             log.warning("job %s: its traceback could not be kept", job_id, exc_info=True)
 
 

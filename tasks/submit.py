@@ -19,9 +19,12 @@ import json
 import os
 import urllib.parse
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
+from celery.app.routes import MapRoute
+from celery.utils.saferepr import saferepr
 from kombu.entity import maybe_delivery_mode
 from kombu.serialization import dumps as serialize
 from kombu.transport.virtual.base import Base64
@@ -48,8 +51,24 @@ return state
 def shares_broker(app: Celery, settings: Settings) -> bool:
     """Whether Celery's broker is the Redis (same URL, same db) the job records live in
     (a Sentinel set counts: kombu's sentinel transport keeps the Redis layout)."""
-    url = str(app.conf.broker_write_url or app.conf.broker_url or "")
+    cache = _cache(app)
+    url = cache.get("broker")
+    if url is None:  # read once per app: Celery's configuration view was 3% of a POST
+        url = cache["broker"] = str(app.conf.broker_write_url or app.conf.broker_url or "")
     return url == settings.redis_url and urllib.parse.urlsplit(url).scheme in REDIS_SCHEMES
+
+
+def _cache(app: Celery) -> dict[Any, Any]:
+    """This process's cache of what ``app``'s configuration decides, kept on the app
+    (through Celery's proxies too, which cannot be weakly referenced): it goes with it."""
+    cache: dict[Any, Any] | None = getattr(app, _CACHE, None)
+    if cache is None:
+        cache = {}
+        setattr(app, _CACHE, cache)
+    return cache
+
+
+_CACHE = "_jobcast_submit_cache"
 
 
 def broker_message(
@@ -68,8 +87,82 @@ def broker_message(
     wraps it as its virtual transport does (``prepare_message`` and
     ``_inplace_augment_message``: base64 body, a fresh delivery tag) and the Redis
     transport pushes it to the queue's list (``_put``: priority 0 is the bare name).
+    Everything but the id, the arguments, their reprs, ``reply_to`` and the delivery tag
+    is the same for every message of a task name and queue: built once per process
+    (:func:`_template`), when the routes cannot depend on the arguments.
     Raises ``ValueError`` for a configuration this does not reproduce.
     """
+    shape = _template(app, name, queue, args, kwargs)
+    body_args = list(args) or ()  # as as_task_v2 has it: an empty list is the tuple ()
+    headers = {
+        **shape.headers,
+        "id": task_id,
+        "root_id": task_id,
+        "argsrepr": _task_repr(app, body_args, app.amqp.argsrepr_maxsize),
+        "kwargsrepr": _task_repr(app, kwargs, app.amqp.kwargsrepr_maxsize),
+    }
+    properties = {
+        **shape.properties,
+        "correlation_id": task_id,
+        "reply_to": app.thread_oid,
+        "delivery_tag": str(uuid.uuid4()),
+    }
+    _, _, data = serialize((list(args), kwargs, shape.embed), serializer=shape.serializer)
+    message = {
+        "body": Base64().encode(data),
+        "content-encoding": shape.content_encoding,
+        "content-type": shape.content_type,
+        "headers": headers,
+        "properties": properties,
+    }
+    return shape.queue, kombu_json(message)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What :func:`broker_message` writes the same in every message of a task and queue."""
+
+    queue: str
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    embed: dict[str, Any]
+    serializer: str
+    content_type: str
+    content_encoding: str
+
+
+# In the app's cache: ("shape", task name, queue asked for) -> its messages' shape.
+# Celery reads its configuration once too (the router and queues are cached on first use).
+
+
+def _template(
+    app: Celery,
+    name: str,
+    queue: str | None,
+    args: tuple[Any, ...] | list[Any],
+    kwargs: dict[str, Any],
+) -> _Shape:
+    shapes = _cache(app)
+    shape: _Shape | None = shapes.get(("shape", name, queue))
+    if shape is not None:
+        return shape
+    shape = _build_shape(app, name, queue, args, kwargs)
+    if _routes_are_static(app):  # a router function may look at the arguments
+        shapes[("shape", name, queue)] = shape
+    return shape
+
+
+def _routes_are_static(app: Celery) -> bool:
+    return all(isinstance(route, MapRoute) for route in app.amqp.router.routes)
+
+
+def _build_shape(
+    app: Celery,
+    name: str,
+    queue: str | None,
+    args: tuple[Any, ...] | list[Any],
+    kwargs: dict[str, Any],
+) -> _Shape:
     conf = app.conf
     options = app.amqp.router.route({"queue": queue} if queue else {}, name, args, kwargs, None)
     route = options.pop("queue", None)
@@ -83,10 +176,11 @@ def broker_message(
         or transport.get("body_encoding", "base64") != "base64"
     ):
         raise ValueError("only the default direct route without compression is reproduced")
+    # The per-message fields are placeholders here, filled in by broker_message.
     headers, properties, body, _ = app.amqp.as_task_v2(
-        task_id, name, args=list(args), kwargs=kwargs, reply_to=app.thread_oid, ignore_result=None
+        "", name, args=[], kwargs={}, reply_to="-", ignore_result=None, argsrepr="", kwargsrepr=""
     )
-    content_type, content_encoding, data = serialize(body, serializer=conf.task_serializer)
+    content_type, content_encoding, _ = serialize(body, serializer=conf.task_serializer)
     properties.update(
         delivery_mode=maybe_delivery_mode(
             route.exchange.delivery_mode or conf.task_default_delivery_mode
@@ -94,20 +188,73 @@ def broker_message(
         delivery_info={"exchange": "", "routing_key": route.name},
         priority=0,
         body_encoding="base64",
-        delivery_tag=str(uuid.uuid4()),
+        delivery_tag="",
     )
-    message = {
-        "body": Base64().encode(data),
-        "content-encoding": content_encoding,
-        "content-type": content_type,
-        "headers": headers,
-        "properties": properties,
-    }
-    return route.name, kombu_json(message)
+    return _Shape(
+        route.name, headers, properties, body[2], conf.task_serializer,
+        content_type, content_encoding,
+    )  # fmt: skip
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _task_repr(app: Celery, value: Any, maxsize: int) -> str:
+    """What Celery's ``saferepr`` gives for the message's ``argsrepr``/``kwargsrepr``,
+    written directly for the usual case (a flat list or dict of plain values that fits
+    in ``maxsize``): saferepr walks every token through a generator, and was a twelfth
+    of a submit."""
+    text = _flat_repr(value)
+    if text is not None and len(text) <= maxsize:
+        return text
+    return saferepr(value, maxsize, maxlevels=app.conf.task_repr_maxlevels)
+
+
+def _flat_repr(value: Any) -> str | None:
+    """saferepr's text for a flat dict/list/tuple of plain values (None: not one)."""
+    if type(value) is dict:
+        parts = []
+        for key, item in value.items():
+            k, v = _plain_repr(key), _plain_repr(item)
+            if k is None or v is None:
+                return None
+            parts.append(f"{k}: {v}")
+        return "{" + ", ".join(parts) + "}"
+    if type(value) in (list, tuple):
+        items = [_plain_repr(item) for item in value]
+        if None in items:
+            return None
+        if type(value) is list:
+            return "[" + ", ".join(items) + "]"  # type: ignore[arg-type]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"  # type: ignore[arg-type]
+    return None
+
+
+def _plain_repr(value: Any) -> str | None:
+    # saferepr quotes text with only ' escaped, and writes numbers with str().
+    if type(value) not in _PLAIN:
+        return None
+    if type(value) is str:
+        return "'" + value.replace("'", "\\'") + "'"
+    return "None" if value is None else str(value)
 
 
 def queue_of(app: Celery, name: str) -> str:
     """The Celery queue ``send_task(name)`` would use: ``task_routes``, else the default."""
+    if _routes_are_static(app):
+        return _queue_of(app, name)
+    return _route_queue(app, name)
+
+
+def _queue_of(app: Celery, name: str) -> str:
+    cache = _cache(app)
+    found: str | None = cache.get(("queue", name))
+    if found is None:
+        found = cache[("queue", name)] = _route_queue(app, name)
+    return found
+
+
+def _route_queue(app: Celery, name: str) -> str:
     target = app.amqp.router.route({}, name, (), {}, None).get("queue")
     return str(target.name if target is not None else app.conf.task_default_queue)
 

@@ -25,11 +25,12 @@ import logging
 import mimetypes
 import re
 import secrets
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from flask import Blueprint, Response, jsonify, request, send_file, url_for
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_file, url_for
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import BaseConverter
 
@@ -126,6 +127,31 @@ def link(endpoint: str, job_id: str, token: str = "", **values: Any) -> str:
     return with_token(url_for(f"jobcast.{endpoint}", job_id=job_id, **values), token)
 
 
+# A job id url_for writes as it is (the id converters take it), to find where ids go.
+_SLOT = "JOBCASTSLOTJOBCASTSLOT"
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+")
+# Per app, (endpoint, script root) -> the route's URL split where the job id goes: url_for
+# once per process and mount point, not three times per POST (a twentieth of one).
+_LINK_PARTS: weakref.WeakKeyDictionary[Flask, dict[tuple[str, str], tuple[str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def job_link(endpoint: str, job_id: str, token: str = "") -> str:
+    """:func:`link` for a route whose only value is the job id."""
+    if not _PLAIN_ID.fullmatch(job_id):
+        return link(endpoint, job_id, token)
+    known = _LINK_PARTS.setdefault(current_app._get_current_object(), {})  # type: ignore[attr-defined]
+    key = (endpoint, request.script_root)
+    parts = known.get(key)
+    if parts is None:
+        before, slot, after = url_for(f"jobcast.{endpoint}", job_id=_SLOT).partition(_SLOT)
+        if not slot or _SLOT in after:
+            return link(endpoint, job_id, token)
+        parts = known[key] = (before, after)
+    return with_token(parts[0] + job_id + parts[1], token)
+
+
 # -- submit ----------------------------------------------------------------------------
 
 
@@ -152,9 +178,9 @@ def submit_and_answer(
     body: dict[str, Any] = {
         **job.common(),
         **({"kind": job.kind.name} if named else {}),
-        "stream": link(f"{routes}.stream", job.job_id, job.token),
-        "status": link(f"{routes}.status", job.job_id, job.token),
-        outcome: link(f"{routes}.{outcome}", job.job_id, job.token),
+        "stream": job_link(f"{routes}.stream", job.job_id, job.token),
+        "status": job_link(f"{routes}.status", job.job_id, job.token),
+        outcome: job_link(f"{routes}.{outcome}", job.job_id, job.token),
     }
     if job.token:
         body["token"] = job.token
@@ -165,6 +191,8 @@ def wants_stream() -> bool:
     """Whether the client asked for the new job's stream (``Accept: text/event-stream``,
     not ranked below JSON); if so, 503 now when this process holds all the streams it
     can, before any job exists."""
+    if SSE not in request.headers.get("Accept", "").lower():
+        return False  # most POSTs: no need to parse the header's ranking
     accept_header = request.accept_mimetypes
     sse = max((q for value, q in accept_header if value == SSE), default=0)
     json_q = max((q for value, q in accept_header if value == JSON), default=0)

@@ -9,6 +9,7 @@ answers 503.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -67,6 +68,7 @@ def init_app(app: Flask, settings: Settings) -> Limiter | None:
     # Everything else skips the limiter at once: streams are opened by the thousand and
     # its per-request work was a third of a stream's connect cost.
     limiter.request_filter(lambda: request.endpoint not in endpoints)
+    _hooks_only_for(app, limiter, set(endpoints))
     for endpoint, (limit, methods) in endpoints.items():
         view = app.view_functions[endpoint]
         # Every way to submit a job draws on the same budget per client.
@@ -74,6 +76,42 @@ def init_app(app: Flask, settings: Settings) -> Limiter | None:
         limited: Any = (rule or limiter.limit(limit, methods=methods))(view)
         app.view_functions[endpoint] = limited
     return limiter
+
+
+def _hooks_only_for(app: Flask, limiter: Limiter, endpoints: set[str]) -> None:
+    """Run the limiter's app-wide hooks (before, after and teardown) only for the limited
+    endpoints. The request filter above makes it exempt everything else, but only after
+    it has looked up the view, the limits and its per-request context, then again to add
+    headers: a twentieth of every POST when the submit limit is off. The hooks keep
+    their state on the request context, so skipping all three leaves nothing behind."""
+
+    def limited() -> bool:
+        return request.endpoint in endpoints
+
+    def before(hook: Any) -> Any:
+        return lambda: hook() if limited() else None
+
+    def after(hook: Any) -> Any:
+        return lambda response: hook(response) if limited() else response
+
+    def teardown(hook: Any) -> Any:
+        return lambda exc: hook(exc) if limited() else None
+
+    check = limiter._check_request_limit
+    release = getattr(limiter, "_Limiter__release_context", None)
+    for table, wrap, own in (
+        (app.before_request_funcs, before, lambda fn: fn == check),
+        (app.after_request_funcs, after, lambda fn: _partial_of(fn, limiter)),
+        (app.teardown_request_funcs, teardown, lambda fn: release is not None and fn == release),
+    ):
+        funcs: list[Any] = table.get(None, [])
+        for i, fn in enumerate(funcs):
+            if own(fn):
+                funcs[i] = wrap(fn)
+
+
+def _partial_of(fn: Any, limiter: Limiter) -> bool:
+    return isinstance(fn, functools.partial) and fn.args[:1] == (limiter,)
 
 
 @contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import pytest
 
 from tasks.app import create_celery
@@ -106,3 +108,14 @@ def test_a_refused_url_is_named_without_its_password(env: dict[str, str], shown:
         Settings.from_env(env)
     assert shown in str(caught.value)
     assert "hunter2" not in str(caught.value)
+
+
+def test_every_connection_reports_redis_pys_version_resolved_once() -> None:
+    """The connections of every pool tell Redis (CLIENT SETINFO) redis-py's name and
+    version from one DriverInfo, not one looked up in importlib.metadata per connection."""
+    plain = RedisTarget("redis://127.0.0.1:1/0").pool()
+    sentinel = RedisTarget(SENTINELS, "mymaster").pool(blocking=True)
+    first, second = plain.make_connection(), sentinel.make_connection()
+    assert first.driver_info is second.driver_info
+    assert first.driver_info.lib_version == importlib.metadata.version("redis")
+    assert first.driver_info.formatted_name == "redis-py"
