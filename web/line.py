@@ -43,6 +43,7 @@ one per line name, made when a job of that line is first watched; a job's line i
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from bisect import bisect_left, insort
@@ -56,6 +57,8 @@ import redis
 from tasks.handle import eta_seconds
 from tasks.keys import DEFAULT_QUEUE, LINE_NAME, Keys
 from web.hub import Hub, Item
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ class Line:
         self.rereads = 0
         self.reread_failures = 0
         self.bad_messages = 0
+        self.crashes = 0  # unexpected exceptions the flusher and rereader survived
         # Bumped by every reread request: a reading that overlapped one may miss messages.
         self.epoch = 0
         self._reread_done = 0  # the epoch the last completed reread answered
@@ -335,7 +339,14 @@ class Line:
         try:
             while self._reread_done != self.epoch:
                 epoch = self.epoch
-                if self._reread_all():
+                try:
+                    done = self._reread_all()
+                except Exception:  # a bug or a reply we cannot read: the positions must not
+                    # stay stale until the next request, so log it and read again, later
+                    self.crashes += 1
+                    log.exception("line %s: rereading the places failed", self.name)
+                    done = False
+                if done:
                     self._reread_done = epoch
                     backoff = 0.1
                 elif epoch == self.epoch:  # Redis failed us: back off
@@ -381,7 +392,13 @@ class Line:
             while self._dirty:
                 self._dirty = False
                 began = time.monotonic()
-                self._flush()
+                try:
+                    self._flush()
+                except Exception:  # a watcher's queue or a bug: the other watchers still
+                    # wait for their places, so log it and flush again after the interval
+                    self.crashes += 1
+                    log.exception("line %s: sending the places failed", self.name)
+                    self._dirty = True
                 gevent.sleep(max(0.0, began + self.interval - time.monotonic()))  # the throttle
         finally:
             self._flusher = None
@@ -399,6 +416,7 @@ class Line:
             "rereads": self.rereads,
             "rereadFailures": self.reread_failures,
             "badMessages": self.bad_messages,
+            "crashes": self.crashes,
             "sent": self.sent,
             "interval": round(self.current_interval(), 3),
         }

@@ -74,6 +74,13 @@ def test_a_paced_flush_ends_with_every_watcher_at_its_place(redis_server: RedisS
     run_scenario("paced_flush", redis_server)
 
 
+def test_the_flusher_and_the_rereader_survive_an_exception(redis_server: RedisServer) -> None:
+    """An unexpected exception in a flush or a reread (a bug, a reply it cannot read) is
+    logged and counted, and the greenlet goes on: every watcher still gets its job's place,
+    and a reread after a reconnect still puts every position right."""
+    run_scenario("survives", redis_server)
+
+
 # -- the scenarios (run in the child) ----------------------------------------------------
 
 
@@ -284,7 +291,59 @@ def paced_flush(url: str) -> None:
         assert seen == sorted(seen, reverse=True) and len(set(seen)) == len(seen), seen
 
 
+def survives(url: str) -> None:
+    from web.hub import Watcher
+    from web.line import Line
+
+    failures = {"flush": 1, "reread": 1}
+
+    class FlakyLine(Line):
+        def _flush(self) -> None:
+            if failures["flush"]:
+                failures["flush"] -= 1
+                raise RuntimeError("a flush that breaks once")
+            super()._flush()
+
+        def _reread_all(self) -> bool:
+            if failures["reread"]:
+                failures["reread"] -= 1
+                raise RuntimeError("a reread that breaks once")
+            return super()._reread_all()
+
+    world = World(url, 12, FlakyLine)
+    watchers: dict[str, Watcher] = {}
+    for job_id in world.jobs[4:]:
+        watchers[job_id] = world.hub.watch(world.keys.channel(job_id))
+        world.track(job_id)
+    for job_id in world.jobs[:2]:
+        world.leave(job_id, "started")
+    last: dict[str, int] = {}
+
+    def settled() -> bool:
+        for job_id, watcher in watchers.items():
+            for item in watcher.take():
+                if item.position is not None:
+                    last[job_id] = item.position
+        return all(last.get(j) == world.line.position(j) for j in watchers)
+
+    _wait(settled, "every watcher's place after a flush that broke")
+    rereads = world.line.rereads
+    world.client.client_kill_filter(_type="pubsub")  # the hub reconnects: a reread
+    world.events.publish(world.jobs[2], "started", {})
+    _wait(
+        lambda: (
+            failures["reread"] == 0
+            and world.line.rereads > rereads
+            and world.line._rereader is None
+        ),
+        "a reread that broke, then one that held",
+    )
+    world.check()
+    assert world.line.crashes == 2 and failures == {"flush": 0, "reread": 0}
+
+
 SCENARIOS = {
+    "survives": survives,
     "paced_flush": paced_flush,
     "fifo": fifo,
     "out_of_order": out_of_order,
