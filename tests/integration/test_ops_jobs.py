@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis
 from httpx_sse import connect_sse
-from opsupport import failing_analyze
+from opsupport import AUTH, ENDED, SMALL, TOKEN, failing_analyze, get, post
 from support import Proc, collect, jobcast_monitor, logged, wait_until
 
 from tasks.config import Settings
@@ -23,30 +23,13 @@ from tasks.jobindex import TRACEBACK_MAX, bounded_traceback
 from tasks.keys import Keys
 from tasks.submit import task_fields
 
-TOKEN = "ops-" + secrets.token_urlsafe(12)
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SMALL = {"prompt": "a quiet harbour", "width": 64, "height": 64, "steps": 2}
 LONG = {"prompt": "a slow harbour", "width": 512, "height": 512, "steps": 80}  # ends by cancel
-ENDED = {"succeeded", "failed", "cancelled"}
 
 
 @pytest.fixture
 def ops(web_with: Callable[..., str]) -> str:
     """A web server with the ops token set."""
     return web_with(JOBCAST_OPS_TOKEN=TOKEN)
-
-
-def post(base: str, kind: str, body: dict[str, Any]) -> str:
-    answer = httpx.post(f"{base}/jobs/{kind}", json=body, timeout=10)
-    assert answer.status_code == 202, answer.text
-    job_id: str = answer.json()["jobId"]
-    return job_id
-
-
-def get(base: str, path: str, **params: Any) -> Any:
-    answer = httpx.get(base + path, params=params, headers=AUTH, timeout=10)
-    assert answer.status_code == 200, answer.text
-    return answer.json()
 
 
 def ended(base: str, job_id: str) -> dict[str, Any]:
