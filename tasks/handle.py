@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import secrets
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,7 +28,7 @@ from tasks.app import Context, context
 from tasks.canvas import canvas_position, children_status, is_canvas, submit_canvas
 from tasks.errors import JobCancelled, JobError, QueueFull
 from tasks.events import TERMINAL, dumps
-from tasks.keys import LINE_NAME, Keys, LineKeys
+from tasks.keys import LINE_NAME, Keys, LineKeys, new_job_id
 from tasks.submit import cancel
 from tasks.submit import submit as submit_message
 from tasks.tokens import job_token
@@ -202,7 +201,7 @@ def submit(
 def _job_id(given: str | None) -> str:
     """The caller's job id, checked, or a new random one."""
     if given is None:
-        return secrets.token_urlsafe(16)
+        return new_job_id()
     if not isinstance(given, str) or not JOB_ID.fullmatch(given):
         raise ValueError("a job id is 1 to 64 characters of A-Z a-z 0-9 _ -")
     return given

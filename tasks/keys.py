@@ -24,6 +24,7 @@ default line's ``stats``.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -53,6 +54,15 @@ class LineKeys:
     version: str
     running: str
     stats: str
+
+
+def new_job_id() -> str:
+    """A fresh random job id (22 URL-safe characters), never starting with ``-``: a
+    leading dash would read as an option to a command line (``jobcast watch <id>``)."""
+    while True:
+        job_id = secrets.token_urlsafe(16)
+        if job_id[0] != "-":
+            return job_id
 
 
 def parent_of(job_id: str) -> str | None:

@@ -24,7 +24,6 @@ import json
 import logging
 import mimetypes
 import re
-import secrets
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,7 @@ from werkzeug.routing import BaseConverter
 from tasks.canvas import cancel_canvas, submit_canvas
 from tasks.events import Enqueued
 from tasks.handle import idempotency_scope
+from tasks.keys import new_job_id
 from tasks.kinds import Kind, Registry
 from tasks.media import job_file, job_files
 from tasks.submit import request_cancel, submit
@@ -232,7 +232,7 @@ def accept(name: str) -> Submitted:
         raise ApiError(403, "forbidden", f"This client may not submit {kind.name} jobs.")
     key = idempotency_key()
     params = validate_params(kind.params, json_body(ext))
-    job_id = secrets.token_urlsafe(16)
+    job_id = new_job_id()
     if kind.canvas is not None:
         return _accept_canvas(ext, kind, params, job_id, key)
     fields = {"kind": kind.name, **{k: _field(v) for k, v in params.items()}}

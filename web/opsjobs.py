@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import secrets
 from typing import Any
 
 import redis
@@ -41,7 +40,7 @@ from tasks.jobindex import (
     list_jobs,
     release_retry,
 )
-from tasks.keys import parent_of
+from tasks.keys import new_job_id, parent_of
 from tasks.submit import submit
 from tasks.tokens import job_token
 from web.api import JOB_ID, MAX_ID_PART, MAX_LAST_ID, not_found, queue_full
@@ -244,7 +243,7 @@ def retry(job_id: str) -> tuple[Response, int]:
         args = json.loads(args_raw) if args_raw else []
     except ValueError:
         raise ApiError(409, "not_retryable", "This job's parameters cannot be read.") from None
-    new_id = secrets.token_urlsafe(16)
+    new_id = new_job_id()
     by = operator()
     claim = claim_retry(ext.redis, ext.keys, old, new_id, by)
     if claim is None:

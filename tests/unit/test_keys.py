@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from tasks.keys import DEFAULT_QUEUE, Keys, check_queue
+from tasks.keys import DEFAULT_QUEUE, Keys, check_queue, new_job_id
 
 
 def test_the_default_line_keeps_the_key_names_it_always_had() -> None:
@@ -39,3 +41,11 @@ def test_every_line_is_the_default_then_the_named_ones_once_in_order() -> None:
     other name once, sorted; names that cannot be lines are skipped."""
     lines = Keys().all_lines([b"b", b"jobcast", b"a", b"bad name", "a"])
     assert [line.name for line in lines] == ["jobcast", "a", "b"]
+
+
+def test_a_new_job_id_never_starts_with_a_dash() -> None:
+    """Generated ids are 22 URL-safe characters and never begin with ``-`` (a command line
+    would take such an id for an option: ``jobcast watch -abc`` fails)."""
+    ids = [new_job_id() for _ in range(5000)]  # about 78 would start with '-' otherwise
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", i) and i[0] != "-" for i in ids)
+    assert len(set(ids)) == len(ids)
