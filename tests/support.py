@@ -263,6 +263,70 @@ class SentinelSet:
             server.stop()
 
 
+@dataclass
+class ClusterSet:
+    """A Redis Cluster of ``masters`` servers (no replicas) on free ports, slots split
+    evenly; ``url`` names one node, from which clients learn the rest."""
+
+    directory: Path
+    masters: int = 3
+    servers: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.servers[0].port}/0"
+
+    def start(self) -> ClusterSet:
+        buses = [free_port() for _ in range(self.masters)]
+        for n in range(self.masters):
+            server = RedisServer(
+                self.directory / f"node{n}",
+                appendonly=False,
+                options=[
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", "2000",
+                    "--cluster-announce-ip", "127.0.0.1",
+                    # Its bus port is not port + 10000, which a free port may not allow.
+                    "--cluster-port", str(buses[n]),
+                ],
+            )  # fmt: skip
+            self.servers.append(server)
+            server.start()
+        per = 16384 // self.masters
+        for n, server in enumerate(self.servers):
+            last = 16383 if n == self.masters - 1 else (n + 1) * per - 1
+            with server.client() as client:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", n * per, last)
+        with self.servers[0].client() as first:
+            for server, bus in zip(self.servers[1:], buses[1:], strict=True):
+                first.execute_command("CLUSTER", "MEET", "127.0.0.1", server.port, bus)
+        wait_until(self._ready, 30, "every node to see the cluster state ok")
+        return self
+
+    def _ready(self) -> bool:
+        for server in self.servers:
+            with server.client() as client:
+                info = client.execute_command("CLUSTER", "INFO")
+                text = info.decode() if isinstance(info, bytes) else str(info)
+                if "cluster_state:ok" not in text or f"cluster_known_nodes:{self.masters}" not in text:
+                    return False
+        return True
+
+    def client(self, **kwargs: Any) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.servers[0].port, **kwargs)
+
+    def node_of(self, key: str) -> RedisServer:
+        """The server that holds ``key``'s slot."""
+        with self.servers[0].client() as client:
+            slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+        return self.servers[min(slot // (16384 // self.masters), self.masters - 1)]
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
 def celery_worker(
     env: dict[str, str], log: Path, name: str, concurrency: int = 1, queues: str = ""
 ) -> Proc:
