@@ -26,6 +26,7 @@ from tasks.connection import (
     parse_sentinels,
     without_password,
 )
+from tasks.keys import Keys
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,11 @@ class Settings:
     def store(self) -> RedisTarget:
         """The Redis of job records, event logs and pub/sub."""
         return RedisTarget(self.redis_url, self.sentinel_master, self.sentinel_password)
+
+    @property
+    def keys(self) -> Keys:
+        """Key names under :attr:`prefix`, in the Cluster layout for a cluster store."""
+        return Keys(self.prefix, cluster=self.store.cluster)
 
     @property
     def broker(self) -> str:

@@ -36,6 +36,7 @@ import redis.sentinel
 from redis.driver_info import DriverInfo
 
 SENTINEL = "sentinel"
+CLUSTER = "redis+cluster"  # a Redis Cluster: redis+cluster://h1:7000,h2:7001 (as `limits` names it)
 # Sentinels answer small commands; one that hangs must not hold up discovery for long.
 SENTINEL_TIMEOUT = 1.0
 # How stale a pool's idea of the master may get while its connections stay busy: writes
@@ -204,6 +205,11 @@ class RedisTarget:
     @property
     def sentinel(self) -> bool:
         return is_sentinel(self.url)
+
+    @property
+    def cluster(self) -> bool:
+        """A Redis Cluster (the event store may be one; Celery's broker never is)."""
+        return urllib.parse.urlsplit(self.url).scheme == CLUSTER
 
     def pool(self, *, blocking: bool = False, **options: Any) -> redis.ConnectionPool:
         """A connection pool (``options`` as redis-py's pools take them; with

@@ -19,6 +19,15 @@ line's keys share a Cluster slot)::
 ``lines`` is a set of every line name a job was enqueued to, for whoever must visit them
 all (monitor, sweep, metrics). The ``published`` counter of all events stays in the
 default line's ``stats``.
+
+Redis Cluster (``Keys(prefix, cluster=True)``, a ``redis+cluster://`` store): no script
+may touch two slots, so the layout puts what one step touches in one slot:
+
+* a job's keys and channel: ``job:{<id>}`` as above (the job's slot);
+* every line, the default one too: ``line:{<queue>}:queue`` etc. (the line's slot);
+* everything else that is global (the ``lines`` set, the job index, the ``published``
+  counter, ops and per-kind hashes, the web's counters): ``{g}:<name>``, one slot
+  (:meth:`Keys.glob`).
 """
 
 from __future__ import annotations
@@ -77,9 +86,21 @@ def _tagged(job_id: str) -> str:
     return f"{{{head}}}.{tail}" if dot else f"{{{job_id}}}"
 
 
+GLOBAL_TAG = "{g}"
+"""The hash tag of every global key in a cluster's layout (:meth:`Keys.glob`)."""
+
+
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "jobcast:"
+    cluster: bool = False  # the Redis Cluster layout (module docstring)
+
+    def glob(self, name: str) -> str:
+        """A global key ``name`` (e.g. ``"ops:tasks"``): ``<prefix><name>`` on one Redis,
+        ``<prefix>{g}:<name>`` in a cluster, where every global key shares one slot."""
+        if self.cluster:
+            return f"{self.prefix}{GLOBAL_TAG}:{name}"
+        return f"{self.prefix}{name}"
 
     def job(self, job_id: str) -> str:
         """The job's hash; also the name of its pub/sub channel."""
@@ -98,26 +119,32 @@ class Keys:
     @property
     def queue(self) -> str:
         """Sorted set of waiting job ids; also the "line moved" channel."""
-        return f"{self.prefix}queue"
+        return self.line(None).queue if self.cluster else f"{self.prefix}queue"
 
     @property
     def ticket(self) -> str:
-        return f"{self.prefix}queue:ticket"
+        return self.line(None).ticket if self.cluster else f"{self.prefix}queue:ticket"
 
     @property
     def queue_version(self) -> str:
         """Counts departures from the line; orders "the line moved" messages."""
-        return f"{self.prefix}queue:version"
+        return self.line(None).version if self.cluster else f"{self.prefix}queue:version"
 
     @property
     def running(self) -> str:
         """Sorted set of running job ids scored by start time (ms)."""
-        return f"{self.prefix}running"
+        return self.line(None).running if self.cluster else f"{self.prefix}running"
 
     @property
     def stats(self) -> str:
         """Hash of run-time statistics that every web process reads for ETAs."""
-        return f"{self.prefix}stats"
+        return self.line(None).stats if self.cluster else f"{self.prefix}stats"
+
+    @property
+    def counters(self) -> str:
+        """The hash of the ``published`` count of every event: the default line's
+        ``stats`` on one Redis, a global key in a cluster."""
+        return self.glob("stats") if self.cluster else self.stats
 
     def idempotency(self, key: str) -> str:
         """The job a caller's idempotency key names (``key`` is scoped by the caller)."""
@@ -126,7 +153,7 @@ class Keys:
     @property
     def lines(self) -> str:
         """Set of every line (queue) name jobs were enqueued to."""
-        return f"{self.prefix}lines"
+        return self.glob("lines")
 
     @property
     def line_head(self) -> str:
@@ -135,11 +162,12 @@ class Keys:
 
     def line(self, name: str | None = None) -> LineKeys:
         """The keys of the line of Celery queue ``name`` (None: the default queue)."""
-        if name is None or name == DEFAULT_QUEUE:
+        if (name is None or name == DEFAULT_QUEUE) and not self.cluster:
             return LineKeys(
                 DEFAULT_QUEUE, self.queue, self.ticket, self.queue_version, self.running,
                 self.stats,
             )  # fmt: skip
+        name = DEFAULT_QUEUE if name is None else name
         head = f"{self.line_head}{{{check_queue(name)}}}:"
         return LineKeys(
             name, f"{head}queue", f"{head}queue:ticket", f"{head}queue:version",
@@ -157,21 +185,21 @@ class Keys:
     def job_index(self) -> str:
         """Sorted set of job ids scored by creation time (ms), newest last: the ops job
         browser's time-ordered index, bounded by ``JOBCAST_JOB_INDEX_MAX``."""
-        return f"{self.prefix}jobs:index"
+        return self.glob("jobs:index")
 
     @property
     def kind_waiting(self) -> str:
         """Hash: jobs waiting in any line, per kind (``tasks.kindstats``); the enqueue
         script adds one, the job's leaving its line takes it off."""
-        return f"{self.prefix}ops:kind:waiting"
+        return self.glob("ops:kind:waiting")
 
     @property
     def ops(self) -> str:
-        return f"{self.prefix}ops"
+        return self.glob("ops")
 
     @property
     def ops_snapshot(self) -> str:
-        return f"{self.prefix}ops:snapshot"
+        return self.glob("ops:snapshot")
 
     def job_id_of_channel(self, channel: str) -> str | None:
         head = f"{self.prefix}job:{{"

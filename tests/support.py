@@ -309,7 +309,10 @@ class ClusterSet:
             with server.client() as client:
                 info = client.execute_command("CLUSTER", "INFO")
                 text = info.decode() if isinstance(info, bytes) else str(info)
-                if "cluster_state:ok" not in text or f"cluster_known_nodes:{self.masters}" not in text:
+                if (
+                    "cluster_state:ok" not in text
+                    or f"cluster_known_nodes:{self.masters}" not in text
+                ):
                     return False
         return True
 
