@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import secrets
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
-from support import RedisServer, gevent_scenario
+from support import RedisServer, gevent_scenario, wait_until
 
 
 def run_scenario(name: str, server: RedisServer) -> None:
@@ -52,16 +50,6 @@ def test_a_reread_that_finds_the_pool_exhausted_is_retried(redis_server: RedisSe
 # -- the scenarios (run in the child) ----------------------------------------------------
 
 
-def _wait(check: Callable[[], Any], what: str, timeout: float = 20.0) -> None:
-    import gevent
-
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        gevent.sleep(0.01)
-
-
 def _frame(n: int, pad: int = 0) -> bytes:
     return f'id: {n}-0\nevent: progress\ndata: {{"pad":"{"x" * pad}"}}\n\n'.encode()
 
@@ -79,13 +67,13 @@ def stale_fill(url: str) -> None:
     assert first
     read_before = [item_from_frame(_frame(n)) for n in range(1, 5)]  # e1–e4
     client.client_kill_filter(_type="pubsub")
-    _wait(lambda: hub.reconnects >= 1 and hub.subs[channel].ready.is_set(), "a reconnect")
-    _wait(lambda: not hub.subs[channel].resync, "the resubscription")
+    wait_until(lambda: hub.reconnects >= 1 and hub.subs[channel].ready.is_set(), what="a reconnect")
+    wait_until(lambda: not hub.subs[channel].resync, what="the resubscription")
     second = hub.begin_fill(channel)
     assert second and second != first
     messages = hub.messages
     client.publish(channel, _frame(7))
-    _wait(lambda: hub.messages > messages, "e7 to arrive")
+    wait_until(lambda: hub.messages > messages, what="e7 to arrive")
     hub.finish_fill(channel, first, read_before)
     assert hub.cached_log(channel) is None, "a fill from before the reconnect was kept"
     hub.finish_fill(channel, second, [item_from_frame(_frame(n)) for n in range(1, 7)])
@@ -115,7 +103,7 @@ def cache_budget(url: str) -> None:
     messages = hub.messages
     for n in range(4, 8):
         client.publish(small, _frame(n, 270))
-    _wait(lambda: hub.messages == messages + 4, "the messages")
+    wait_until(lambda: hub.messages == messages + 4, what="the messages")
     assert hub.cached_log(small) is None and hub.cache_bytes == 0
 
 
@@ -162,13 +150,13 @@ def track_during_reread(url: str) -> None:
     tracking = gevent.spawn(line.track, jobs[2])
     assert read_done.wait(20)
     events.publish(jobs[0], "started")  # the first job leaves: the third is #2 now
-    _wait(lambda: line.departures == 1, "the departure")
+    wait_until(lambda: line.departures == 1, what="the departure")
     client.publish(keys.queue, "0 *")  # a sweep: every place must be read again
-    _wait(lambda: line.rereads >= 1, "the reread")
+    wait_until(lambda: line.rereads >= 1, what="the reread")
     release.set()
     place = tracking.get(timeout=20)
     assert place is not None and place.position == 2, place
-    _wait(lambda: line.position(jobs[2]) == 2, "the stored place")
+    wait_until(lambda: line.position(jobs[2]) == 2, what="the stored place")
 
 
 def reread_retry(url: str) -> None:
@@ -187,9 +175,9 @@ def reread_retry(url: str) -> None:
     held = pool.get_connection("PING")  # the pool is exhausted for now
     rereads = line.rereads
     other.publish(keys.queue, "0 *")
-    _wait(lambda: line.rereads > rereads, "a reread to meet the exhausted pool")
+    wait_until(lambda: line.rereads > rereads, what="a reread to meet the exhausted pool")
     pool.release(held)
-    _wait(lambda: line.position(jobs[2]) == 2, "the retried reread")
+    wait_until(lambda: line.position(jobs[2]) == 2, what="the retried reread")
 
 
 SCENARIOS = {

@@ -12,12 +12,10 @@ from __future__ import annotations
 import random
 import secrets
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support import RedisServer, gevent_scenario
+from support import RedisServer, gevent_scenario, wait_until
 
 from tasks.events import dumps
 from web.line import Place
@@ -84,16 +82,6 @@ def test_the_flusher_and_the_rereader_survive_an_exception(redis_server: RedisSe
 # -- the scenarios (run in the child) ----------------------------------------------------
 
 
-def _wait(check: Callable[[], Any], what: str, timeout: float = 20.0) -> None:
-    import gevent
-
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        gevent.sleep(0.01)
-
-
 class World:
     """A fresh prefix, N waiting jobs, a hub watching each tracked job, and a line."""
 
@@ -132,7 +120,7 @@ class World:
         self.events.publish(
             job_id, phase, {}, **({} if phase == "started" else {"expect": "queued"})
         )
-        _wait(lambda: self.line.departures > seen, f"the departure of {job_id}")
+        wait_until(lambda: self.line.departures > seen, what=f"the departure of {job_id}")
 
     def check(self) -> None:
         """Every tracked job's position is the one Redis has; gone ones are not tracked."""
@@ -212,7 +200,7 @@ def reading_ahead(url: str) -> None:
     world.events.publish(world.jobs[2], "cancelled", {}, expect="queued")  # after the reading
     seen = world.line.departures
     gate.set()
-    _wait(lambda: world.line.departures == seen + 3, "the three departures")
+    wait_until(lambda: world.line.departures == seen + 3, what="the three departures")
     assert world.line.position(late) == 2 and world.line.position(first) == 1
     assert late not in world.line.ahead, "the reading did not join the order once caught up"
     world.check()
@@ -235,14 +223,14 @@ def reconnect_restart(url: str) -> None:
     for job_id in world.jobs[3:5]:  # missed or delivered with lower versions
         world.events.publish(job_id, "started", {})
     world.events.publish(tracked[2], "cancelled", {}, expect="queued")  # the last of them
-    _wait(
+    wait_until(
         lambda: (
             world.hub.reconnects > reconnects
             and line.rereads > rereads
             and line._rereader is None
             and tracked[2] not in line.tracked
         ),
-        "the reread, and the cancelled job gone",
+        what="the reread, and the cancelled job gone",
     )
     world.check()
     for job_id in (tracked[0], tracked[4]):  # the head starts; one behind it fails
@@ -277,7 +265,7 @@ def paced_flush(url: str) -> None:
         )
         take()
     waiting = [j for j in watchers if j not in world.jobs[20:25]]
-    _wait(lambda: world.line.departures == 15, "the departures")
+    wait_until(lambda: world.line.departures == 15, what="the departures")
     world.check()
 
     def settled() -> bool:
@@ -286,7 +274,7 @@ def paced_flush(url: str) -> None:
             got[w] and got[w][-1] == world.line.position(j) for j in waiting for w in watchers[j]
         )
 
-    _wait(settled, "every watcher's last place to be its job's")
+    wait_until(settled, what="every watcher's last place to be its job's")
     for seen in got.values():
         assert seen == sorted(seen, reverse=True) and len(set(seen)) == len(seen), seen
 
@@ -326,17 +314,17 @@ def survives(url: str) -> None:
                     last[job_id] = item.position
         return all(last.get(j) == world.line.position(j) for j in watchers)
 
-    _wait(settled, "every watcher's place after a flush that broke")
+    wait_until(settled, what="every watcher's place after a flush that broke")
     rereads = world.line.rereads
     world.client.client_kill_filter(_type="pubsub")  # the hub reconnects: a reread
     world.events.publish(world.jobs[2], "started", {})
-    _wait(
+    wait_until(
         lambda: (
             failures["reread"] == 0
             and world.line.rereads > rereads
             and world.line._rereader is None
         ),
-        "a reread that broke, then one that held",
+        what="a reread that broke, then one that held",
     )
     world.check()
     assert world.line.crashes == 2 and failures == {"flush": 0, "reread": 0}
