@@ -54,9 +54,11 @@ PRIORITY_STEPS = (0, 3, 6, 9)
 UNACKED = "unacked"  # kombu's hash of delivered, unacknowledged messages
 
 # KEYS: job hash, queue zset, broker list; ARGV: job id, payload ('' = caller sends), max
+# On a cluster only the job hash (the line is another slot, the broker another server):
+# the caller checks the job is in line first.
 RESEND_LUA = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return 0 end
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+if KEYS[2] and not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 local n = redis.call('HINCRBY', KEYS[1], 'resent', 1)
 if n > tonumber(ARGV[3]) then return -1 end
 if ARGV[2] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[2]) end
@@ -165,6 +167,9 @@ def lines(client: redis.Redis, keys: Keys) -> list[LineKeys]:
     return keys.all_lines(client.smembers(keys.lines))
 
 
+ENDED = frozenset({b"succeeded", b"failed", b"cancelled"})
+
+
 def _sweep_ghosts(client: redis.Redis, keys: Keys) -> int:
     removed = 0
     for line in lines(client, keys):
@@ -174,8 +179,12 @@ def _sweep_ghosts(client: redis.Redis, keys: Keys) -> int:
                 continue
             pipe = client.pipeline(transaction=False)
             for job_id in members:
-                pipe.exists(keys.job(job_id))
-            gone = [m for m, alive in zip(members, pipe.execute(), strict=True) if not alive]
+                pipe.hget(keys.job(job_id), "state")
+            # Gone: no record, or (a cluster's publisher that died between its job's step
+            # and its line's) a record that says the job is past this set.
+            past = ENDED if zset == line.running else ENDED | {b"running"}
+            states = pipe.execute()
+            gone = [m for m, st in zip(members, states, strict=True) if st is None or st in past]
             if gone:
                 removed += client.zrem(zset, *gone)
                 if zset == line.queue:
@@ -191,7 +200,7 @@ class Sweeper:
     def __init__(self, settings: Settings, client: redis.Redis, app: Celery | None = None):
         self.settings = settings
         self.redis = client
-        self.keys = Keys(settings.prefix)
+        self.keys = settings.keys
         self.events = JobEvents.for_settings(client, settings)
         self._app = app
         self._broker_client: redis.Redis | None = None
@@ -340,6 +349,10 @@ class Sweeper:
                 pass  # a routing we do not rebuild: Celery sends it below
         k = self.keys
         keys = [k.job(job_id), k.line(named if _is_line(named) else None).queue, queue]
+        if k.cluster:  # one slot per script: the place in line is checked apart
+            if self.redis.zscore(keys[1], job_id) is None:
+                return "gone"
+            keys = keys[:1]
         count = int(self._resend(keys=keys, args=[job_id, payload, MAX_RESENDS]))
         if count == -1:
             return self._fail(job_id, f"The job's task message was lost {MAX_RESENDS} times.")
