@@ -251,6 +251,10 @@ def submit_canvas(
     them); ``key`` a scoped idempotency key (``created`` False: it named a canvas
     already, whose id is ``event_id``). ValueError for a canvas this cannot run, or an id
     in use."""
+    if settings.store.cluster:
+        # A child's publish moves its parent, its siblings and their lines in one script:
+        # many slots. Kept for one Redis (or a Sentinel set) until it is split per slot.
+        raise ValueError("canvas jobs need a single Redis or a Sentinel set, not a Redis Cluster")
     if not shares_broker(app, settings):
         raise ValueError("canvas jobs need Celery's broker to be the job records' Redis")
     nodes = compile_canvas(sig, app)

@@ -267,7 +267,7 @@ def _check_origins(raw: str, credentials: bool) -> None:
             )
 
 
-STORE_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+STORE_SCHEMES = ("redis", "rediss", "unix", "sentinel", "redis+cluster")
 REDIS_BROKERS = frozenset({"redis", "rediss", "sentinel"})
 BROKER_SCHEMES = REDIS_BROKERS | {"amqp", "amqps", "pyamqp"}
 
@@ -278,9 +278,21 @@ def _check_redis_url(settings: Settings) -> None:
     url = settings.redis_url
     if urllib.parse.urlsplit(url).scheme not in STORE_SCHEMES:
         raise SettingsError(
-            "REDIS_URL must start with redis://, rediss://, unix:// or sentinel://, got "
-            f"{without_password(url)!r}"
+            "REDIS_URL must start with redis://, rediss://, unix://, sentinel:// or "
+            f"redis+cluster://, got {without_password(url)!r}"
         )
+    if settings.store.cluster:
+        if not settings.broker_url:
+            raise SettingsError(
+                "REDIS_URL names a Redis Cluster: set JOBCAST_BROKER_URL to a single Redis, a "
+                "Sentinel set or RabbitMQ for Celery (kombu's Redis transport cannot use a "
+                "cluster)"
+            )
+        if "{" in settings.prefix or "}" in settings.prefix:
+            raise SettingsError(
+                "JOBCAST_PREFIX may not hold '{' or '}' with a Redis Cluster: key names carry "
+                "their own hash tags"
+            )
     broker = settings.broker_url
     if broker and urllib.parse.urlsplit(broker).scheme not in BROKER_SCHEMES:
         raise SettingsError(

@@ -24,6 +24,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from tasks.keys import Keys
+
 MAX_KINDS = 100
 MAX_KIND_BYTES = 64
 OTHER = "other"
@@ -45,21 +47,25 @@ class KindKeys:
     """The per-kind keys the monitor writes (``ops:kind:waiting`` is ``Keys.kind_waiting``)."""
 
     prefix: str = "jobcast:"
+    cluster: bool = False  # global keys: one slot in a cluster (Keys.glob)
+
+    def _glob(self, name: str) -> str:
+        return Keys(self.prefix, cluster=self.cluster).glob(name)
 
     @property
     def kinds(self) -> str:
-        return f"{self.prefix}ops:kinds"
+        return self._glob("ops:kinds")
 
     @property
     def tasks(self) -> str:
-        return f"{self.prefix}ops:kind:tasks"
+        return self._glob("ops:kind:tasks")
 
     @property
     def runtime(self) -> str:
-        return f"{self.prefix}ops:kind:runtime"
+        return self._glob("ops:kind:runtime")
 
     def minute(self, minute: int) -> str:
-        return f"{self.prefix}ops:kind:m:{minute}"
+        return self._glob(f"ops:kind:m:{minute}")
 
     def recent(self, now: float, span: int = SPAN_MINUTES) -> list[str]:
         """The minute hashes of the last ``span`` minutes (the current one included)."""

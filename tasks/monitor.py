@@ -100,8 +100,23 @@ PUBLISH_LUA = (
     + f"local MAX_KINDS = {MAX_KINDS}\n"
     + """
 local expiring = {}  -- the minute hashes given their TTL in this call
+local function read_record(ref)
+  -- On a cluster the caller read the record (another slot): "r:" kind US state US task.
+  if string.sub(ref, 1, 2) ~= 'r:' then
+    return redis.call('HMGET', KEYS[tonumber(ref)], 'kind', 'state', 'task')
+  end
+  local record, n, from = {}, 0, 3
+  while n < 3 do
+    n = n + 1
+    local stop = string.find(ref, '\\31', from, true) or (#ref + 1)
+    local value = string.sub(ref, from, stop - 1)
+    record[n] = value ~= '' and value or false
+    from = stop + 1
+  end
+  return record
+end
 local function per_kind(i)
-  local record = redis.call('HMGET', KEYS[tonumber(ARGV[i + 5])], 'kind', 'state', 'task')
+  local record = read_record(ARGV[i + 5])
   local kind = kind_name(record[1] or record[3] or ARGV[i + 6])
   if redis.call('SISMEMBER', KEYS[5], kind) == 0 then
     if redis.call('SCARD', KEYS[5]) >= MAX_KINDS then kind = 'other' end
@@ -158,27 +173,42 @@ return 0
 
 @dataclass(frozen=True)
 class OpsKeys:
-    """The monitor's keys besides ``Keys.ops``/``Keys.ops_snapshot``."""
+    """The monitor's keys besides ``Keys.ops``/``Keys.ops_snapshot`` (global keys:
+    one slot in a cluster, :meth:`Keys.glob`)."""
 
     prefix: str = "jobcast:"
+    cluster: bool = False
+
+    def _glob(self, name: str) -> str:
+        return Keys(self.prefix, cluster=self.cluster).glob(name)
 
     @property
     def leader(self) -> str:
-        return f"{self.prefix}ops:leader"
+        return self._glob("ops:leader")
 
     @property
     def tasks(self) -> str:
         """Hash: Celery task outcomes (succeeded, failed, retried, revoked, rejected)."""
-        return f"{self.prefix}ops:tasks"
+        return self._glob("ops:tasks")
 
     @property
     def runtime(self) -> str:
         """Hash: run time histogram, ``le:<bound>`` counts (not cumulative), sum, count."""
-        return f"{self.prefix}ops:runtime"
+        return self._glob("ops:runtime")
 
     def counted(self, window: int) -> str:
         """Hash: the events counted in one ``COUNTED_WINDOW`` of worker time (expires)."""
-        return f"{self.prefix}ops:counted:{window}"
+        return self._glob(f"ops:counted:{window}")
+
+
+def _no_read(keys: list[str]) -> list[Any]:
+    raise AssertionError(f"a cluster's batch needs the records read ({keys[:3]})")
+
+
+def _record_ref(values: list[Any]) -> str:
+    """A record's kind, state and task as the publish script takes them on a cluster."""
+    text = [(v.decode(errors="replace") if isinstance(v, bytes) else v or "") for v in values]
+    return "r:" + "\x1f".join(t.replace("\x1f", "") for t in text)
 
 
 def snapshot_frame(payload: str | bytes) -> bytes:
@@ -346,23 +376,38 @@ class Pending:
             )
         )
 
-    def batch(self, keys: Keys, ops_keys: OpsKeys, now: float) -> tuple[list[str], list[str]]:
-        """KEYS after the first seven, and ARGV from the outcome count on."""
+    def batch(
+        self,
+        keys: Keys,
+        ops_keys: OpsKeys,
+        now: float,
+        read: Callable[[list[str]], list[Any]] | None = None,
+    ) -> tuple[list[str], list[str]]:
+        """KEYS after the first seven, and ARGV from the outcome count on; on a cluster
+        ``read`` gives a record's kind, state and task (HMGET), for the script to take."""
+        if read is None:
+            read = _no_read
         while self.outcomes and now - self.outcomes[0].at > COUNTED_TTL - COUNTED_WINDOW:
             self.outcomes.popleft()  # its "counted" record may be gone: counting it risks twice
         batch = list(itertools.islice(self.outcomes, MAX_BATCH))  # one script stays short
-        kind_keys = KindKeys(ops_keys.prefix)
+        kind_keys = KindKeys(ops_keys.prefix, ops_keys.cluster)
         named = [ops_keys.counted(w) for w in sorted({o.window for o in batch})]
         named += [kind_keys.minute(m) for m in sorted({o.minute for o in batch})]
-        named += [keys.job(o.task_id) for o in batch]  # the kind and end of a job's task
+        if keys.cluster:  # the records are in other slots: read here, passed as values
+            ids = sorted({o.task_id for o in batch})
+            read_back = read([keys.job(task_id) for task_id in ids])
+            records = {t: _record_ref(r) for t, r in zip(ids, read_back, strict=True)}
+        else:  # the kind and end of a job's task, read by the script
+            named += [keys.job(o.task_id) for o in batch]
         index: dict[str, int] = {}
         for key in named:
             index.setdefault(key, len(index) + 8)
         args = [str(len(batch))]
         for o in batch:
+            ref = records[o.task_id] if keys.cluster else str(index[keys.job(o.task_id)])
             args += [
                 str(index[ops_keys.counted(o.window)]), o.key, o.outcome, o.bucket,
-                repr(round(o.runtime, 6)), str(index[keys.job(o.task_id)]), o.name[:200],
+                repr(round(o.runtime, 6)), ref, o.name[:200],
                 str(index[kind_keys.minute(o.minute)]),
             ]  # fmt: skip
         return list(index), args
@@ -386,9 +431,9 @@ class Monitor:
     ) -> None:
         self.settings = settings
         self.redis = client
-        self.keys = Keys(settings.prefix)
-        self.ops_keys = OpsKeys(settings.prefix)
-        self.kind_keys = KindKeys(settings.prefix)
+        self.keys = settings.keys
+        self.ops_keys = OpsKeys(settings.prefix, self.keys.cluster)
+        self.kind_keys = KindKeys(settings.prefix, self.keys.cluster)
         self.kinds: list[dict[str, Any]] = []  # per-kind rows, read back from Redis
         self.broker_queue = broker_queue
         self.clock = clock
@@ -647,7 +692,7 @@ class Monitor:
             self.last_sample = max(now - 1.0, self.last_sample + 1.0)
         payload = json.dumps(self.snapshot(now, queue), separators=(",", ":")).encode()
         o, k, kk = self.ops_keys, self.keys, self.kind_keys
-        counted_keys, counts = self.pending.batch(k, o, now)
+        counted_keys, counts = self.pending.batch(k, o, now, self._read_records)
         leading = self._publish(
             keys=[
                 o.leader, k.ops_snapshot, o.tasks, o.runtime, kk.kinds, kk.tasks, kk.runtime,
@@ -665,6 +710,13 @@ class Monitor:
             self.leading = bool(leading)
             log.info("monitor %s: %s", self.token, "leading" if leading else "standing by")
         return len(payload)
+
+    def _read_records(self, names: list[str]) -> list[Any]:
+        """Kind, state and task of each job record named (one pipeline)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hmget(name, "kind", "state", "task")
+        return list(pipe.execute())
 
     def _read_queue(self) -> dict[str, Any]:
         """Totals of every line, and per line (its broker list is its Celery queue's)."""
@@ -837,7 +889,7 @@ def healthcheck(max_age: float = 15.0) -> int:
     settings = Settings.from_env()
     client = settings.store.client(socket_timeout=3, socket_connect_timeout=3)
     try:
-        raw = client.get(Keys(settings.prefix).ops_snapshot)
+        raw = client.get(settings.keys.ops_snapshot)
     except (redis.ConnectionError, redis.TimeoutError):
         return 1
     finally:

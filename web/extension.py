@@ -53,7 +53,7 @@ def init_app(app: Flask, settings: Settings, kinds: Registry | None = None) -> J
         health_check_interval=30,
     )
     client = redis.Redis(connection_pool=pool)
-    keys = Keys(settings.prefix)
+    keys = settings.keys
     hub = Hub(
         settings.store,
         queue_size=settings.watcher_queue_size,

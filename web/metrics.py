@@ -44,7 +44,7 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from tasks import kindstats
-from tasks.keys import DEFAULT_QUEUE, Keys
+from tasks.keys import DEFAULT_QUEUE
 from tasks.kindstats import KindKeys
 from tasks.monitor import RUNTIME_BUCKETS, OpsKeys
 from web.extension import Jobcast
@@ -83,11 +83,11 @@ class WebStats:
 
     @property
     def streams_key(self) -> str:
-        return f"{self.ext.settings.prefix}web:streams"
+        return self.ext.settings.keys.glob("web:streams")
 
     @property
     def counters_key(self) -> str:
-        return f"{self.ext.settings.prefix}web:stats"
+        return self.ext.settings.keys.glob("web:stats")
 
     def start(self) -> None:
         if self.greenlet is None:
@@ -117,8 +117,8 @@ class JobcastCollector:
     def __init__(self, ext: Jobcast, stats: WebStats) -> None:
         self.ext = ext
         self.stats = stats
-        self.keys = Keys(ext.settings.prefix)
-        self.ops_keys = OpsKeys(ext.settings.prefix)
+        self.keys = ext.settings.keys
+        self.ops_keys = OpsKeys(ext.settings.prefix, self.keys.cluster)
 
     def collect(self) -> Iterator[Metric]:
         k, o, stats = self.keys, self.ops_keys, self.stats
@@ -132,23 +132,33 @@ class JobcastCollector:
         pipe.hgetall(o.runtime)
         pipe.hgetall(stats.counters_key)
         pipe.hgetall(stats.streams_key)
-        kk = KindKeys(self.ext.settings.prefix)
+        pipe.hget(k.counters, "published")  # the default line's stats on one Redis
+        kk = KindKeys(self.ext.settings.prefix, self.keys.cluster)
         recent = kk.recent(time.time())
         pipe.hgetall(kk.tasks).hgetall(kk.runtime).hgetall(k.kind_waiting)
         for key in recent:
             pipe.hgetall(key)
         replies = pipe.execute()
         minutes = [_text(m) for m in replies[len(replies) - len(recent) :]]
-        *per_line, snap, tasks, runtime, web, streams, kind_tasks, kind_runtime, waiting = replies[
-            : len(replies) - len(recent)
-        ]
+        (
+            *per_line,
+            snap,
+            tasks,
+            runtime,
+            web,
+            streams,
+            published,
+            kind_tasks,
+            kind_runtime,
+            waiting,
+        ) = replies[: len(replies) - len(recent)]
         numbers = [
             LineNumbers(line.name, int(queued), int(busy), int(broker), _text(line_stats))
             for line, queued, busy, broker, line_stats in zip(
                 lines, per_line[::4], per_line[1::4], per_line[2::4], per_line[3::4], strict=True
             )
         ]
-        yield from self._jobs(numbers)
+        yield from self._jobs(numbers, float(published or 0))
         yield from self._workers(json.loads(snap) if snap else None)
         yield from self._tasks(_text(tasks), _text(runtime))
         yield from self._web(_text(web), _text(streams))
@@ -158,7 +168,7 @@ class JobcastCollector:
         """The broker list of a line's Celery queue."""
         return str(self.ext.celery.conf.task_default_queue) if line == DEFAULT_QUEUE else line
 
-    def _jobs(self, lines: list[LineNumbers]) -> Iterator[Metric]:
+    def _jobs(self, lines: list[LineNumbers], published: float) -> Iterator[Metric]:
         queued = sum(line.queued for line in lines)
         running = sum(line.running for line in lines)
         jobs = GaugeMetricFamily(
@@ -195,7 +205,6 @@ class JobcastCollector:
             broker.add_metric([line.name], line.broker)
         yield per_line
         yield broker
-        published = lines[0].stats.get("published", 0)  # all events count in the default's
         yield CounterMetricFamily(
             "jobcast_events_published", "Job events appended and published.",
             value=float(published),
