@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from celery import Celery
@@ -13,7 +14,7 @@ from tasks.config import Settings
 from tasks.events import JobEvents
 from tasks.keys import Keys
 from tasks.kinds import Registry, default_registry
-from web.hub import Hub
+from web.hub import AnyHub, ClusterHub, Hub
 from web.line import Line, Lines
 
 
@@ -26,7 +27,7 @@ class Jobcast:
     redis: redis.Redis
     events: JobEvents
     keys: Keys
-    hub: Hub
+    hub: AnyHub
     lines: Lines  # one per Celery queue: a job's is ``lines.of(job_id, its queue)``
     celery: Celery
     kinds: Registry
@@ -40,25 +41,40 @@ class Jobcast:
 def init_app(app: Flask, settings: Settings, kinds: Registry | None = None) -> Jobcast:
     """Build the Redis pool, event log, hub and Celery client for this app; ``kinds`` are
     the job kinds it offers (the demo kinds when not given)."""
-    pool = settings.store.pool(
-        blocking=True,
+    options: dict[str, Any] = {
         # A bounded pool that waits for a free connection: under gevent, a pool that
         # raises when exhausted would turn a burst of requests into HTTP 500s.
-        max_connections=settings.redis_pool_size,
-        timeout=settings.redis_pool_timeout,
-        protocol=2,
-        socket_keepalive=True,
-        socket_connect_timeout=3,
-        socket_timeout=10,
-        health_check_interval=30,
-    )
-    client = redis.Redis(connection_pool=pool)
+        "max_connections": settings.redis_pool_size,
+        "timeout": settings.redis_pool_timeout,
+        "protocol": 2,
+        "socket_keepalive": True,
+        "socket_connect_timeout": 3,
+        "socket_timeout": 10,
+        "health_check_interval": 30,
+    }
+    client: redis.Redis
+    if settings.store.cluster:  # a blocking pool per node, the cluster client routes
+        # (redis-py builds its first node clients with these options too, and a Redis
+        # takes no pool timeout: the nodes' blocking pools wait their default 20 s.)
+        options.pop("timeout")
+        client = settings.store.client(
+            connection_pool_class=redis.BlockingConnectionPool, **options
+        )
+    else:
+        client = redis.Redis(connection_pool=settings.store.pool(blocking=True, **options))
     keys = settings.keys
-    hub = Hub(
-        settings.store,
-        queue_size=settings.watcher_queue_size,
-        heartbeat=settings.heartbeat_seconds,
-    )
+    hub_options: dict[str, Any] = {
+        "queue_size": settings.watcher_queue_size,
+        "heartbeat": settings.heartbeat_seconds,
+    }
+    hub: AnyHub
+    if settings.store.cluster:
+        hub = ClusterHub(
+            settings.store, lambda name: keys.job_id_of_channel(name.decode()) is not None,
+            **hub_options,
+        )  # fmt: skip
+    else:
+        hub = Hub(settings.store, **hub_options)
     ext = Jobcast(
         settings=settings,
         redis=client,

@@ -142,6 +142,7 @@ class Hub:
         heartbeat: float = 15.0,
         cache_bytes: int = 0,
         down_grace: float = 5.0,
+        sharded: bool = False,
     ) -> None:
         # Only its connection class and options are used: the hub makes its one connection
         # itself, and a Sentinel pool's connections ask the sentinels for the master.
@@ -154,6 +155,10 @@ class Hub:
             socket_timeout=ping_every * 3,
             health_check_interval=0,
         )
+        # Sharded pub/sub (a cluster node's own channels): SSUBSCRIBE, smessage replies.
+        self._sub_cmd, self._unsub_cmd = ("SSUBSCRIBE", "SUNSUBSCRIBE") if sharded else (
+            "SUBSCRIBE", "UNSUBSCRIBE",
+        )  # fmt: skip
         self.queue_size = queue_size
         self.confirm_timeout = confirm_timeout
         self.ping_every = ping_every
@@ -347,7 +352,7 @@ class Hub:
         if sub.ready.is_set():
             sub.ready = gevent.event.Event()
         sub.outstanding += 1
-        self._queue_op("SUBSCRIBE", name)
+        self._queue_op(self._sub_cmd, name)
 
     def _queue_op(self, command: str, name: bytes) -> None:
         self._ops.append((command, name))
@@ -384,7 +389,7 @@ class Hub:
                 if idle and sub.active and sub.idle_since <= cutoff:
                     sub.active = False
                     self._forget_log(sub)  # messages will be missed from now on
-                    self._queue_op("UNSUBSCRIBE", name)
+                    self._queue_op(self._unsub_cmd, name)
 
     def _heartbeat_forever(self) -> None:
         """Put a keep-alive comment in every mailbox quiet for ``heartbeat`` seconds.
@@ -480,7 +485,7 @@ class Hub:
         for name in names:
             self.subs[name].outstanding = 1
         if names:
-            conn.send_command("SUBSCRIBE", *names, check_health=False)
+            conn.send_command(self._sub_cmd, *names, check_health=False)
         conn.send_command("PING", check_health=False)  # its reply says the link works
         self.connected.set()
 
@@ -511,12 +516,12 @@ class Hub:
             reply = conn.read_response(disconnect_on_error=False)
             self._down_since = None
             kind = reply[0]
-            if kind == b"message":
+            if kind == b"message" or kind == b"smessage":
                 self.messages += 1
                 self._dispatch(reply[1], reply[2])
-            elif kind == b"subscribe":
+            elif kind == b"subscribe" or kind == b"ssubscribe":
                 self._confirmed(reply[1])
-            elif kind == b"unsubscribe":
+            elif kind == b"unsubscribe" or kind == b"sunsubscribe":
                 self._unsubscribed(reply[1])
 
     def _dispatch(self, name: bytes, payload: bytes) -> None:
@@ -561,6 +566,103 @@ class Hub:
         except Exception:
             log.exception("hub: handler of %r failed to resync", name)
 
+
+class ClusterHub:
+    """The hub of a web process whose store is a Redis Cluster: a :class:`Hub` per master
+    that owns the slot of a watched job channel (sharded pub/sub: SSUBSCRIBE there, where
+    the job's SPUBLISH goes), started on its first watcher, and one more for the classic
+    channels (lines, the ops feed), which a cluster delivers on every node. So a process
+    holds at most masters + 1 pub/sub connections, however many streams it serves.
+
+    Each hub reconnects and resyncs its own watchers as a single hub does. The slot map
+    is read when a job channel is first watched; a slot moved to another master later
+    (resharding) reaches its watchers as the old master's ``sunsubscribe``, and streams
+    of that job then end at their heartbeat check until watched anew (a known limit)."""
+
+    def __init__(
+        self, target: RedisTarget, is_job_channel: Callable[[bytes], bool], **options: Any
+    ):
+        self.target = target
+        self.options = options
+        self.is_job_channel = is_job_channel
+        host, port = target.nodes()[0]
+        self.classic = Hub(target.node(host, port), **options)
+        self.shards: dict[tuple[str, int], Hub] = {}
+        self._router: redis.RedisCluster | None = None
+
+    def _hub_of(self, channel: bytes) -> Hub:
+        if not self.is_job_channel(channel):
+            return self.classic
+        if self._router is None:
+            self._router = self.target.client(socket_connect_timeout=3, socket_timeout=5)
+        assert self._router is not None
+        node = self._router.get_node_from_key(channel)
+        address = (node.host, int(node.port))
+        hub = self.shards.get(address)
+        if hub is None:
+            hub = self.shards[address] = Hub(
+                self.target.node(*address), sharded=True, **self.options
+            )
+        return hub
+
+    @property
+    def hubs(self) -> list[Hub]:
+        return [self.classic, *self.shards.values()]
+
+    @property
+    def streams(self) -> int:
+        return sum(hub.streams for hub in self.hubs)
+
+    @property
+    def delivered(self) -> int:
+        return sum(hub.delivered for hub in self.hubs)
+
+    def watch(self, channel: str | bytes, wake: gevent.event.Event | None = None) -> Watcher:
+        name = channel.encode() if isinstance(channel, str) else channel
+        return self._hub_of(name).watch(name, wake)
+
+    def unwatch(self, watcher: Watcher) -> None:
+        self._hub_of(watcher.channel).unwatch(watcher)
+
+    def listen(self, channel: str | bytes, handler: Callable[[bytes], None]) -> None:
+        name = channel.encode() if isinstance(channel, str) else channel
+        self._hub_of(name).listen(name, handler)
+
+    def cached_log(self, channel: bytes) -> list[Item] | None:
+        return self._hub_of(channel).cached_log(channel)
+
+    def begin_fill(self, channel: bytes) -> int:
+        return self._hub_of(channel).begin_fill(channel)
+
+    def finish_fill(self, channel: bytes, token: int, items: list[Item] | None) -> None:
+        self._hub_of(channel).finish_fill(channel, token, items)
+
+    def watchers_of(self, channel: bytes) -> set[Watcher]:
+        return self._hub_of(channel).watchers_of(channel)
+
+    def start(self) -> None:
+        self.classic.start()
+
+    def healthy(self) -> bool:
+        return all(hub.healthy() for hub in self.hubs)
+
+    def stop(self) -> None:
+        for hub in self.hubs:
+            hub.stop()
+
+    def stats(self) -> dict[str, Any]:
+        every = [hub.stats() for hub in self.hubs]
+        total = {
+            name: sum(one[name] for one in every)
+            for name in ("streams", "channels", "reconnects", "errors", "restarts", "cacheBytes",
+                         "messages", "delivered")
+        }  # fmt: skip
+        connected = all(one["connected"] for one in every)
+        return {**total, "connected": connected, "healthy": self.healthy(), "links": len(every)}
+
+
+AnyHub = Hub | ClusterHub
+"""What a web process streams through: one Redis's hub, or a cluster's."""
 
 LOG_CACHE_MAX = 1000  # entries per job's cached log
 LOG_CACHE_BYTES = 64 * 1024 * 1024  # frames in all cached logs of a process

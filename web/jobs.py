@@ -256,6 +256,12 @@ def _accept_canvas(
 ) -> Submitted:
     """A canvas kind: one parent job, a child per task of the canvas its parameters make."""
     assert kind.canvas is not None
+    if ext.settings.store.cluster:
+        raise ApiError(
+            501, "canvas_needs_one_redis",
+            f"{kind.name} jobs are canvases, which need a single Redis or a Sentinel set; "
+            "this server's event store is a Redis Cluster.",
+        )  # fmt: skip
     sent = submit_canvas(
         ext.celery, ext.events, ext.settings, job_id, kind.canvas(params),
         kind=kind.name, queue=kind.queue, fields={k: _field(v) for k, v in params.items()},

@@ -50,14 +50,14 @@ def init_app(app: Flask, settings: Settings) -> Limiter | None:
     }  # (the /imagine alias exists only where that kind is offered)
     if not endpoints:
         return None
+    if settings.store.cluster:  # limits' own cluster storage takes our URL as it is
+        storage: dict[str, Any] = {"storage_uri": settings.redis_url}
+    else:  # a pool of ours (a Sentinel set's too); the URI only picks limits' Redis storage
+        pool = settings.store.pool(socket_connect_timeout=2, socket_timeout=2)
+        storage = {"storage_uri": "redis://", "storage_options": {"connection_pool": pool}}
     limiter = Limiter(
         client_key,
-        # The storage is given a pool of ours (a Sentinel set's too); its URI only picks
-        # limits' Redis storage.
-        storage_uri="redis://",
-        storage_options={
-            "connection_pool": settings.store.pool(socket_connect_timeout=2, socket_timeout=2)
-        },
+        **storage,
         strategy="fixed-window",
         headers_enabled=True,
         swallow_errors=True,

@@ -56,7 +56,7 @@ import redis
 
 from tasks.handle import eta_seconds
 from tasks.keys import DEFAULT_QUEUE, LINE_NAME, Keys
-from web.hub import Hub, Item
+from web.hub import AnyHub, Item
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class _Line:
 class Line:
     def __init__(
         self,
-        hub: Hub,
+        hub: AnyHub,
         client: redis.Redis,
         keys: Keys,
         interval: float = 0.25,
@@ -468,7 +468,7 @@ class Line:
         for job_id in job_ids:
             pipe.zrank(k.queue, job_id).zscore(k.queue, job_id)
         version, length, busy, avg, *places = pipe.execute()
-        self.line = _Line(length, busy, float(avg) if avg else None)
+        self.line = _Line(int(length), int(busy), float(avg) if avg else None)
         result: dict[str, _Tracked | None] = {}
         for n, job_id in enumerate(job_ids):
             rank, ticket = places[2 * n], places[2 * n + 1]
@@ -476,10 +476,10 @@ class Line:
                 None
                 if rank is None
                 else _Tracked(
-                    ticket,
+                    float(ticket),  # (a cluster's MULTI answers the raw reply: bytes)
                     int(version or 0),
-                    rank + 1,
-                    sent=rank + 1,
+                    int(rank) + 1,
+                    sent=int(rank) + 1,
                     channel=self.keys.channel(job_id).encode(),
                 )
             )
@@ -489,7 +489,7 @@ class Line:
 class Lines:
     """One :class:`Line` per line (Celery queue) name in this process, made on demand."""
 
-    def __init__(self, hub: Hub, client: redis.Redis, keys: Keys, **options: Any) -> None:
+    def __init__(self, hub: AnyHub, client: redis.Redis, keys: Keys, **options: Any) -> None:
         self.hub = hub
         self.redis = client
         self.keys = keys
