@@ -156,6 +156,7 @@ class Hub:
             health_check_interval=0,
         )
         # Sharded pub/sub (a cluster node's own channels): SSUBSCRIBE, smessage replies.
+        self.sharded = sharded
         self._sub_cmd, self._unsub_cmd = ("SSUBSCRIBE", "SUNSUBSCRIBE") if sharded else (
             "SUBSCRIBE", "UNSUBSCRIBE",
         )  # fmt: skip
@@ -449,6 +450,10 @@ class Hub:
         if not ops:
             conn.send_command("PING", check_health=False)
             return
+        if self.sharded:  # channels of several slots in one SSUBSCRIBE are a CROSSSLOT
+            for op, name in ops:
+                conn.send_command(op, name, check_health=False)
+            return
         run: list[bytes] = []
         command = ops[0][0]
         for op, name in ops:
@@ -484,8 +489,8 @@ class Hub:
         names = [name for name, sub in self.subs.items() if sub.active]
         for name in names:
             self.subs[name].outstanding = 1
-        if names:
-            conn.send_command(self._sub_cmd, *names, check_health=False)
+        for run in [[n] for n in names] if self.sharded else [names] if names else []:
+            conn.send_command(self._sub_cmd, *run, check_health=False)
         conn.send_command("PING", check_health=False)  # its reply says the link works
         self.connected.set()
 

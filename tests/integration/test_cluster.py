@@ -8,6 +8,7 @@ it, and jobs posted over HTTP stream, resume and show their place in line as on 
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 from collections.abc import Iterator
 
@@ -30,6 +31,8 @@ from support import (
 from tasks.keys import Keys
 
 SMALL = {"width": 96, "height": 64, "steps": 8}
+TOKEN = "ops-" + secrets.token_urlsafe(12)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 KEYS = Keys(cluster=True)
 
 
@@ -51,6 +54,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClusterSet
             "PYTHONUNBUFFERED": "1",
             # (the limiter counts in the cluster too; these tests post faster than people)
             "JOBCAST_POST_RATE_LIMIT": "100000/minute",
+            "JOBCAST_OPS_TOKEN": TOKEN,
         }
         env.pop("JOBCAST_VISIBILITY_TIMEOUT", None)
         procs.append(celery_worker(env, tmp / "worker.log", "w1"))
@@ -125,7 +129,7 @@ def test_a_job_waiting_in_line_sees_its_place_move(stack: tuple[ClusterSet, str,
 
 def test_ops_and_metrics_read_the_cluster(stack: tuple[ClusterSet, str, dict]) -> None:
     _, base, _ = stack
-    metrics = httpx.get(f"{base}/metrics", timeout=10)
+    metrics = httpx.get(f"{base}/metrics", headers=AUTH, timeout=10)
     assert metrics.status_code == 200
     published = [
         line for line in metrics.text.splitlines() if line.startswith("jobcast_events_published")
@@ -161,3 +165,28 @@ def test_the_hub_holds_a_connection_per_master_not_per_stream(
     for reader in readers:
         reader.join(120)
     assert not any(reader.is_alive() for reader in readers)
+
+
+def test_the_job_browser_lists_and_cancels_on_a_cluster(
+    stack: tuple[ClusterSet, str, dict],
+) -> None:
+    """/ops/jobs reads the index (global slot) and the records (theirs); a cancel of a job
+    waiting in line ends it there and is audited in the job's slot."""
+    _, base, _ = stack
+    busy = [post_job(base, width=384, height=384, steps=20)["jobId"] for _ in range(2)]
+    waiting = post_job(base, **SMALL)["jobId"]
+    listed = httpx.get(f"{base}/ops/jobs.json", params={"limit": 50}, headers=AUTH, timeout=10)
+    assert listed.status_code == 200, listed.text
+    assert {waiting, *busy} <= {j["jobId"] for j in listed.json()["jobs"]}
+    cancel = httpx.post(
+        f"{base}/ops/jobs/{waiting}/cancel",
+        headers={**AUTH, "X-Jobcast-Operator": "alice"},
+        timeout=10,
+    )
+    assert cancel.status_code in (200, 202), cancel.text
+    assert collect(base, waiting)[-1].event == "cancelled"
+    detail = httpx.get(f"{base}/ops/jobs/{waiting}.json", headers=AUTH, timeout=10).json()
+    assert detail["state"] == "cancelled"
+    assert [(a["action"], a["by"]) for a in detail["audit"]] == [("cancel", "alice")]
+    for job_id in busy:
+        assert collect(base, job_id)[-1].event == "done"
