@@ -581,8 +581,8 @@ class ClusterHub:
 
     Each hub reconnects and resyncs its own watchers as a single hub does. The slot map
     is read when a job channel is first watched; a slot moved to another master later
-    (resharding) reaches its watchers as the old master's ``sunsubscribe``, and streams
-    of that job then end at their heartbeat check until watched anew (a known limit)."""
+    (resharding) reaches its watchers as the old master's ``sunsubscribe``, and the hub
+    does not yet follow it to the new owner (a known limit, docs/ha.md)."""
 
     def __init__(
         self, target: RedisTarget, is_job_channel: Callable[[bytes], bool], **options: Any
