@@ -282,6 +282,10 @@ def _check_redis_url(settings: Settings) -> None:
             f"redis+cluster://, got {without_password(url)!r}"
         )
     if settings.store.cluster:
+        try:
+            settings.store.nodes()
+        except ValueError as exc:
+            raise SettingsError(f"REDIS_URL: {exc}") from None
         if not settings.broker_url:
             raise SettingsError(
                 "REDIS_URL names a Redis Cluster: set JOBCAST_BROKER_URL to a single Redis, a "

@@ -123,3 +123,31 @@ def test_a_flask_config_adds_to_the_environment() -> None:
         Settings.from_config({"JOBCAST_MAX_QUEUE": True}, {})
     with pytest.raises(SettingsError, match="JOBCAST_MAX_QUEUE must be from 0"):
         Settings.from_config({"JOBCAST_MAX_QUEUE": -1}, {})
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"REDIS_URL": "redis+cluster://n1:7000,n2:7000"}, "JOBCAST_BROKER_URL"),
+        ({"REDIS_URL": "redis+cluster://:s3cret@n1:70x0", "JOBCAST_BROKER_URL": "redis://b"}, "70x0"),
+        (
+            {"REDIS_URL": "redis+cluster://n1:7000", "JOBCAST_BROKER_URL": "redis://b",
+             "JOBCAST_PREFIX": "{app}:"},
+            "JOBCAST_PREFIX",
+        ),
+    ],
+)  # fmt: skip
+def test_a_cluster_store_is_refused_without_a_broker_a_good_address_or_a_plain_prefix(
+    env: dict[str, str], says: str
+) -> None:
+    with pytest.raises(SettingsError, match=re.escape(says)) as refused:
+        Settings.from_env(env)
+    assert "s3cret" not in str(refused.value)
+
+
+def test_a_cluster_store_with_a_broker_is_taken() -> None:
+    env = {"REDIS_URL": "redis+cluster://n1:7000,n2", "JOBCAST_BROKER_URL": "redis://b:6379/0"}
+    settings = Settings.from_env(env)
+    assert settings.store.cluster and settings.keys.cluster
+    assert settings.store.nodes() == [("n1", 7000), ("n2", 6379)]
+    assert settings.broker == "redis://b:6379/0"
