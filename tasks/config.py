@@ -67,6 +67,10 @@ class Settings:
     # have ended, with keep-alives, before it ends (a reconnect then gets 204).
     stream_idle_seconds: float = 300.0
     send_timeout_seconds: float = 30.0
+    # The hub writes live frames to idle streams' sockets itself (one send() each, no
+    # greenlet woken) under gunicorn's gevent workers; false: every frame goes through
+    # the stream's greenlet and gunicorn's write, the stock path.
+    direct_send: bool = True
     max_attempts: int = 3
     publish_retry_seconds: float = 60.0
     visibility_timeout: int = 3600

@@ -51,6 +51,8 @@ def start_stream(
             ext.hub.unwatch(watcher)
             return None
         body = Stream(ext, job_id, last, watcher, opening)
+        if ext.settings.direct_send:
+            body.send_directly(environ)
         body.prepare()
         return body
     except BaseException:

@@ -75,9 +75,19 @@ def item_from_frame(frame: bytes) -> Item:
 
 class Watcher:
     """A stream's bounded mailbox. A stream blocks in :meth:`drain` with no timer of its
-    own: the hub's heartbeat puts a keep-alive in any mailbox quiet for too long."""
+    own: the hub's heartbeat puts a keep-alive in any mailbox quiet for too long.
 
-    __slots__ = ("_wake", "active_at", "channel", "items", "limit")
+    Direct sends: while its stream is parked with nothing to send, a watcher may lend the
+    hub its client socket (:meth:`lend`). The hub then writes each new logged frame to it
+    itself, with one non-blocking ``send()``, and no greenlet wakes. Anything else (a
+    terminal frame, a place in line, a keep-alive, a resync), an error, or a send the
+    kernel does not take whole (the rest is kept in ``pending``) goes back to the
+    stream's greenlet, which writes it the stock way."""
+
+    __slots__ = (
+        "_wake", "active_at", "channel", "chunked", "direct", "items", "limit", "pending",
+        "sent", "sock",
+    )  # fmt: skip
 
     def __init__(self, channel: bytes, limit: int, wake: gevent.event.Event | None = None) -> None:
         self.channel = channel
@@ -86,8 +96,25 @@ class Watcher:
         self.active_at = _now()
         # Several watchers may share one wake event (a multiplexed stream waits on all).
         self._wake = gevent.event.Event() if wake is None else wake
+        self.direct = False  # the hub may write to ``sock`` now
+        self.sock: Any = None  # the client's OS socket (non-blocking), when lent
+        self.chunked = False  # the response is HTTP/1.1 chunked: frame each write
+        self.sent: EventId | None = None  # the newest id on the wire while direct
+        self.pending = b""  # bytes of a direct send the kernel did not take yet
+
+    def lend(self, sock: Any, chunked: bool, sent: EventId | None) -> None:
+        """Let the hub write frames newer than ``sent`` to ``sock`` until the next
+        :meth:`put` or :meth:`reclaim`. Only with an empty mailbox and nothing pending."""
+        self.sock, self.chunked, self.sent = sock, chunked, sent
+        self.direct = True
+
+    def reclaim(self) -> EventId | None:
+        """Stop direct sends; the newest id the hub put on the wire (or the one lent)."""
+        self.direct = False
+        return self.sent
 
     def put(self, item: Item) -> None:
+        self.direct = False  # from now on, and until lent again, the greenlet writes
         items = self.items
         if len(items) >= self.limit:
             # A slow reader: forget the backlog here, it will be re-read from Redis.
@@ -183,6 +210,8 @@ class Hub:
         self.restarts = 0  # hub greenlets restarted after an unexpected exception
         self.messages = 0  # pub/sub messages received
         self.delivered = 0  # frames handed to watchers (messages × watchers)
+        self.direct_sends = 0  # of those, written to the client's socket by the hub
+        self.direct_blocked = 0  # direct sends the kernel did not take whole
 
     # -- public API -------------------------------------------------------------------
 
@@ -344,6 +373,8 @@ class Hub:
             "cacheBytes": self.cache_bytes,
             "messages": self.messages,
             "delivered": self.delivered,
+            "directSends": self.direct_sends,
+            "directBlocked": self.direct_blocked,
         }
 
     # -- subscription bookkeeping -------------------------------------------------------
@@ -553,8 +584,46 @@ class Hub:
         if not sub.watchers:
             return
         self.delivered += len(sub.watchers)
+        key = item.key
+        if key is None or item.terminal:
+            for watcher in sub.watchers:
+                watcher.put(item)
+            return
+        chunk = b""
+        now = 0.0
+        direct = 0
         for watcher in sub.watchers:
-            watcher.put(item)
+            if not watcher.direct:
+                watcher.put(item)
+                continue
+            if watcher.sent is not None and key <= watcher.sent:
+                continue  # on the wire already (it came in the stream's backlog)
+            if watcher.chunked:
+                if not chunk:
+                    chunk = b"%x\r\n%s\r\n" % (len(item.frame), item.frame)
+                data = chunk
+            else:
+                data = item.frame
+            try:
+                sent = watcher.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                watcher.put(item)  # the stream's own write reports the broken connection
+                continue
+            watcher.sent = key
+            direct += 1
+            if not now:
+                now = _now()
+            watcher.active_at = now
+            if sent < len(data):
+                # The kernel's buffer is full: the stream's greenlet writes the rest (and,
+                # if the client stays this slow, the mailbox's bound applies as before).
+                watcher.pending = data[sent:]
+                watcher.direct = False
+                watcher._wake.set()
+                self.direct_blocked += 1
+        self.direct_sends += direct
 
     def _call(self, name: bytes, handler: Callable[[bytes], None], payload: bytes) -> None:
         """Run a channel's handler; if it fails, log it and ask the handler to resync."""
@@ -660,7 +729,7 @@ class ClusterHub:
         total = {
             name: sum(one[name] for one in every)
             for name in ("streams", "channels", "reconnects", "errors", "restarts", "cacheBytes",
-                         "messages", "delivered")
+                         "messages", "delivered", "directSends", "directBlocked")
         }  # fmt: skip
         connected = all(one["connected"] for one in every)
         return {**total, "connected": connected, "healthy": self.healthy(), "links": len(every)}

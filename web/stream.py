@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+import gevent.socket
+
 from tasks import records
 from tasks.canvas import canvas_position, children_status, done_eta
 from tasks.events import TERMINAL_STATES, EventId, dumps, format_id, parse_id
@@ -187,7 +189,10 @@ class Stream:
     """A job stream's WSGI body: iterate it for the frames; :meth:`close` releases its
     watcher, whether or not it was ever iterated (HEAD, a client gone at once)."""
 
-    __slots__ = ("ext", "finished", "head", "job_id", "opening", "position", "sent", "watcher")
+    __slots__ = (
+        "chunked", "ext", "finished", "head", "job_id", "opening", "position", "sent", "sock",
+        "watcher",
+    )  # fmt: skip
 
     def __init__(
         self, ext: Jobcast, job_id: str, last: EventId | None, watcher: Watcher, opening: Opening
@@ -202,6 +207,25 @@ class Stream:
         # The place this connection last got: the line's flusher may have put an older,
         # higher one in the mailbox between the watch and the place read at the start.
         self.position: int | None = None
+        # The client's socket, when the hub may write live frames to it itself.
+        self.sock: Any = None
+        self.chunked = False
+
+    def send_directly(self, environ: dict[str, Any]) -> None:
+        """Let the hub write this stream's live frames to its client socket itself, when
+        gunicorn's gevent worker serves it over plain TCP (see :class:`web.hub.Watcher`)."""
+        sock = environ.get("gunicorn.socket")
+        protocol = environ.get("SERVER_PROTOCOL")
+        if (
+            not isinstance(sock, gevent.socket.socket)
+            or getattr(sock, "_sslobj", None) is not None  # TLS: gunicorn must encrypt
+            or protocol not in ("HTTP/1.1", "HTTP/1.0")
+            or environ.get("REQUEST_METHOD") not in ("GET", "POST")  # HEAD has no body
+            or not environ.get("SERVER_SOFTWARE", "").startswith("gunicorn")
+        ):
+            return
+        self.sock = sock
+        self.chunked = protocol == "HTTP/1.1"  # gunicorn frames a body of unknown length
 
     def prepare(self) -> None:
         """Build the first chunk now, before the status line goes out: a Redis error while
@@ -219,8 +243,23 @@ class Stream:
             head = self.head if self.head is not None else self._first()
             self.head = None
             yield head
+            sock = self.sock
             while not self.finished:
-                yield self._live(watcher.drain())
+                if sock is None:
+                    yield self._live(watcher.drain())
+                    continue
+                # Everything so far is on the wire (gunicorn resumes us after its write):
+                # the hub may send what comes next itself, until it hands something back.
+                if watcher.items:
+                    yield self._live(watcher.take())
+                    continue
+                watcher.lend(sock._sock, self.chunked, self.sent)
+                batch = watcher.drain()
+                self.sent = watcher.reclaim()
+                if watcher.pending:
+                    rest, watcher.pending = watcher.pending, b""
+                    sock.sendall(rest)  # blocks (up to the send timeout) like gunicorn's write
+                yield self._live(batch)
         finally:
             self.close()
 

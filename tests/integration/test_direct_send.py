@@ -1,0 +1,117 @@
+"""Direct sends (issue 14, target 4): the hub writes a live frame to an idle stream's
+socket itself. What a client sees must not change: exactly the log, in order, framed as
+the protocol says, also for a client too slow for the kernel's buffers; and the stock
+path (``JOBCAST_DIRECT_SEND=false``) still serves every frame."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from support import Stack, collect, logged, own_stack, wait_until
+
+from tasks.events import JobEvents
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    with own_stack(tmp_path) as s:
+        yield s
+
+
+def hub_stats(base: str) -> dict[str, Any]:
+    stats: dict[str, Any] = httpx.get(base + "/healthz", timeout=5).json()["hub"]
+    return stats
+
+
+@pytest.mark.parametrize("direct", ["true", "false"])
+def test_every_stream_gets_exactly_the_log(stack: Stack, direct: str) -> None:
+    """Four streams of one job and 300 progress events: each stream is the job's log, and
+    the hub wrote the frames itself only when direct sends are on."""
+    _, base = stack.web(JOBCAST_DIRECT_SEND=direct)
+    events = JobEvents(stack.client())
+    job_id = "direct-send-job-0123456789"
+    events.publish(job_id, "started", {"worker": "w"})
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        streams = [pool.submit(collect, base, job_id) for _ in range(4)]
+        wait_until(lambda: hub_stats(base)["streams"] == 4, 15, "four streams to open")
+        for n in range(300):
+            events.publish(job_id, "progress", {"percent": n // 3})
+        events.publish(job_id, "done", {"url": "/media/x.png"})
+        received = [future.result(timeout=60) for future in streams]
+    truth = logged(stack.client(), job_id)
+    for got in received:
+        assert [(r.id, r.event) for r in got if r.id] == truth
+    stats = hub_stats(base)
+    if direct == "true":
+        assert stats["directSends"] > 0, stats
+    else:
+        assert stats["directSends"] == 0, stats
+
+
+def read_response(sock: socket.socket, chunked: bool) -> tuple[bytes, bytes]:
+    """The raw head and body of one response; the body de-chunked (strictly) if chunked."""
+    raw = bytearray()  # bytes += would copy the whole body on every recv
+    sock.settimeout(60)
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            break
+        raw += data
+        if chunked and raw.endswith(b"\r\n0\r\n\r\n"):
+            break
+    head, _, body = bytes(raw).partition(b"\r\n\r\n")
+    if not chunked:
+        return head, body
+    plain, at = [], 0
+    while True:
+        end = body.index(b"\r\n", at)
+        size = int(body[at:end], 16)
+        chunk = body[end + 2 : end + 2 + size]
+        assert len(chunk) == size and body[end + 2 + size : end + 4 + size] == b"\r\n"
+        at = end + 4 + size
+        if size == 0:
+            assert at == len(body), "bytes after the last chunk"
+            return head, b"".join(plain)
+        plain.append(chunk)
+
+
+@pytest.mark.parametrize("protocol", ["HTTP/1.1", "HTTP/1.0"])
+def test_a_reader_slower_than_the_kernel_gets_exactly_the_log(stack: Stack, protocol: str) -> None:
+    """A client reads nothing while 600 events of 30 KB go out (18 MB; the kernel buffers
+    a few MB of a loopback connection): direct sends fill the kernel's buffers and hand
+    the rest of a frame to the stream's greenlet, its small mailbox overflows and it
+    catches up from the log. Read afterwards, the body is well framed and holds every
+    logged event once, in order, ending with ``done``."""
+    _, base = stack.web(JOBCAST_WATCHER_QUEUE_SIZE="32")
+    events = JobEvents(stack.client())
+    job_id = f"slow-direct-{protocol[-1]}-0123456789"
+    events.publish(job_id, "started", {"worker": "w"})
+    port = int(base.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port))
+    try:
+        sock.sendall(f"GET /jobs/{job_id}/stream {protocol}\r\nHost: x\r\n\r\n".encode())
+        wait_until(lambda: hub_stats(base)["streams"] == 1, 15, "the stream to open")
+        pad = "y" * 30_000
+        for n in range(600):
+            events.publish(job_id, "progress", {"percent": n // 6, "pad": pad})
+        events.publish(job_id, "done", {"url": "/media/x.png"})
+        stats = hub_stats(base)
+        head, body = read_response(sock, chunked=protocol == "HTTP/1.1")
+    finally:
+        sock.close()
+    assert head.startswith(protocol.encode() + b" 200"), head
+    ids = [
+        line[4:].decode()
+        for frame in body.split(b"\n\n")
+        for line in frame.split(b"\n")
+        if line.startswith(b"id: ")
+    ]
+    assert ids == [entry_id for entry_id, _ in logged(stack.client(), job_id)]
+    assert body.rstrip().endswith(b'"url":"/media/x.png"}'), body[-200:]
+    assert stats["directSends"] > 0 and stats["directBlocked"] > 0, stats
