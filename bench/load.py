@@ -57,6 +57,7 @@ class Subject:
     per_stream_subscription: bool = False
     wait_headers: bool = True
     worker: str = "gevent"  # gunicorn's -k
+    env: tuple[tuple[str, str], ...] = ()  # settings of its own, on top of the load's
 
     def channel(self, job: str) -> str:
         if self.publisher == "flasksse":
@@ -69,6 +70,14 @@ SUBJECTS = {
     for s in [
         Subject("floor", "bench.floor_app:app", "/imagine/{job}/stream"),
         Subject("jobcast", "web:create_app()", "/imagine/{job}/stream"),
+        # The same app with every frame written by its stream's greenlet and gunicorn
+        # (JOBCAST_DIRECT_SEND=false): what the hub's direct sends save.
+        Subject(
+            "jobcast-stock",
+            "web:create_app()",
+            "/imagine/{job}/stream",
+            env=(("JOBCAST_DIRECT_SEND", "false"),),
+        ),
         # The same app under our worker class (one send() per frame, no getsockopt).
         Subject(
             "jobcast-fastsend",
@@ -252,6 +261,7 @@ def run_case(
     server = clients = None
     redis_base = rds.connected_clients()
     try:
+        env = {**env, **dict(subject.env)}
         server = procs.Server(subject.app, rds.url, "/imagine/none", env, subject.worker)
         warm_up(subject, server, client)
         if waiting:
