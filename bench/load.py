@@ -27,6 +27,7 @@ those jobs never enter the line. The floor subjects have no ``POST``: they alway
 from __future__ import annotations
 
 import argparse
+import gc
 import http.client
 import json
 import math
@@ -45,6 +46,7 @@ from tasks.events import JobEvents
 STREAMS_PER_CLIENT = 5000
 DRAIN_SECONDS = 3.0
 DRAIN_CAP_SECONDS = 30.0
+LATE_SECONDS = 0.020  # events slower than this are counted and placed in time (JSON: late*)
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,21 @@ def publish(subject: Subject, client: redis.Redis, jobs: list[str], load: Load) 
     by POST get their ``started`` (as a worker takes them) just before their first event."""
     out = Published(sent={job: {} for job in jobs})
     api = JobEvents(client)
+    gc.disable()  # a full collection between an event's sentAt and its publish adds to it
+    try:
+        return _publish(subject, api, client, jobs, load, out)
+    finally:
+        gc.enable()
+
+
+def _publish(
+    subject: Subject,
+    api: JobEvents,
+    client: redis.Redis,
+    jobs: list[str],
+    load: Load,
+    out: Published,
+) -> Published:
     gap = 1.0 / (len(jobs) * load.rate)
     start = time.perf_counter() + 0.05
     replies_before = CountingConnection.replies
@@ -355,6 +372,7 @@ def summarize(
     delivered = lost = dup = ooo = 0
     latencies: list[float] = []
     first: list[float] = []  # each job's first event: in the second its job left the line
+    late: list[tuple[float, int]] = []  # (sentAt, stream) of events later than LATE_SECONDS
     for index, events in enumerate(streams):
         sent = published.sent[jobs[index % load.jobs]]
         seen: set[Any] = set()
@@ -371,6 +389,8 @@ def summarize(
                 ooo += 1
             last = max(last, entry[0])
             latencies.append(received_at - entry[1])
+            if received_at - entry[1] > LATE_SECONDS:
+                late.append((entry[1], index))
             if entry[0] == 0:
                 first.append(received_at - entry[1])
         delivered += len(seen)
@@ -379,6 +399,13 @@ def summarize(
     latencies.sort()
     first.sort()
     calls = published.call_seconds
+    began = min((t for sent in published.sent.values() for _, t in sent.values()), default=0.0)
+    # When the late events were sent (per tenth of a second into the publish phase) and on
+    # how many streams: a stall shows as a few tenths and many streams, a slow stream as one.
+    late_tenths: dict[int, int] = {}
+    for sent_at, _ in late:
+        tenth = int((sent_at - began) * 10)
+        late_tenths[tenth] = late_tenths.get(tenth, 0) + 1
     return {
         "subject": subject.name,
         "expected": load.streams * load.events,
@@ -391,6 +418,9 @@ def summarize(
         "p99_ms": _pct(latencies, 99) * 1e3,
         "p99_first_ms": _pct(first, 99) * 1e3,
         "max_ms": (latencies[-1] if latencies else math.nan) * 1e3,
+        "late": len(late),
+        "late_streams": len({stream for _, stream in late}),
+        "late_tenths": dict(sorted(late_tenths.items(), key=lambda kv: -kv[1])[:10]),
         "rss_kb_per_stream": (m["rss1"] - m["rss0"]) / load.streams,
         "cpu_us_per_event": (m["cpu3"] - m["cpu2"]) / 1e3 / max(delivered, 1),
         "cpu_us_per_connect": (m["cpu1"] - m["cpu0"]) / 1e3 / load.streams,
@@ -574,7 +604,9 @@ def _progress_line(r: dict[str, Any]) -> str:
         f"(first events {r['p99_first_ms']:.1f} ms) "
         f"cpu {r['cpu_us_per_event']:.1f} µs/ev rss {r['rss_kb_per_stream']:.1f} KB/stream "
         f"conn {r['cpu_us_per_connect']:.0f} µs opened {r['opened']} failed {r['failed']} "
-        f"subscribed {r['subscribed']} connect {r['connect_s']:.1f} s"
+        f"subscribed {r['subscribed']} connect {r['connect_s']:.1f} s; "
+        f"{r['late']} events over {LATE_SECONDS * 1e3:.0f} ms on {r['late_streams']} streams, "
+        f"sent in tenths (s×10: count) {r['late_tenths']}"
     )
 
 
