@@ -97,15 +97,15 @@ class Watcher:
         # Several watchers may share one wake event (a multiplexed stream waits on all).
         self._wake = gevent.event.Event() if wake is None else wake
         self.direct = False  # the hub may write to ``sock`` now
-        self.sock: Any = None  # the client's OS socket (non-blocking), when lent
+        self.sock: Any = None  # the client's OS socket (non-blocking), if it may be lent
         self.chunked = False  # the response is HTTP/1.1 chunked: frame each write
         self.sent: EventId | None = None  # the newest id on the wire while direct
         self.pending = b""  # bytes of a direct send the kernel did not take yet
 
-    def lend(self, sock: Any, chunked: bool, sent: EventId | None) -> None:
+    def lend(self, sent: EventId | None) -> None:
         """Let the hub write frames newer than ``sent`` to ``sock`` until the next
         :meth:`put` or :meth:`reclaim`. Only with an empty mailbox and nothing pending."""
-        self.sock, self.chunked, self.sent = sock, chunked, sent
+        self.sent = sent
         self.direct = True
 
     def reclaim(self) -> EventId | None:

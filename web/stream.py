@@ -190,8 +190,7 @@ class Stream:
     watcher, whether or not it was ever iterated (HEAD, a client gone at once)."""
 
     __slots__ = (
-        "chunked", "ext", "finished", "head", "job_id", "opening", "position", "sent", "sock",
-        "watcher",
+        "ext", "finished", "head", "job_id", "opening", "position", "sent", "sock", "watcher",
     )  # fmt: skip
 
     def __init__(
@@ -209,15 +208,16 @@ class Stream:
         self.position: int | None = None
         # The client's socket, when the hub may write live frames to it itself.
         self.sock: Any = None
-        self.chunked = False
 
     def send_directly(self, environ: dict[str, Any]) -> None:
         """Let the hub write this stream's live frames to its client socket itself, when
         gunicorn's gevent worker serves it over plain TCP (see :class:`web.hub.Watcher`)."""
         sock = environ.get("gunicorn.socket")
         protocol = environ.get("SERVER_PROTOCOL")
+        watcher = self.watcher
         if (
-            not isinstance(sock, gevent.socket.socket)
+            watcher is None  # closed already
+            or not isinstance(sock, gevent.socket.socket)
             or getattr(sock, "_sslobj", None) is not None  # TLS: gunicorn must encrypt
             or protocol not in ("HTTP/1.1", "HTTP/1.0")
             or environ.get("REQUEST_METHOD") not in ("GET", "POST")  # HEAD has no body
@@ -225,7 +225,8 @@ class Stream:
         ):
             return
         self.sock = sock
-        self.chunked = protocol == "HTTP/1.1"  # gunicorn frames a body of unknown length
+        watcher.sock = sock._sock  # the OS socket under gevent's: send() never waits
+        watcher.chunked = protocol == "HTTP/1.1"  # gunicorn frames a body of unknown length
 
     def prepare(self) -> None:
         """Build the first chunk now, before the status line goes out: a Redis error while
@@ -253,7 +254,7 @@ class Stream:
                 if watcher.items:
                     yield self._live(watcher.take())
                     continue
-                watcher.lend(sock._sock, self.chunked, self.sent)
+                watcher.lend(self.sent)
                 batch = watcher.drain()
                 self.sent = watcher.reclaim()
                 if watcher.pending:
