@@ -19,8 +19,11 @@ the client hears it rather than getting a log with a hole where its id was.
 from __future__ import annotations
 
 import bisect
+import functools
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from types import FrameType
 from typing import Any
 
 import gevent.socket
@@ -185,6 +188,23 @@ def _item(entry: list[Any]) -> Item:
     return Item(parse_id(raw_id), phase in TERMINAL_PHASES, frame(raw_id, phase, data), phase)
 
 
+@functools.cache
+def gunicorn_protocol() -> str | None:
+    """The ``--protocol`` of the gunicorn worker serving this process (``http``, ``uwsgi``),
+    or None when no gunicorn worker is up the calling stack. It decides how gunicorn frames
+    a body and is not in the environ, so it is read off the worker once, on the first
+    request that asks (a greenlet's stack starts in the worker's ``handle``)."""
+    from gunicorn.workers.base import Worker
+
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Worker):
+            return str(getattr(owner.cfg, "protocol", "http"))
+        frame = frame.f_back
+    return None
+
+
 class Stream:
     """A job stream's WSGI body: iterate it for the frames; :meth:`close` releases its
     watcher, whether or not it was ever iterated (HEAD, a client gone at once)."""
@@ -222,6 +242,7 @@ class Stream:
             or protocol not in ("HTTP/1.1", "HTTP/1.0")
             or environ.get("REQUEST_METHOD") not in ("GET", "POST")  # HEAD has no body
             or not environ.get("SERVER_SOFTWARE", "").startswith("gunicorn")
+            or gunicorn_protocol() != "http"  # uwsgi: gunicorn sends bodies unframed
         ):
             return
         self.sock = sock

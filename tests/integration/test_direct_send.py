@@ -6,6 +6,7 @@ path (``JOBCAST_DIRECT_SEND=false``) still serves every frame."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-from support import Stack, collect, logged, own_stack, wait_until
+from support import Proc, Stack, collect, free_port, logged, own_stack, wait_until
 
 from tasks.events import JobEvents
+from web.cli import web_argv
 
 
 @pytest.fixture
@@ -115,3 +117,72 @@ def test_a_reader_slower_than_the_kernel_gets_exactly_the_log(stack: Stack, prot
     assert ids == [entry_id for entry_id, _ in logged(stack.client(), job_id)]
     assert body.rstrip().endswith(b'"url":"/media/x.png"}'), body[-200:]
     assert stats["directSends"] > 0 and stats["directBlocked"] > 0, stats
+
+
+def uwsgi_request(port: int, path: str) -> socket.socket:
+    """A socket that sent ``GET path`` in the uwsgi protocol (what nginx's ``uwsgi_pass``
+    sends): a 4-byte header (modifier 0, the vars' length, modifier 0), then each var as
+    a 2-byte length and bytes for its name and its value."""
+    variables = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": str(port),
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "jobcast.test",
+    }
+    packed = b"".join(
+        len(part).to_bytes(2, "little") + part
+        for name, value in variables.items()
+        for part in (name.encode(), value.encode())
+    )
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(b"\0" + len(packed).to_bytes(2, "little") + b"\0" + packed)
+    return sock
+
+
+def uwsgi_get(port: int, path: str) -> tuple[bytes, bytes]:
+    """The head and body of a response read to the end of the connection."""
+    with uwsgi_request(port, path) as sock:
+        return read_response(sock, chunked=False)
+
+
+def test_under_the_uwsgi_protocol_bodies_stay_unframed(stack: Stack) -> None:
+    """Behind nginx's ``uwsgi_pass`` (``gunicorn --protocol uwsgi``) gunicorn writes a body
+    as it is and nginx frames it for the browser: the hub must not add HTTP chunks of its
+    own, so there it leaves writing to gunicorn and the stream is plain SSE."""
+    port = free_port()
+    argv = web_argv("127.0.0.1", port, 1, "--protocol", "uwsgi", "-k", "gevent")
+    web = stack.keep("web", Proc(argv, stack.env, stack.tmp / "web.log").start())
+
+    def stats() -> dict[str, Any]:
+        head, body = uwsgi_get(port, "/healthz")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        hub: dict[str, Any] = json.loads(body)["hub"]
+        return hub
+
+    def serving() -> bool:
+        assert web.alive(), web.output()[-3000:]
+        try:
+            return "streams" in stats()
+        except OSError:
+            return False
+
+    wait_until(serving, 30, "gunicorn to answer uwsgi requests")
+    events = JobEvents(stack.client())
+    job_id = "uwsgi-direct-job-0123456789"
+    events.publish(job_id, "started", {"worker": "w"})
+    with uwsgi_request(port, f"/jobs/{job_id}/stream") as sock:
+        wait_until(lambda: stats()["streams"] == 1, 15, "the stream to open")
+        for n in range(50):
+            events.publish(job_id, "progress", {"percent": n * 2})
+        events.publish(job_id, "done", {"url": "/media/x.png"})
+        head, body = read_response(sock, chunked=False)
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in head.lower(), head
+    assert body.startswith(b"retry: "), body[:200]
+    ids = [line[4:].decode() for line in body.split(b"\n") if line.startswith(b"id: ")]
+    assert ids == [entry_id for entry_id, _ in logged(stack.client(), job_id)]
+    assert body.endswith(b'"url":"/media/x.png"}\n\n'), body[-200:]
+    assert stats()["directSends"] == 0
