@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import re
@@ -131,6 +132,16 @@ def publish_cost(rds: procs.RedisServer, count: int) -> dict[str, Any]:
     }
 
 
+def _healthz(port: int) -> dict[str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        body: dict[str, Any] = json.loads(conn.getresponse().read())
+        return body
+    finally:
+        conn.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--posters", type=int, default=50)
@@ -143,6 +154,10 @@ def main(argv: list[str] | None = None) -> None:
         help="py-spy the server worker during the POSTs; print where their time goes "
         "(py-spy's sampling adds to the CPU per post)",
     )
+    p.add_argument(
+        "--env", action="append", default=[], metavar="JOBCAST_X=V",
+        help="a setting for the server (repeatable), e.g. JOBCAST_SCRIPT_FUNNEL=false",
+    )  # fmt: skip
     args = p.parse_args(argv)
     procs.raise_fd_limit()
     os.sched_setaffinity(0, {procs.HARNESS_CORE})
@@ -152,12 +167,14 @@ def main(argv: list[str] | None = None) -> None:
         worker = publish_cost(rds, args.publishes)
         # One client address posts everything here: lift the per-client POST rate limit.
         env = {"JOBCAST_MAX_QUEUE": "10000000", "JOBCAST_POST_RATE_LIMIT": ""}
+        env.update(setting.split("=", 1) for setting in args.env)
         server = procs.Server("web:create_app()", rds.url, "/healthz", env)
         profiler = procs.start_profiler(server.worker, args.profile, "post")
         cpu0 = procs.cpu_ns(server.worker)
         posts = asyncio.run(post_load(server.port, args.posters, args.seconds))
         cpu_per_post = (procs.cpu_ns(server.worker) - cpu0) / 1e3 / max(posts["posts"], 1)
         procs.stop_profiler(profiler)
+        funnel = _healthz(server.port).get("funnel")
         queued = asyncio.run(queued_latency(server.port, args.samples))
     finally:
         if server is not None:
@@ -169,6 +186,11 @@ def main(argv: list[str] | None = None) -> None:
         f"p50 {posts['p50_ms']:.1f} ms, p99 {posts['p99_ms']:.1f} ms, "
         f"server CPU {cpu_per_post:.0f} µs/post"
     )
+    if funnel:
+        print(
+            f"script funnel: {funnel['calls']} calls in {funnel['batches']} pipelines "
+            f"({funnel['calls'] / max(funnel['batches'], 1):.1f} per pipeline)"
+        )
     print(
         f"enqueue → queued at the browser ({args.samples} sequential): "
         f"p50 {queued['p50_ms']:.1f} ms, p99 {queued['p99_ms']:.1f} ms "

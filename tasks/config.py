@@ -71,6 +71,10 @@ class Settings:
     # greenlet woken) under gunicorn's gevent workers; false: every frame goes through
     # the stream's greenlet and gunicorn's write, the stock path.
     direct_send: bool = True
+    # Under gevent, the enqueue of a POST and the opening read of a stream go to Redis
+    # through one greenlet that pipelines every call waiting (web/funnel.py); false:
+    # each request runs its script on a pooled connection of its own.
+    script_funnel: bool = True
     max_attempts: int = 3
     publish_retry_seconds: float = 60.0
     visibility_timeout: int = 3600

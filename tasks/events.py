@@ -491,6 +491,10 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _call_script(script: Any, keys: list[Any], args: list[Any]) -> Any:
+    return script(keys=keys, args=args)
+
+
 class JobEvents:
     """Append events to job logs: ``JobEvents(redis_client).publish(job_id, phase, data)``."""
 
@@ -514,6 +518,9 @@ class JobEvents:
         self.maxlen = maxlen
         self.retention_seconds = retention_seconds
         self.index_max = index_max
+        # How enqueue() and read() run their scripts: directly, or through a web process's
+        # funnel (web/funnel.py), which pipelines many greenlets' calls.
+        self.call_script: Callable[[Any, list[Any], list[Any]], Any] = _call_script
         self._publish = redis_client.register_script(PUBLISH_LUA)
         self._enqueue = redis_client.register_script(ENQUEUE_LUA)
         self._read = redis_client.register_script(READ_LUA)
@@ -626,7 +633,7 @@ class JobEvents:
         args: list[Any] = [start, count, "1" if oldest else "0"]
         if lookup:
             args.append(lookup)
-        result: list[Any] = self._read(keys=[k.job(job_id), k.events(job_id)], args=args)
+        result: list[Any] = self.call_script(self._read, [k.job(job_id), k.events(job_id)], args)
         return result
 
     def enqueue(
@@ -666,9 +673,10 @@ class JobEvents:
         ]  # fmt: skip
         if key is not None:
             keys.append(k.idempotency(key))
-        pos, length, event_id, avg, busy = self._enqueue(
-            keys=keys,
-            args=[
+        pos, length, event_id, avg, busy = self.call_script(
+            self._enqueue,
+            keys,
+            [
                 k.channel(job_id),
                 max_queue,
                 self.maxlen,

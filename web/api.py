@@ -86,6 +86,8 @@ def healthz() -> tuple[Response, int]:
         "line": ext.lines.stats(),  # every line's added up
         "lines": ext.lines.per_line(),
     }
+    if ext.funnel is not None:
+        body["funnel"] = ext.funnel.stats()
     return jsonify(body), 200 if redis_ok and hub_ok else 503
 
 

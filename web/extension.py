@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import gevent.monkey
 import redis
 from celery import Celery
 from flask import Flask, current_app, request
@@ -14,6 +15,7 @@ from tasks.config import Settings
 from tasks.events import JobEvents
 from tasks.keys import Keys
 from tasks.kinds import Registry, default_registry
+from web.funnel import Funnel
 from web.hub import AnyHub, ClusterHub, Hub
 from web.line import Line, Lines
 
@@ -31,6 +33,7 @@ class Jobcast:
     lines: Lines  # one per Celery queue: a job's is ``lines.of(job_id, its queue)``
     celery: Celery
     kinds: Registry
+    funnel: Funnel | None = None  # the enqueue's and opening read's scripts go through it
 
     @property
     def line(self) -> Line:
@@ -75,15 +78,25 @@ def init_app(app: Flask, settings: Settings, kinds: Registry | None = None) -> J
         )  # fmt: skip
     else:
         hub = Hub(settings.store, **hub_options)
+    events = JobEvents.for_settings(client, settings)
+    funnel = None
+    if (
+        settings.script_funnel
+        and not settings.store.cluster
+        and gevent.monkey.is_module_patched("socket")
+    ):  # one greenlet's pipeline: only where every request is a greenlet of one hub
+        funnel = Funnel(client)
+        events.call_script = funnel
     ext = Jobcast(
         settings=settings,
         redis=client,
-        events=JobEvents.for_settings(client, settings),
+        events=events,
         keys=keys,
         hub=hub,
         lines=Lines(hub, client, keys),
         celery=create_celery(settings),
         kinds=default_registry(settings) if kinds is None else kinds,
+        funnel=funnel,
     )
     app.extensions["jobcast"] = ext
     return ext

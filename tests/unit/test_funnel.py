@@ -1,0 +1,138 @@
+"""The script funnel (web/funnel.py): many greenlets' Lua calls, one pipeline per batch.
+
+Each scenario runs in a child process patched by gevent, as a web worker is, against a
+real Redis: every caller gets its own reply or its own error, a script Redis forgot is
+loaded again, and a Redis outage fails the calls made during it but not the funnel.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import RedisServer, gevent_scenario
+
+ECHO = "return {KEYS[1], ARGV[1]}"
+PICKY = (
+    "if tonumber(ARGV[1]) % 7 == 0 then return redis.error_reply('ERR seven') end return ARGV[1]"
+)
+
+
+def run_scenario(name: str, server: RedisServer) -> None:
+    gevent_scenario("test_funnel", name, server)
+
+
+def test_every_caller_gets_its_own_reply_or_error(redis_server: RedisServer) -> None:
+    """300 greenlets call two scripts at once: each gets its own reply, a script's error
+    reaches only the call that caused it, and far fewer pipelines than calls went out."""
+    run_scenario("replies", redis_server)
+
+
+def test_a_script_redis_forgot_is_loaded_again(redis_server: RedisServer) -> None:
+    """After SCRIPT FLUSH (what a Redis restart without persistence of scripts does) a
+    burst of calls still gets its replies: the funnel loads the script and resends."""
+    run_scenario("noscript", redis_server)
+
+
+def test_an_outage_fails_its_calls_not_the_funnel(redis_server: RedisServer) -> None:
+    """Calls made while Redis is down raise a Redis error (as a direct call does) and the
+    funnel's greenlet lives on: once Redis is back, calls are answered again."""
+    run_scenario("outage", redis_server)
+
+
+@pytest.mark.parametrize("script", [ECHO, PICKY])
+def test_the_scripts_compile(redis_server: RedisServer, script: str) -> None:
+    """The scenarios' scripts are valid Lua (else the scenarios could pass on errors)."""
+    client = redis_server.client()
+    assert client.eval(script, 1, "k", "8") in ([b"k", b"8"], b"8")
+
+
+# -- the scenarios (run in the child) ----------------------------------------------------
+
+
+def _replies(url: str) -> None:
+    import gevent
+    import redis
+
+    from web.funnel import Funnel
+
+    client = redis.Redis.from_url(url, protocol=2)
+    funnel = Funnel(client)
+    echo, picky = client.register_script(ECHO), client.register_script(PICKY)
+
+    def call(n: int) -> Any:
+        if n % 2:
+            return funnel(picky, ["k"], [n])
+        return funnel(echo, [f"key{n}"], [n])
+
+    greenlets = [gevent.spawn(call, n) for n in range(300)]
+    gevent.joinall(greenlets, timeout=30)
+    for n, greenlet in enumerate(greenlets):
+        assert greenlet.ready(), n
+        if n % 2 and n % 7 == 0:
+            assert isinstance(greenlet.exception, redis.ResponseError), (n, greenlet.value)
+            assert "seven" in str(greenlet.exception)
+        elif n % 2:
+            assert greenlet.successful() and greenlet.value == str(n).encode(), n
+        else:
+            assert greenlet.successful() and greenlet.value == [f"key{n}".encode(), b"%d" % n]
+    stats = funnel.stats()
+    assert stats["calls"] == 300 and 1 <= stats["batches"] < 30, stats
+    assert stats["errors"] == 0, stats
+
+
+def _noscript(url: str) -> None:
+    import gevent
+    import redis
+
+    from web.funnel import Funnel
+
+    client = redis.Redis.from_url(url, protocol=2)
+    funnel = Funnel(client)
+    echo = client.register_script(ECHO)
+    assert funnel(echo, ["a"], ["1"]) == [b"a", b"1"]
+    client.script_flush()
+    greenlets = [gevent.spawn(funnel, echo, [f"k{n}"], [n]) for n in range(50)]
+    gevent.joinall(greenlets, timeout=30, raise_error=True)
+    assert [g.value for g in greenlets] == [[f"k{n}".encode(), b"%d" % n] for n in range(50)]
+    assert funnel.stats()["reloads"] >= 1, funnel.stats()
+
+
+def _outage(url: str) -> None:
+    import gevent
+    import redis
+
+    from web.funnel import Funnel
+
+    own = RedisServer(Path(tempfile.mkdtemp()) / "redis").start()
+    try:
+        client = redis.Redis(port=own.port, protocol=2, socket_timeout=2)
+        client.connection_pool.connection_kwargs["retry"] = None  # fail fast while down
+        funnel = Funnel(client)
+        echo = client.register_script(ECHO)
+        assert funnel(echo, ["a"], ["1"]) == [b"a", b"1"]
+        own.stop()
+        greenlets = [gevent.spawn(funnel, echo, [f"k{n}"], [n]) for n in range(20)]
+        gevent.joinall(greenlets, timeout=60)
+        assert all(isinstance(g.exception, redis.RedisError) for g in greenlets), [
+            g.exception for g in greenlets
+        ]
+        own.start()
+        greenlets = [gevent.spawn(funnel, echo, [f"k{n}"], [n]) for n in range(20)]
+        gevent.joinall(greenlets, timeout=60, raise_error=True)
+        assert [g.value for g in greenlets] == [[f"k{n}".encode(), b"%d" % n] for n in range(20)]
+        assert funnel.stats()["errors"] >= 1, funnel.stats()
+    finally:
+        own.stop()
+
+
+SCENARIOS = {"replies": _replies, "noscript": _noscript, "outage": _outage}
+
+
+def main() -> None:
+    """In the child: run the scenario named by argv[1] against the Redis at argv[2]."""
+    SCENARIOS[sys.argv[1]](sys.argv[2])
+    print("ok")
