@@ -115,6 +115,7 @@ class Load:
     events: int
     interval: float = 0.5
     create: str = "started"  # or "post": jobs made by POST /imagine, waiting in line
+    workers: int = 1  # gunicorn -w: one on the server core, more share both cores
 
 
 @dataclass
@@ -279,7 +280,9 @@ def run_case(
     redis_base = rds.connected_clients()
     try:
         env = {**env, **dict(subject.env)}
-        server = procs.Server(subject.app, rds.url, "/imagine/none", env, subject.worker)
+        server = procs.Server(
+            subject.app, rds.url, "/imagine/none", env, subject.worker, load.workers
+        )
         warm_up(subject, server, client)
         if waiting:
             jobs = post_jobs(server.port, load.jobs)
@@ -290,7 +293,8 @@ def run_case(
         time.sleep(0.5)
         m: dict[str, Any] = {"redis_base": redis_base}
         connect_profiler = procs.start_profiler(server.worker, profile_connect, subject.name)
-        m["cpu0"], m["rss0"] = procs.cpu_ns(server.worker), procs.rss_kb(server.worker)
+        m["cpu0"], m["rss0"] = server_cpu_ns(server), server_rss_kb(server)
+        sockets0 = [procs.sockets(pid) for pid in server.workers]
         t_connect = time.monotonic()
         opened = clients.ask(
             [
@@ -309,20 +313,24 @@ def run_case(
         )
         m["subscribed"] = wait_subscribed(subject, rds, jobs, load.streams)
         m["connect_s"] = time.monotonic() - t_connect
-        m["cpu1"] = procs.cpu_ns(server.worker)
+        m["cpu1"] = server_cpu_ns(server)
         procs.stop_profiler(connect_profiler)
         time.sleep(1.0)
-        m["rss1"] = procs.rss_kb(server.worker)
+        m["rss1"] = server_rss_kb(server)
+        m["per_worker"] = [
+            procs.sockets(p) - n for p, n in zip(server.workers, sockets0, strict=True)
+        ]
+        m["pubsub"] = pubsub_connections(rds.client)
         m["redis_clients"] = rds.connected_clients() - m["redis_base"]
         m["opened"] = sum(o["opened"] for o in opened)
         m["failed"] = sum(o["failed"] for o in opened)
         clients.ask_all({"cmd": "mark"}, timeout=30)
         redis_cpu0 = rds.cpu_seconds()
-        m["cpu2"] = procs.cpu_ns(server.worker)
+        m["cpu2"] = server_cpu_ns(server)
         profiler = procs.start_profiler(server.worker, profile, subject.name)
         published = publish(subject, client, jobs, load)
         drain(subject, clients, load, extra=2 if waiting else 0)
-        m["cpu3"] = procs.cpu_ns(server.worker)
+        m["cpu3"] = server_cpu_ns(server)
         procs.stop_profiler(profiler)
         m["redis_cpu"] = rds.cpu_seconds() - redis_cpu0
         replies = clients.ask_all({"cmd": "collect"}, timeout=120)
@@ -335,6 +343,23 @@ def run_case(
     streams = [s for r in replies for s in r["streams"]]
     wire = sum(r["rx"] + r["tx"] for r in replies)
     return summarize(subject, load, jobs, published, streams, wire, m)
+
+
+def server_cpu_ns(server: procs.Server) -> int:
+    return sum(procs.cpu_ns(pid) for pid in server.workers)
+
+
+def server_rss_kb(server: procs.Server) -> int:
+    return sum(procs.rss_kb(pid) for pid in server.workers)
+
+
+def pubsub_connections(client: redis.Redis) -> int:
+    """Redis connections subscribed to anything (channels, patterns, shard channels)."""
+    return sum(
+        1
+        for c in client.client_list()
+        if any(int(c.get(kind, 0) or 0) > 0 for kind in ("sub", "psub", "ssub"))
+    )
 
 
 def drain(subject: Subject, clients: procs.ClientPool, load: Load, extra: int = 0) -> None:
@@ -433,6 +458,8 @@ def summarize(
         "opened": m["opened"],
         "failed": m["failed"],
         "subscribed": m["subscribed"],
+        "streams_per_worker": m["per_worker"],
+        "pubsub_connections": m["pubsub"],
     }
 
 
@@ -524,6 +551,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="started",
         help="post: Jobcast jobs made by POST /imagine, waiting in line until started",
     )
+    p.add_argument("--workers", type=int, default=1, help="gunicorn -w for every subject")
     p.add_argument("--max-seconds", type=float, default=900, help="stop starting rounds after")
     p.add_argument("--json", help="also write every run's numbers here")
     p.add_argument(
@@ -548,7 +576,9 @@ def main(argv: list[str] | None = None) -> None:
     import os
 
     os.sched_setaffinity(0, {procs.HARNESS_CORE})
-    load = Load(args.streams, args.jobs, args.rate, args.events, args.interval, args.create)
+    load = Load(
+        args.streams, args.jobs, args.rate, args.events, args.interval, args.create, args.workers
+    )
     names = [s.strip() for s in args.subjects.split(",") if s.strip()]
     if any("jobcast" in n for n in names) and not jobcast_importable():
         print("# web:create_app() does not import yet: skipping the jobcast subjects")
@@ -580,7 +610,8 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(
         f"## {load.streams} streams × {load.jobs} jobs × {load.rate:g} ev/s, "
-        f"{load.events} events/job, jobs made by {load.create}, median of {args.rounds} rounds"
+        f"{load.events} events/job, jobs made by {load.create}, -w {load.workers}, "
+        f"median of {args.rounds} rounds"
     )
     print()
     print(table(median_rows(results, names)))
@@ -604,7 +635,8 @@ def _progress_line(r: dict[str, Any]) -> str:
         f"(first events {r['p99_first_ms']:.1f} ms) "
         f"cpu {r['cpu_us_per_event']:.1f} µs/ev rss {r['rss_kb_per_stream']:.1f} KB/stream "
         f"conn {r['cpu_us_per_connect']:.0f} µs opened {r['opened']} failed {r['failed']} "
-        f"subscribed {r['subscribed']} connect {r['connect_s']:.1f} s; "
+        f"subscribed {r['subscribed']} connect {r['connect_s']:.1f} s "
+        f"streams per worker {r['streams_per_worker']} pub/sub conns {r['pubsub_connections']}; "
         f"{r['late']} events over {LATE_SECONDS * 1e3:.0f} ms on {r['late_streams']} streams, "
         f"sent in tenths (s×10: count) {r['late_tenths']}"
     )

@@ -42,7 +42,7 @@ def free_port() -> int:
 
 
 def spawn(
-    argv: list[str], core: int, env: dict[str, str] | None = None, **kw: Any
+    argv: list[str], core: int | str, env: dict[str, str] | None = None, **kw: Any
 ) -> subprocess.Popen:
     return subprocess.Popen(
         ["taskset", "-c", str(core), *argv],
@@ -83,6 +83,15 @@ def cpu_ns(pid: int) -> int:
         with contextlib.suppress(OSError):
             total += int((task / "schedstat").read_text().split()[0])
     return total
+
+
+def sockets(pid: int) -> int:
+    """How many sockets ``pid`` holds open."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).startswith("socket:")
+    return count
 
 
 def rss_kb(pid: int) -> int:
@@ -149,16 +158,23 @@ class Server:
     """``gunicorn -k gevent -w 1`` serving ``app`` on the server core."""
 
     def __init__(
-        self, app: str, redis_url: str, probe_path: str, env: dict[str, str], worker: str = "gevent"
+        self,
+        app: str,
+        redis_url: str,
+        probe_path: str,
+        env: dict[str, str],
+        worker: str = "gevent",
+        workers: int = 1,
     ) -> None:
         self.port = free_port()
+        self.workers: list[int] = []
         self.log = open(ROOT / "bench" / ".server.log", "ab")  # noqa: SIM115
         argv = [
             str(VENV_BIN / "gunicorn"),
             "-k",
             worker,
             "-w",
-            "1",
+            str(workers),
             "--worker-connections",
             "30000",
             "--backlog",
@@ -175,16 +191,19 @@ class Server:
             f"127.0.0.1:{self.port}",
             app,
         ]
+        # One worker has the server core; more share every core (with the harness).
+        cores = str(SERVER_CORE) if workers == 1 else f"{HARNESS_CORE},{SERVER_CORE}"
         self.proc = spawn(
-            argv, SERVER_CORE, {"REDIS_URL": redis_url, **env}, stdout=self.log, stderr=self.log
+            argv, cores, {"REDIS_URL": redis_url, **env}, stdout=self.log, stderr=self.log
         )
         try:
-            self.worker = self._wait_ready(probe_path)
+            self.workers = self._wait_ready(probe_path, workers)
+            self.worker = self.workers[0]
         except BaseException:
             self.close()
             raise
 
-    def _wait_ready(self, probe_path: str) -> int:
+    def _wait_ready(self, probe_path: str, count: int) -> list[int]:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -192,8 +211,8 @@ class Server:
                     f"gunicorn exited with {self.proc.returncode}; see bench/.server.log"
                 )
             workers = children(self.proc.pid)
-            if workers and http_status(self.port, probe_path) is not None:
-                return workers[0]
+            if len(workers) >= count and http_status(self.port, probe_path) is not None:
+                return workers
             time.sleep(0.1)
         raise RuntimeError("gunicorn did not become ready in 30 s")
 

@@ -169,3 +169,29 @@ def test_two_web_processes_agree(web: str, second_web: str, worker: Proc, rds: r
         lambda: all(positions(w.events)[-1] == 2 for w in watches), 20, "position 2 everywhere"
     )
     assert httpx.get(f"{second_web}/imagine/{target}").json()["position"] == 2
+
+
+def test_a_second_viewer_of_a_waiting_job_gets_its_place_from_the_first(
+    web: str, worker: Proc, rds: redis.Redis
+) -> None:
+    """A job this process follows already: another stream of it is told the same place
+    without a read (the departures keep it current), and both see it move."""
+    blocker = post_job(web, **BLOCKER)
+    wait_running(rds, blocker["jobId"])
+    waiting = [post_job(web, **TINY) for _ in range(4)]
+    last = waiting[-1]["jobId"]
+    first = Watch(web, last)
+    wait_until(lambda: len(positions(first.events)) >= 2, 20, "the first viewer's place")
+
+    def shortcuts() -> int:
+        return int(httpx.get(f"{web}/healthz", timeout=5).json()["line"]["shortcuts"])
+
+    before = shortcuts()
+    second = Watch(web, last)
+    wait_until(lambda: len(positions(second.events)) >= 2, 20, "the second viewer's place")
+    assert shortcuts() == before + 1
+    assert positions(second.events)[:2] == [4, 4] == positions(first.events)[:2]
+    assert httpx.delete(f"{web}/imagine/{waiting[1]['jobId']}").json()["state"] == "cancelled"
+    for watch in (first, second):
+        wait_until(lambda w=watch: 3 in positions(w.events), 20, "the place to move")
+        assert positions(watch.events)[:3] == [4, 4, 3]
