@@ -491,7 +491,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _call_script(script: Any, keys: list[Any], args: list[Any]) -> Any:
+def call_script_directly(script: Any, keys: list[Any], args: list[Any]) -> Any:
     return script(keys=keys, args=args)
 
 
@@ -520,7 +520,7 @@ class JobEvents:
         self.index_max = index_max
         # How enqueue() and read() run their scripts: directly, or through a web process's
         # funnel (web/funnel.py), which pipelines many greenlets' calls.
-        self.call_script: Callable[[Any, list[Any], list[Any]], Any] = _call_script
+        self.call_script: Callable[[Any, list[Any], list[Any]], Any] = call_script_directly
         self._publish = redis_client.register_script(PUBLISH_LUA)
         self._enqueue = redis_client.register_script(ENQUEUE_LUA)
         self._read = redis_client.register_script(READ_LUA)

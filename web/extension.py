@@ -93,7 +93,7 @@ def init_app(app: Flask, settings: Settings, kinds: Registry | None = None) -> J
         events=events,
         keys=keys,
         hub=hub,
-        lines=Lines(hub, client, keys),
+        lines=Lines(hub, client, keys, call_script=events.call_script),
         celery=create_celery(settings),
         kinds=default_registry(settings) if kinds is None else kinds,
         funnel=funnel,

@@ -48,12 +48,14 @@ import random
 import time
 from bisect import bisect_left, insort
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import gevent
 import redis
 
+from tasks.events import call_script_directly
 from tasks.handle import eta_seconds
 from tasks.keys import DEFAULT_QUEUE, LINE_NAME, Keys
 from web.hub import AnyHub, Item
@@ -87,6 +89,19 @@ class Place:
 
 
 TRACK_TRIES = 3
+
+# KEYS: the line's version, queue, running, stats; ARGV: job ids. Returns the departure
+# counter, the line's length, busy count and average, then each job's rank and ticket
+# (false for a job not in line), all read at one instant.
+READ_PLACES_LUA = """
+local out = {redis.call('GET', KEYS[1]), redis.call('ZCARD', KEYS[2]),
+             redis.call('ZCARD', KEYS[3]), redis.call('HGET', KEYS[4], 'avgMs')}
+for _, job in ipairs(ARGV) do
+  out[#out + 1] = redis.call('ZRANK', KEYS[2], job)
+  out[#out + 1] = redis.call('ZSCORE', KEYS[2], job)
+end
+return out
+"""
 SLICE = 64  # frames a flush hands out between two pauses
 
 
@@ -130,9 +145,12 @@ class Line:
         interval: float = 0.25,
         max_updates_per_second: int = 2000,
         name: str | None = None,
+        call_script: Callable[[Any, list[Any], list[Any]], Any] = call_script_directly,
     ) -> None:
         self.hub = hub
         self.redis = client
+        self.call_script: Callable[[Any, list[Any], list[Any]], Any] = call_script
+        self._read_places = client.register_script(READ_PLACES_LUA)
         self.keys = keys
         self.line_keys = keys.line(name)  # None: the default line
         self.name = self.line_keys.name
@@ -469,13 +487,14 @@ class Line:
         return Place(position, line.length, eta_seconds(position, line.avg_ms, line.busy))
 
     def _read(self, job_ids: list[str]) -> dict[str, _Tracked | None]:
-        """Read places atomically (MULTI) with the departure counter and the line's stats."""
+        """Read places atomically (one script) with the departure counter and the line's
+        stats; through the web's script funnel, so the reads of a burst of new streams
+        share round trips with each other and with the opening reads."""
         k = self.line_keys
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.get(k.version).zcard(k.queue).zcard(k.running).hget(k.stats, "avgMs")
-        for job_id in job_ids:
-            pipe.zrank(k.queue, job_id).zscore(k.queue, job_id)
-        version, length, busy, avg, *places = pipe.execute()
+        reply = self.call_script(
+            self._read_places, [k.version, k.queue, k.running, k.stats], job_ids
+        )
+        version, length, busy, avg, *places = reply
         self.line = _Line(int(length), int(busy), float(avg) if avg else None)
         result: dict[str, _Tracked | None] = {}
         for n, job_id in enumerate(job_ids):

@@ -64,8 +64,10 @@ def stream_positions(base: str, job_id: str, last_id: str, seconds: float) -> li
 def test_place_read_behind_a_flush_is_not_followed_by_the_flushed_one(
     one_web: str, rds: redis.Redis
 ) -> None:
-    """A stream whose place read waits on a paused Redis while the flusher sends an older
-    place to every watcher: that older, higher place never follows the stream's own."""
+    """A second stream of a waiting job opens while Redis is paused with a departure sent
+    to it and the flusher holds an older place for every watcher: the stream's places
+    only go down and end at 1. (The process follows the job already, so the stream takes
+    its place from there, 2, instead of reading Redis; the departure then moves it.)"""
     events = JobEvents(rds)
     ahead = [new_id() for _ in range(3)]
     for job_id in ahead:
@@ -96,4 +98,6 @@ def test_place_read_behind_a_flush_is_not_followed_by_the_flushed_one(
     assert late.read_response()
     rds.connection_pool.release(late)
     assert first and first[0][-1] == 1 and first[0] == sorted(first[0], reverse=True)
-    assert second == [[1]], "the stream went back in line after telling its place"
+    places = second[0] if second else []
+    assert places and places[0] <= 2 and places[-1] == 1, places
+    assert places == sorted(places, reverse=True), "the stream went back in line"
