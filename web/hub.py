@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +73,52 @@ def item_from_frame(frame: bytes) -> Item:
     return Item((int(ms), int(seq)), phase in TERMINAL_PHASES, frame, phase)
 
 
+def send_directly(watcher: Watcher, data: bytes, item: Item) -> bool:
+    """One non-blocking ``send()`` of ``data`` (``item``'s bytes as the response frames
+    them) to a lent watcher's socket; False if the socket failed, and ``item`` went to
+    the stream's greenlet instead. A send the kernel did not take whole leaves the rest
+    in ``pending`` and hands the watcher back to its greenlet (``direct`` is then False:
+    if the client stays this slow, the mailbox's bound applies as before)."""
+    try:
+        sent = watcher.sock.send(data)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        watcher.put(item)  # the stream's own write reports the broken connection
+        return False
+    if sent < len(data):
+        watcher.pending = data[sent:]
+        watcher.direct = False
+        watcher._wake.set()
+    return True
+
+
+def tell_place(watchers: Iterable[Watcher], item: Item) -> int:
+    """Hand a derived place-in-line frame to ``watchers``: written directly to the lent
+    ones it moves forward (a lent one it would move back gets nothing, as its stream
+    would drop it), put in the mailbox of the others. Returns how many were sent."""
+    assert item.key is None and item.position is not None
+    chunk = b""
+    direct = 0
+    for watcher in watchers:
+        if not watcher.direct:
+            watcher.put(item)
+            continue
+        if watcher.place is not None and item.position >= watcher.place:
+            continue
+        if watcher.chunked:
+            if not chunk:
+                chunk = b"%x\r\n%s\r\n" % (len(item.frame), item.frame)
+            data = chunk
+        else:
+            data = item.frame
+        if send_directly(watcher, data, item):
+            watcher.place = item.position
+            watcher.active_at = _now()
+            direct += 1
+    return direct
+
+
 class Watcher:
     """A stream's bounded mailbox. A stream blocks in :meth:`drain` with no timer of its
     own: the hub's heartbeat puts a keep-alive in any mailbox quiet for too long.
@@ -86,7 +132,7 @@ class Watcher:
 
     __slots__ = (
         "_wake", "active_at", "channel", "chunked", "direct", "items", "limit", "pending",
-        "sent", "sock",
+        "place", "sent", "sock",
     )  # fmt: skip
 
     def __init__(self, channel: bytes, limit: int, wake: gevent.event.Event | None = None) -> None:
@@ -101,11 +147,14 @@ class Watcher:
         self.chunked = False  # the response is HTTP/1.1 chunked: frame each write
         self.sent: EventId | None = None  # the newest id on the wire while direct
         self.pending = b""  # bytes of a direct send the kernel did not take yet
+        self.place: int | None = None  # the last place in line on the wire while direct
 
-    def lend(self, sent: EventId | None) -> None:
-        """Let the hub write frames newer than ``sent`` to ``sock`` until the next
-        :meth:`put` or :meth:`reclaim`. Only with an empty mailbox and nothing pending."""
+    def lend(self, sent: EventId | None, place: int | None = None) -> None:
+        """Let the hub write frames newer than ``sent`` (and places in line lower than
+        ``place``) to ``sock`` until the next :meth:`put` or :meth:`reclaim`. Only with
+        an empty mailbox and nothing pending."""
         self.sent = sent
+        self.place = place
         self.direct = True
 
     def reclaim(self) -> EventId | None:
@@ -604,24 +653,14 @@ class Hub:
                 data = chunk
             else:
                 data = item.frame
-            try:
-                sent = watcher.sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                watcher.put(item)  # the stream's own write reports the broken connection
+            if not send_directly(watcher, data, item):
                 continue
             watcher.sent = key
             direct += 1
             if not now:
                 now = _now()
             watcher.active_at = now
-            if sent < len(data):
-                # The kernel's buffer is full: the stream's greenlet writes the rest (and,
-                # if the client stays this slow, the mailbox's bound applies as before).
-                watcher.pending = data[sent:]
-                watcher.direct = False
-                watcher._wake.set()
+            if not watcher.direct:
                 self.direct_blocked += 1
         self.direct_sends += direct
 

@@ -58,7 +58,7 @@ import redis
 from tasks.events import call_script_directly
 from tasks.handle import eta_seconds
 from tasks.keys import DEFAULT_QUEUE, LINE_NAME, Keys
-from web.hub import AnyHub, Item
+from web.hub import AnyHub, Item, tell_place
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,7 @@ class Line:
         # The departures since the last reread request, for readings made meanwhile.
         self.recent: deque[tuple[int, float]] = deque(maxlen=4096)
         self.rereads = 0
+        self.direct_sends = 0  # places the flush wrote to lent sockets itself
         self.shortcuts = 0  # tracks answered from the job's tracked place (no read)
         self.reread_failures = 0
         self.bad_messages = 0
@@ -440,6 +441,7 @@ class Line:
             "outOfOrder": self.out_of_order,
             "rereads": self.rereads,
             "shortcuts": self.shortcuts,
+            "directSends": self.direct_sends,
             "rereadFailures": self.reread_failures,
             "badMessages": self.bad_messages,
             "crashes": self.crashes,
@@ -471,8 +473,7 @@ class Line:
             job.sent, job.sent_at = position, now
             item = self._place(position).item()
             self.sent += len(watchers)
-            for watcher in watchers:
-                watcher.put(item)
+            self.direct_sends += tell_place(watchers, item)
             pending += len(watchers)
             if pending >= SLICE:
                 frames += pending

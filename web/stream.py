@@ -275,9 +275,10 @@ class Stream:
                 if watcher.items:
                     yield self._live(watcher.take())
                     continue
-                watcher.lend(self.sent)
+                watcher.lend(self.sent, self.position)
                 batch = watcher.drain()
                 self.sent = watcher.reclaim()
+                self.position = watcher.place
                 if watcher.pending:
                     rest, watcher.pending = watcher.pending, b""
                     sock.sendall(rest)  # blocks (up to the send timeout) like gunicorn's write

@@ -8,13 +8,24 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from support import Proc, Stack, collect, free_port, logged, own_stack, wait_until
+from support import (
+    Proc,
+    Received,
+    Stack,
+    collect,
+    free_port,
+    iter_events,
+    logged,
+    own_stack,
+    wait_until,
+)  # fmt: skip
 
 from tasks.events import JobEvents
 from web.cli import web_argv
@@ -186,3 +197,51 @@ def test_under_the_uwsgi_protocol_bodies_stay_unframed(stack: Stack) -> None:
     assert ids == [entry_id for entry_id, _ in logged(stack.client(), job_id)]
     assert body.endswith(b'"url":"/media/x.png"}\n\n'), body[-200:]
     assert stats()["directSends"] == 0
+
+
+class Reader:
+    """Read one stream in a thread to its end, keeping every event."""
+
+    def __init__(self, base: str, job_id: str) -> None:
+        self.events: list[Received] = []
+        self.thread = threading.Thread(target=self._run, args=(base, job_id), daemon=True)
+        self.thread.start()
+
+    def _run(self, base: str, job_id: str) -> None:
+        for event in iter_events(base, job_id, timeout=60):
+            self.events.append(event)
+
+    def places(self) -> list[int]:
+        return [e.data["position"] for e in self.events if e.event == "queued" and not e.id]
+
+
+@pytest.mark.parametrize("direct", ["true", "false"])
+def test_places_in_line_reach_every_stream_forward_only(stack: Stack, direct: str) -> None:
+    """Five streams of the sixth job in line while the five ahead start one by one: each
+    stream's places only go down and reach 1, then it gets the job's log to the end; the
+    line's flusher wrote the places itself only when direct sends are on."""
+    _, base = stack.web(JOBCAST_DIRECT_SEND=direct)
+    events = JobEvents(stack.client())
+    jobs = [f"direct-place-{direct}-{n}-0123456789" for n in range(6)]
+    for job_id in jobs:
+        events.enqueue(job_id, {"prompt": "a lighthouse"})
+    watched = jobs[-1]
+    readers = [Reader(base, watched) for _ in range(5)]
+    wait_until(lambda: all(r.places() == [6] for r in readers), 15, "every stream's place")
+    for job_id in jobs[:-1]:
+        events.publish(job_id, "started", {"worker": "w"})
+    wait_until(lambda: all(r.places()[-1:] == [1] for r in readers), 15, "everyone at #1")
+    events.publish(watched, "started", {"worker": "w"})
+    events.publish(watched, "done", {"url": "/media/x.png"})
+    truth = logged(stack.client(), watched)
+    for reader in readers:
+        reader.thread.join(30)
+        assert not reader.thread.is_alive(), "the stream did not end"
+        places = reader.places()
+        assert places == sorted(places, reverse=True) and places[-1] == 1, places
+        assert [(e.id, e.event) for e in reader.events if e.id] == truth
+    line = httpx.get(base + "/healthz", timeout=5).json()["line"]
+    if direct == "true":
+        assert line["directSends"] > 0, line
+    else:
+        assert line["directSends"] == 0, line
