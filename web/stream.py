@@ -34,6 +34,7 @@ from tasks.events import TERMINAL_STATES, EventId, dumps, format_id, parse_id
 from tasks.keys import DEFAULT_QUEUE
 from web.extension import Jobcast
 from web.hub import RESYNC, TERMINAL_PHASES, Item, Watcher
+from web.proxies import is_tls
 from web.sse import Event, frame
 
 PAGE = 500
@@ -238,7 +239,7 @@ class Stream:
         if (
             watcher is None  # closed already
             or not isinstance(sock, gevent.socket.socket)
-            or getattr(sock, "_sslobj", None) is not None  # TLS: gunicorn must encrypt
+            or is_tls(sock)  # gunicorn must encrypt
             or protocol not in ("HTTP/1.1", "HTTP/1.0")
             or environ.get("REQUEST_METHOD") not in ("GET", "POST")  # HEAD has no body
             or not environ.get("SERVER_SOFTWARE", "").startswith("gunicorn")
