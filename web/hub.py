@@ -100,6 +100,7 @@ def tell_place(watchers: Iterable[Watcher], item: Item) -> int:
     assert item.key is None and item.position is not None
     chunk = b""
     direct = 0
+    now = _now()
     for watcher in watchers:
         if not watcher.direct:
             watcher.put(item)
@@ -114,7 +115,7 @@ def tell_place(watchers: Iterable[Watcher], item: Item) -> int:
             data = item.frame
         if send_directly(watcher, data, item):
             watcher.place = item.position
-            watcher.active_at = _now()
+            watcher.active_at = now
             direct += 1
     return direct
 
