@@ -38,12 +38,12 @@ MAX_BATCH = 128  # calls per pipeline; the rest wait for the next one
 
 
 class _Call:
-    __slots__ = ("args", "keys", "result", "script")
+    __slots__ = ("args", "nkeys", "result", "script")
 
-    def __init__(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> None:
+    def __init__(self, script: Script, nkeys: int, args: list[bytes]) -> None:
         self.script = script
-        self.keys = keys
-        self.args = args
+        self.nkeys = nkeys
+        self.args = args  # the keys, then the arguments, encoded
         self.result = gevent.event.AsyncResult()
 
 
@@ -60,9 +60,14 @@ class Funnel:
         self.batches = 0
         self.reloads = 0  # NOSCRIPT replies answered by loading the script again
         self.errors = 0  # batches whose connection failed
+        self._encode = client.get_encoder().encode
+        self._batch: list[_Call] = []  # the calls being sent
 
     def __call__(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        call = _Call(script, keys, args)
+        # Encoded here, in the caller's greenlet: a value Redis cannot take (a lone
+        # surrogate in a string, say) fails this call alone, not the batch it would join.
+        encode = self._encode
+        call = _Call(script, len(keys), [encode(value) for value in (*keys, *args)])
         self.waiting.append(call)
         self.calls += 1
         if self._greenlet is None or self._greenlet.dead:
@@ -79,22 +84,25 @@ class Funnel:
         }
 
     def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            while self.waiting:
-                batch = self.waiting[: self.max_batch]
-                del self.waiting[: self.max_batch]
-                try:
-                    self._send(batch)
-                except BaseException as error:  # the batch's own failure, never the loop's
-                    self._fail(batch, error)
-                    if isinstance(error, gevent.GreenletExit):
-                        self._fail(self.waiting, error)
-                        self.waiting = []
-                        raise
-                    if not isinstance(error, redis.RedisError):
-                        log.exception("funnel: a batch of %d calls failed", len(batch))
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                while self.waiting:
+                    batch = self._batch = self.waiting[: self.max_batch]
+                    del self.waiting[: self.max_batch]
+                    try:
+                        self._send(batch)
+                    except Exception as error:  # the batch's own failure, never the loop's
+                        self._fail(batch, error)
+                        if not isinstance(error, redis.RedisError):
+                            log.exception("funnel: a batch of %d calls failed", len(batch))
+                    self._batch = []
+        except BaseException as error:  # killed, or a signal raised here: nobody may wait
+            # on this greenlet any more (the next call starts another one).
+            waiting, self.waiting = self._batch + self.waiting, []
+            self._fail(waiting, error)
+            raise
 
     def _fail(self, calls: list[_Call], error: BaseException) -> None:
         if not isinstance(error, Exception):  # a caller re-raises it: make it an error
@@ -130,6 +138,6 @@ class Funnel:
     def _pipeline(self, calls: list[_Call]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
         for call in calls:
-            pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+            pipe.execute_command("EVALSHA", call.script.sha, call.nkeys, *call.args)
         replies: list[Any] = pipe.execute(raise_on_error=False)
         return replies

@@ -243,18 +243,11 @@ def accept(name: str) -> Submitted:
     )  # fmt: skip
     if line.position == -1:
         raise queue_full(line)
-    if line.position in (-2, -3):  # answer that job as it is now:
-        # -3: the key named a job already; -2: this id exists, which for an id made just
-        # now means redis-py resent the script after a lost reply and the first run took.
-        created = line.position == -2
-        job_id = job_id if created else line.event_id or job_id
-        queue = ext.keys.line(kind.queue).queue
-        rank = ext.redis.zrank(queue, job_id)
+    if line.position == -3:  # the key named a job already: answer that one, as it is now
+        job_id = line.event_id or job_id
+        rank = ext.redis.zrank(ext.keys.line(kind.queue).queue, job_id)
         line = line._replace(position=0 if rank is None else int(rank) + 1)
-        if created:
-            line = line._replace(queue_length=int(ext.redis.zcard(queue)))
-        token = job_token(ext.settings.signing_key, job_id)
-        return Submitted(job_id, kind, line, token, created)
+        return Submitted(job_id, kind, line, job_token(ext.settings.signing_key, job_id), False)
     return Submitted(job_id, kind, line, job_token(ext.settings.signing_key, job_id))
 
 

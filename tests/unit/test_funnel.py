@@ -43,6 +43,20 @@ def test_an_outage_fails_its_calls_not_the_funnel(redis_server: RedisServer) -> 
     run_scenario("outage", redis_server)
 
 
+def test_a_value_redis_cannot_take_fails_only_its_own_call(redis_server: RedisServer) -> None:
+    """One of 30 concurrent calls carries a lone surrogate (valid JSON, not UTF-8): that
+    call fails as a direct call would, the 29 sharing its batch get their replies."""
+    run_scenario("poison", redis_server)
+
+
+def test_a_funnel_stopped_with_calls_waiting_fails_them_and_starts_again(
+    redis_server: RedisServer,
+) -> None:
+    """The funnel's greenlet is killed while calls wait for it: they raise instead of
+    waiting forever, and the next call is answered by a new greenlet."""
+    run_scenario("killed", redis_server)
+
+
 @pytest.mark.parametrize("script", [ECHO, PICKY])
 def test_the_scripts_compile(redis_server: RedisServer, script: str) -> None:
     """The scenarios' scripts are valid Lua (else the scenarios could pass on errors)."""
@@ -129,7 +143,55 @@ def _outage(url: str) -> None:
         own.stop()
 
 
-SCENARIOS = {"replies": _replies, "noscript": _noscript, "outage": _outage}
+def _poison(url: str) -> None:
+    import gevent
+    import redis
+
+    from web.funnel import Funnel
+
+    client = redis.Redis.from_url(url, protocol=2)
+    funnel = Funnel(client)
+    echo = client.register_script(ECHO)
+    values = [f"ok {n}" if n != 15 else "bad \ud800" for n in range(30)]
+    greenlets = [gevent.spawn(funnel, echo, ["k"], [value]) for value in values]
+    gevent.joinall(greenlets, timeout=30)
+    for n, greenlet in enumerate(greenlets):
+        if n == 15:
+            assert isinstance(greenlet.exception, UnicodeEncodeError), greenlet.exception
+        else:
+            assert greenlet.successful() and greenlet.value == [b"k", values[n].encode()], n
+
+
+def _killed(url: str) -> None:
+    import gevent
+    import redis
+
+    from web.funnel import Funnel
+
+    client = redis.Redis.from_url(url, protocol=2)
+    funnel = Funnel(client)
+    echo = client.register_script(ECHO)
+    assert funnel(echo, ["a"], ["1"]) == [b"a", b"1"]  # its greenlet runs, idle now
+    runner = funnel._greenlet
+    assert runner is not None and not runner.dead
+    waiting = [gevent.spawn(funnel, echo, [f"k{n}"], [n]) for n in range(5)]
+    # The callers run first and queue their calls; then the kill reaches the funnel
+    # while it still waits to be woken.
+    runner.kill(block=False)
+    gevent.joinall(waiting, timeout=10)
+    assert all(g.ready() for g in waiting), "a caller waits on a dead funnel"
+    assert all(g.successful() or isinstance(g.exception, redis.RedisError) for g in waiting)
+    assert funnel(echo, ["b"], ["2"]) == [b"b", b"2"]
+    assert funnel._greenlet is not runner
+
+
+SCENARIOS = {
+    "replies": _replies,
+    "noscript": _noscript,
+    "outage": _outage,
+    "poison": _poison,
+    "killed": _killed,
+}
 
 
 def main() -> None:
