@@ -23,4 +23,29 @@ def validate_params(model: type[BaseModel], body: Any) -> dict[str, Any]:
     except ValidationError as exc:
         problems = field_problems(model, exc)
         raise ApiError(422, "invalid_fields", "Some fields are invalid.", fields=problems) from None
-    return params.model_dump(mode="json", by_alias=True)
+    clean: dict[str, Any] = params.model_dump(mode="json", by_alias=True)
+    unencodable = {
+        name: "Must be Unicode text (a lone surrogate escape such as \\ud800 is not)."
+        for name, value in clean.items()
+        if not _encodable(value)
+    }
+    if unencodable:  # JSON lets them through, UTF-8 (and so Redis) cannot hold them
+        raise ApiError(422, "invalid_fields", "Some fields are invalid.", fields=unencodable)
+    return clean
+
+
+def _encodable(value: Any) -> bool:
+    """Whether every string in ``value`` (a JSON value) can be written as UTF-8."""
+    if isinstance(value, str):
+        if value.isascii():
+            return True
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_encodable(k) and _encodable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_encodable(v) for v in value)
+    return True
