@@ -1,20 +1,22 @@
 """Lua script calls from many greenlets, sent to Redis as one pipeline per batch.
 
 A web process under load runs the same few scripts for many requests at once: the
-enqueue of every ``POST`` and the opening read of every stream. Called one by one, each
-pays redis-py's whole path (a pool checkout that polls the socket, the retry wrapper,
-packing, a send and a receive of its own): a quarter of a ``POST``'s CPU. The funnel's
-greenlet takes every call waiting when it is free and sends them as one pipeline: one
-checkout, one ``send()``, one ``recv()`` for the batch, and the callers are woken with
-their own replies. A lone call pays one greenlet switch more than before; under a burst
-a call costs a fraction of what it did.
+enqueue of every ``POST``, the opening read of every stream, the place-in-line read of
+a stream of a waiting job. Called one by one, each pays redis-py's whole path (a pool
+checkout that polls the socket, the retry wrapper, packing, a send and a receive of its
+own): a quarter of a ``POST``'s CPU. Here each caller frames its own ``EVALSHA`` in its
+own greenlet (so a value Redis cannot take fails that call alone) and waits; the
+funnel's greenlet takes every call waiting when it is free and writes them as one
+pipeline on one pooled connection: one checkout, one ``send()``, one ``recv()`` for the
+batch, and each caller is woken with its own reply. A lone call pays one greenlet
+switch more than before; under a burst a call costs a fraction of what it did.
 
 What a caller sees does not change: the script's reply, or the error its own call got
-(a Lua error) or the batch's connection got (``ConnectionError`` and the like, after
-redis-py's own retries, as a direct call would raise). A script Redis does not know
-(a restart flushed it) is loaded and the calls that met ``NOSCRIPT`` are sent again.
-The greenlet is supervised: nothing that goes wrong in a batch ends it, and a caller
-never waits on a dead one (a call starts it again).
+(a Lua error) or the batch's connection got (``ConnectionError`` and the like, as a
+direct call on that connection would raise; the web's pool retries neither). A script
+Redis does not know (a restart flushed it) is loaded and the calls that met
+``NOSCRIPT`` are sent again. The greenlet is supervised: nothing that goes wrong in a
+batch ends it, and a caller never waits on a dead one (a call starts it again).
 
 Only for a process that gevent patched (gunicorn's gevent workers): a threaded server
 calls scripts directly, as do Celery's workers.
@@ -38,13 +40,27 @@ MAX_BATCH = 128  # calls per pipeline; the rest wait for the next one
 
 
 class _Call:
-    __slots__ = ("args", "nkeys", "result", "script")
+    __slots__ = ("count", "nkeys", "packed", "result", "script")
 
-    def __init__(self, script: Script, nkeys: int, args: list[bytes]) -> None:
+    def __init__(self, script: Script, nkeys: int, values: list[bytes]) -> None:
         self.script = script
         self.nkeys = nkeys
-        self.args = args  # the keys, then the arguments, encoded
+        self.count = len(values)
+        # The keys and arguments in the protocol's framing; EVALSHA, the script's sha and
+        # the key count go in front when it is sent (a reload may change the sha).
+        self.packed = b"".join([b"$%d\r\n%s\r\n" % (len(v), v) for v in values])
         self.result = gevent.event.AsyncResult()
+
+    def command(self) -> bytes:
+        sha, nkeys = self.script.sha.encode(), b"%d" % self.nkeys
+        return b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s" % (
+            self.count + 3,
+            len(sha),
+            sha,
+            len(nkeys),
+            nkeys,
+            self.packed,
+        )
 
 
 class Funnel:
@@ -136,8 +152,21 @@ class Funnel:
                 call.result.set(reply)
 
     def _pipeline(self, calls: list[_Call]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for call in calls:
-            pipe.execute_command("EVALSHA", call.script.sha, call.nkeys, *call.args)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
+        """Send the calls on one pooled connection as one write; their replies, an error
+        reply as its exception. A connection that fails is closed before it goes back."""
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([b"".join([call.command() for call in calls])])
+            replies: list[Any] = []
+            for _ in calls:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as error:  # this call's own: read the rest
+                    replies.append(error)
+        except BaseException:
+            conn.disconnect()  # replies may be left unread on it
+            raise
+        finally:
+            pool.release(conn)
         return replies
