@@ -523,7 +523,8 @@ class Monitor:
             if hostname:
                 self._worker(hostname).receive(task_id, self.clock())
         elif kind == "task-started" and hostname:
-            self._worker(hostname).start(task_id, self.names.get(task_id, "?"), self.clock())
+            name = self.names.get(task_id) or self._task_of(task_id)
+            self._worker(hostname).start(task_id, name, self.clock())
         elif kind in (
             "task-succeeded",
             "task-failed",
@@ -643,6 +644,15 @@ class Monitor:
             elif not held:  # a live attempt keeps its lease; a dead one's has run out
                 ready.append(task_id)
         return ready
+
+    def _task_of(self, task_id: str) -> str:
+        """The task a job's record names: for a start whose ``task-received`` this monitor
+        did not hear (it was starting up when the worker took the job)."""
+        try:
+            raw = self.redis.hget(self.keys.job(task_id), "task")
+        except redis.RedisError:
+            return "?"
+        return raw.decode(errors="replace") if raw else "?"
 
     def seed(self, names: dict[str, str]) -> None:
         """Learn from Redis what runs where: a monitor that just started saw no start events."""
