@@ -73,12 +73,19 @@ def item_from_frame(frame: bytes) -> Item:
     return Item((int(ms), int(seq)), phase in TERMINAL_PHASES, frame, phase)
 
 
-def send_directly(watcher: Watcher, data: bytes, item: Item) -> bool:
-    """One non-blocking ``send()`` of ``data`` (``item``'s bytes as the response frames
-    them) to a lent watcher's socket; False if the socket failed, and ``item`` went to
+def as_chunk(frame: bytes) -> bytes:
+    """``frame`` as one HTTP/1.1 chunk (what a chunked response puts on the wire)."""
+    return b"%x\r\n%s\r\n" % (len(frame), frame)
+
+
+def send_directly(watcher: Watcher, item: Item, chunk: bytes) -> bool:
+    """One non-blocking ``send()`` of ``item`` to a lent watcher's socket, as its response
+    frames it (``chunk``, the frame made once per message by :func:`as_chunk`, if the
+    response is chunked; else the frame); False if the socket failed, and ``item`` went to
     the stream's greenlet instead. A send the kernel did not take whole leaves the rest
     in ``pending`` and hands the watcher back to its greenlet (``direct`` is then False:
     if the client stays this slow, the mailbox's bound applies as before)."""
+    data = chunk if watcher.chunked else item.frame
     try:
         sent = watcher.sock.send(data)
     except BlockingIOError:
@@ -98,7 +105,7 @@ def tell_place(watchers: Iterable[Watcher], item: Item) -> int:
     ones it moves forward (a lent one it would move back gets nothing, as its stream
     would drop it), put in the mailbox of the others. Returns how many were sent."""
     assert item.key is None and item.position is not None
-    chunk = b""
+    chunk = as_chunk(item.frame)
     direct = 0
     now = _now()
     for watcher in watchers:
@@ -107,13 +114,7 @@ def tell_place(watchers: Iterable[Watcher], item: Item) -> int:
             continue
         if watcher.place is not None and item.position >= watcher.place:
             continue
-        if watcher.chunked:
-            if not chunk:
-                chunk = b"%x\r\n%s\r\n" % (len(item.frame), item.frame)
-            data = chunk
-        else:
-            data = item.frame
-        if send_directly(watcher, data, item):
+        if send_directly(watcher, item, chunk):
             watcher.place = item.position
             watcher.active_at = now
             direct += 1
@@ -639,7 +640,7 @@ class Hub:
             for watcher in sub.watchers:
                 watcher.put(item)
             return
-        chunk = b""
+        chunk = as_chunk(item.frame)
         now = 0.0
         direct = 0
         for watcher in sub.watchers:
@@ -648,13 +649,7 @@ class Hub:
                 continue
             if watcher.sent is not None and key <= watcher.sent:
                 continue  # on the wire already (it came in the stream's backlog)
-            if watcher.chunked:
-                if not chunk:
-                    chunk = b"%x\r\n%s\r\n" % (len(item.frame), item.frame)
-                data = chunk
-            else:
-                data = item.frame
-            if not send_directly(watcher, data, item):
+            if not send_directly(watcher, item, chunk):
                 continue
             watcher.sent = key
             direct += 1
