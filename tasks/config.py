@@ -75,6 +75,10 @@ class Settings:
     # through one greenlet that pipelines every call waiting (web/funnel.py); false:
     # each request runs its script on a pooled connection of its own.
     script_funnel: bool = True
+    # The standalone app under gevent freezes what each full pass of Python's cyclic
+    # collector finds alive, and thaws it every this many seconds (web/gcpolicy.py);
+    # 0: the collector as Python has it.
+    gc_refresh_seconds: float = 300.0
     max_attempts: int = 3
     publish_retry_seconds: float = 60.0
     visibility_timeout: int = 3600
@@ -222,6 +226,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "retention_seconds": (60, 366 * 24 * 3600),
     "max_queue": (0, 10_000_000),  # 0: no limit
     "heartbeat_seconds": (0.1, 300),
+    "gc_refresh_seconds": (0, 7 * 24 * 3600),  # 0: off
     "retry_ms": (100, 3_600_000),
     "max_prompt_chars": (1, 10_000),
     "min_side": (8, 4096),

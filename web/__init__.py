@@ -40,13 +40,17 @@ def create_app(
     from web.embed import Jobcast
 
     errors.init_app(app)  # the whole app is Jobcast's: every error of it is JSON
-    Jobcast(app, settings=settings, kinds=kinds)
+    state = Jobcast(settings=settings, kinds=kinds).init_app(app)
     if gevent.monkey.is_module_patched("socket"):  # a gevent worker's process: the service
         # What the process has built by now (modules, the app, Celery's app) lives as long
         # as it does: keep it out of the cyclic collector's full passes, each of which
         # stalls every stream (with 5,000 open, 30-150 ms, most of it these objects).
         gc.collect()
         gc.freeze()
+        if settings.gc_refresh_seconds:  # and what later passes find alive (web/gcpolicy.py)
+            from web import gcpolicy
+
+            state.collector = gcpolicy.install(settings.gc_refresh_seconds)
     return app
 
 

@@ -88,6 +88,8 @@ def healthz() -> tuple[Response, int]:
     }
     if ext.funnel is not None:
         body["funnel"] = ext.funnel.stats()
+    if ext.collector is not None:
+        body["collector"] = ext.collector.stats()
     return jsonify(body), 200 if redis_ok and hub_ok else 503
 
 

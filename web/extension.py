@@ -16,6 +16,7 @@ from tasks.events import JobEvents
 from tasks.keys import Keys
 from tasks.kinds import Registry, default_registry
 from web.funnel import Funnel
+from web.gcpolicy import CollectorPolicy
 from web.hub import AnyHub, ClusterHub, Hub
 from web.line import Line, Lines
 
@@ -34,6 +35,7 @@ class Jobcast:
     celery: Celery
     kinds: Registry
     funnel: Funnel | None = None  # the enqueue's and opening read's scripts go through it
+    collector: CollectorPolicy | None = None  # the standalone app's (web/gcpolicy.py)
 
     @property
     def line(self) -> Line:
