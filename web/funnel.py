@@ -25,11 +25,12 @@ calls scripts directly, as do Celery's workers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gevent
 import gevent.event
+import hiredis
 import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
@@ -39,16 +40,32 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 128  # calls per pipeline; the rest wait for the next one
 
 
+_PLAIN = frozenset((str, bytes, int, float))
+
+
+def pack_values(
+    values: tuple[Any, ...], encode: Callable[[Any], bytes], plain_hiredis: bool = True
+) -> bytes:
+    """``values`` in the protocol's framing, as redis-py's encoder (``encode``, UTF-8,
+    strict) would give them; without the array header. Plain values go through hiredis's
+    packer (C: a quarter of the time); anything else (a subclass, a wrong type) through
+    ``encode``, which frames or rejects it as a direct call would."""
+    if plain_hiredis and all(type(value) in _PLAIN for value in values):
+        packed: bytes = hiredis.pack_command(values)
+        return packed[packed.index(b"\n") + 1 :]  # after "*<count>\r\n"
+    return b"".join([b"$%d\r\n%s\r\n" % (len(v), v) for v in map(encode, values)])
+
+
 class _Call:
     __slots__ = ("count", "nkeys", "packed", "result", "script")
 
-    def __init__(self, script: Script, nkeys: int, values: list[bytes]) -> None:
+    def __init__(self, script: Script, nkeys: int, count: int, packed: bytes) -> None:
         self.script = script
         self.nkeys = nkeys
-        self.count = len(values)
+        self.count = count
         # The keys and arguments in the protocol's framing; EVALSHA, the script's sha and
         # the key count go in front when it is sent (a reload may change the sha).
-        self.packed = b"".join([b"$%d\r\n%s\r\n" % (len(v), v) for v in values])
+        self.packed = packed
         self.result = gevent.event.AsyncResult()
 
     def command(self) -> bytes:
@@ -76,14 +93,19 @@ class Funnel:
         self.batches = 0
         self.reloads = 0  # NOSCRIPT replies answered by loading the script again
         self.errors = 0  # batches whose connection failed
-        self._encode = client.get_encoder().encode
+        encoder = client.get_encoder()
+        self._encode = encoder.encode
+        # hiredis packs text as UTF-8, strictly: redis-py's default, and what ours use.
+        self._hiredis = (encoder.encoding.lower(), encoder.encoding_errors) == ("utf-8", "strict")
         self._batch: list[_Call] = []  # the calls being sent
 
     def __call__(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         # Encoded here, in the caller's greenlet: a value Redis cannot take (a lone
         # surrogate in a string, say) fails this call alone, not the batch it would join.
-        encode = self._encode
-        call = _Call(script, len(keys), [encode(value) for value in (*keys, *args)])
+        values = (*keys, *args)
+        call = _Call(
+            script, len(keys), len(values), pack_values(values, self._encode, self._hiredis)
+        )
         self.waiting.append(call)
         self.calls += 1
         if self._greenlet is None or self._greenlet.dead:
