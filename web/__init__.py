@@ -42,6 +42,7 @@ def create_app(
     errors.init_app(app)  # the whole app is Jobcast's: every error of it is JSON
     state = Jobcast(settings=settings, kinds=kinds).init_app(app)
     if gevent.monkey.is_module_patched("socket"):  # a gevent worker's process: the service
+        refuse_libuv_loop()
         # What the process has built by now (modules, the app, Celery's app) lives as long
         # as it does: keep it out of the cyclic collector's full passes, each of which
         # stalls every stream (with 5,000 open, 30-150 ms, most of it these objects).
@@ -52,6 +53,22 @@ def create_app(
 
             state.collector = gcpolicy.install(settings.gc_refresh_seconds)
     return app
+
+
+def refuse_libuv_loop() -> None:
+    """Stop here, clearly, under gevent's libuv loop (``GEVENT_LOOP=libuv``): its select
+    and poll report a socket readable that is not (gevent issue #1779), so redis-py's
+    readiness check on every pooled connection fails ("Connection not ready") and every
+    request that reaches Redis would answer 503."""
+    import gevent
+
+    loop = type(gevent.get_hub().loop)
+    if loop.__module__.startswith("gevent.libuv"):
+        raise RuntimeError(
+            "Jobcast does not run on gevent's libuv loop (GEVENT_LOOP=libuv): its poll "
+            "reports sockets readable that are not, which fails every Redis connection "
+            "check. Use the default loop (unset GEVENT_LOOP, or GEVENT_LOOP=libev-cext)."
+        )
 
 
 def __getattr__(name: str) -> Any:

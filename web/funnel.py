@@ -7,8 +7,8 @@ checkout that polls the socket, the retry wrapper, packing, a send and a receive
 own): a quarter of a ``POST``'s CPU. Here each caller frames its own ``EVALSHA`` in its
 own greenlet (so a value Redis cannot take fails that call alone) and waits; the
 funnel's greenlet takes every call waiting when it is free and writes them as one
-pipeline on one connection of its own: one ``send()``, one ``recv()`` for the
-batch, and each caller is woken with its own reply. A lone call pays one greenlet
+pipeline on one connection (its own, with a single Redis): one ``send()``, one
+``recv()`` for the batch, and each caller is woken with its own reply. A lone call pays one greenlet
 switch more than before; under a burst a call costs a fraction of what it did.
 
 What a caller sees does not change: the script's reply, or the error its own call got
@@ -39,6 +39,7 @@ from redis.exceptions import NoScriptError
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 128  # calls per pipeline; the rest wait for the next one
+PLAIN_POOLS = (redis.ConnectionPool, redis.BlockingConnectionPool)
 
 
 _PLAIN = frozenset((str, bytes, int, float))
@@ -101,6 +102,9 @@ class Funnel:
         self._batch: list[_Call] = []  # the calls being sent
         self._conn: Any = None  # made on the first batch of the process that serves
         self._pid = 0
+        # Only a plain pool's connections may be kept aside: a Sentinel pool moves its
+        # connections to a new master when it checks one out (tasks/connection.py).
+        self._own_connection = type(client.connection_pool) in PLAIN_POOLS
 
     def __call__(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         # Encoded here, in the caller's greenlet: a value Redis cannot take (a lone
@@ -177,19 +181,28 @@ class Funnel:
                 call.result.set(reply)
 
     def _pipeline(self, calls: list[_Call]) -> list[Any]:
-        """Send the calls on the funnel's connection as one write; their replies, an error
-        reply as its exception. A connection that fails is closed (replies may be left
-        unread on it) and the next batch connects again.
-
-        The connection is the funnel's own, made by the client's pool (which counts it
-        and closes it with the others) but never checked out of it: the funnel is its
-        only user, always reads every reply it asked for, and so skips the check a
-        checkout makes of a pooled connection (a poll of its socket, a tenth of a
-        batch's CPU here)."""
+        """Send the calls on one connection as one write; their replies, an error reply
+        as its exception. A connection that fails is closed (replies may be left unread
+        on it) before anything else uses it."""
+        pool = self.client.connection_pool
+        if not self._own_connection:
+            conn = pool.get_connection()
+            try:
+                return self._exchange(conn, calls)
+            finally:
+                pool.release(conn)
+        # A connection of the funnel's own, made by the client's pool (which counts it
+        # and closes it with the others) but never checked out of it: the funnel is its
+        # only user and reads every reply it asked for, so the check a checkout makes (a
+        # poll of the socket through gevent, a tenth of a batch's CPU) has nothing to find.
         conn = self._conn
         if conn is None or self._pid != os.getpid():  # none yet, or the parent's (a fork)
-            conn = self._conn = self.client.connection_pool.make_connection()
+            conn = self._conn = pool.make_connection()
             self._pid = os.getpid()
+        conn.connect()  # a no-op while connected
+        return self._exchange(conn, calls)
+
+    def _exchange(self, conn: Any, calls: list[_Call]) -> list[Any]:
         try:
             conn.send_packed_command([b"".join([call.command() for call in calls])])
             replies: list[Any] = []

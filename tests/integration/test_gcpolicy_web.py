@@ -1,7 +1,8 @@
 """The standalone app's collector policy (web/gcpolicy.py) in a real gunicorn gevent
 worker: 3,000 streams open, the full pass they bring freezes what it found alive,
 /healthz says so, and every stream still gets exactly the log afterwards (a frozen
-stream is as alive as any). ``JOBCAST_GC_REFRESH_SECONDS=0`` leaves the collector alone."""
+stream is as alive as any). ``JOBCAST_GC_REFRESH_SECONDS=0`` leaves the collector alone.
+And the loop gevent must not run on is refused at start."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-from support import Stack, logged, own_stack, wait_until
+from support import Proc, Stack, free_port, logged, own_stack, wait_until
 
 from tasks.events import JobEvents
+from web.cli import web_argv
 
 STREAMS = 3000  # ≈ 47 tracked objects each: enough to bring a full pass of the collector
 
@@ -78,3 +80,15 @@ def test_streams_open_across_full_passes_and_all_get_the_log(stack: Stack, refre
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_gevent_s_libuv_loop_is_refused_at_start_with_the_reason(stack: Stack) -> None:
+    """Under GEVENT_LOOP=libuv every pooled Redis connection failed redis-py's readiness
+    check and every POST answered 503; now the worker does not boot, and says why."""
+    port = free_port()
+    argv = web_argv("127.0.0.1", port, 1, "-k", "gevent")
+    web = stack.keep(
+        "web", Proc(argv, {**stack.env, "GEVENT_LOOP": "libuv"}, stack.tmp / "web.log").start()
+    )
+    wait_until(lambda: not web.alive(), 60, "gunicorn to give up on its worker")
+    assert "does not run on gevent's libuv loop" in web.output(), web.output()[-3000:]
