@@ -48,9 +48,9 @@ def create_app(
         # stalls every stream (with 5,000 open, 30-150 ms, most of it these objects).
         gc.collect()
         gc.freeze()
-        if settings.gc_refresh_seconds:  # and what later passes find alive (web/gcpolicy.py)
-            from web import gcpolicy
+        from web import gcpolicy
 
+        if settings.gc_refresh_seconds and gcpolicy.WANTED:  # and what later passes keep
             state.collector = gcpolicy.install(settings.gc_refresh_seconds)
     return app
 

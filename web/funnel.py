@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import gevent
 import gevent.event
+import gevent.monkey
 import hiredis
 import redis
 from redis.commands.core import Script
@@ -42,20 +44,65 @@ MAX_BATCH = 128  # calls per pipeline; the rest wait for the next one
 PLAIN_POOLS = (redis.ConnectionPool, redis.BlockingConnectionPool)
 
 
-_PLAIN = frozenset((str, bytes, int, float))
+_TEXT = (str, bytes, float)
+_INT_LIMIT = 2**63  # hiredis formats bigger ints itself, without Python's digit limit
+
+
+def _hiredis_can_pack(values: tuple[Any, ...]) -> bool:
+    for value in values:
+        kind = type(value)
+        if kind is int:
+            if not -_INT_LIMIT <= value < _INT_LIMIT:
+                return False
+        elif kind not in _TEXT:
+            return False
+    return True
 
 
 def pack_values(
     values: tuple[Any, ...], encode: Callable[[Any], bytes], plain_hiredis: bool = True
 ) -> bytes:
     """``values`` in the protocol's framing, as redis-py's encoder (``encode``, UTF-8,
-    strict) would give them; without the array header. Plain values go through hiredis's
-    packer (C: a quarter of the time); anything else (a subclass, a wrong type) through
-    ``encode``, which frames or rejects it as a direct call would."""
-    if plain_hiredis and all(type(value) in _PLAIN for value in values):
+    strict) would give them; without the array header. Plain values (str, bytes, float,
+    an int of 64 bits) go through hiredis's packer (C: a quarter of the time); anything
+    else (a subclass, a wrong type, a huge int) through ``encode``, which frames or
+    rejects it as a direct call would."""
+    if plain_hiredis and _hiredis_can_pack(values):
         packed: bytes = hiredis.pack_command(values)
         return packed[packed.index(b"\n") + 1 :]  # after "*<count>\r\n"
     return b"".join([b"$%d\r\n%s\r\n" % (len(v), v) for v in map(encode, values)])
+
+
+_poll = gevent.monkey.get_original("select", "poll")
+
+
+def readable(conn: Any) -> bool:
+    """Whether a connected connection's socket has something to read (all its replies
+    were read, so: the server closed it). What a pool checks before it hands out a
+    connection, with the system's poll: gevent's own builds a watcher and yields, which
+    was a tenth of a batch's CPU."""
+    sock = conn._sock
+    if sock is None:
+        return False
+    poller = _poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def untraced(error: BaseException) -> BaseException:
+    """``error`` and the errors it was raised from without their tracebacks, whose frames
+    hold the batch that will hold the error (a reference cycle). Each caller's raise
+    gives it a traceback of its own."""
+    seen: set[int] = set()
+    links: list[BaseException | None] = [error]
+    while links:
+        link = links.pop()
+        if link is None or id(link) in seen:
+            continue
+        seen.add(id(link))
+        link.__traceback__ = None
+        links += [link.__cause__, link.__context__]
+    return error
 
 
 class _Call:
@@ -118,7 +165,20 @@ class Funnel:
         if self._greenlet is None or self._greenlet.dead:
             self._greenlet = gevent.spawn(self._run)
         self._wake.set()
-        return call.result.get()
+        result = call.result
+        del call
+        result.wait()
+        if result.successful():
+            return result.value
+        # Raised from here, not by result.get(): its frame (holding the result, which
+        # holds the error) would be in the error's traceback, a reference cycle, which
+        # web/gcpolicy.py may freeze until its next refresh. This frame lets go of both.
+        error = result.exception
+        del result
+        try:
+            raise error
+        finally:
+            del error
 
     def stats(self) -> dict[str, int]:
         return {
@@ -139,9 +199,9 @@ class Funnel:
                     try:
                         self._send(batch)
                     except Exception as error:  # the batch's own failure, never the loop's
-                        self._fail(batch, error)
                         if not isinstance(error, redis.RedisError):
                             log.exception("funnel: a batch of %d calls failed", len(batch))
+                        self._fail(batch, error)
                     self._batch = []
         except BaseException as error:  # killed, or a signal raised here: nobody may wait
             # on this greenlet any more (the next call starts another one).
@@ -154,6 +214,7 @@ class Funnel:
             error = redis.ConnectionError(f"the script funnel stopped ({type(error).__name__})")
         else:
             self.errors += 1
+            error = untraced(error)  # the calls will hold it; its frames hold them
         for call in calls:
             if not call.result.ready():
                 call.result.set_exception(error)
@@ -191,14 +252,17 @@ class Funnel:
                 return self._exchange(conn, calls)
             finally:
                 pool.release(conn)
-        # A connection of the funnel's own, made by the client's pool (which counts it
-        # and closes it with the others) but never checked out of it: the funnel is its
-        # only user and reads every reply it asked for, so the check a checkout makes (a
-        # poll of the socket through gevent, a tenth of a batch's CPU) has nothing to find.
+        # A connection of the funnel's own, made by the client's pool but never checked
+        # out of it: the funnel is its only user and reads every reply it asked for, so
+        # of the checks a checkout makes only "did the server close it" is left, made
+        # here with the system's poll (a checkout polls through gevent: a tenth of a
+        # batch's CPU).
         conn = self._conn
         if conn is None or self._pid != os.getpid():  # none yet, or the parent's (a fork)
             conn = self._conn = pool.make_connection()
             self._pid = os.getpid()
+        elif readable(conn):  # closed by the server (a restart, its timeout, CLIENT KILL)
+            conn.disconnect()
         conn.connect()  # a no-op while connected
         return self._exchange(conn, calls)
 
@@ -210,7 +274,7 @@ class Funnel:
                 try:
                     replies.append(conn.read_response())
                 except redis.ResponseError as error:  # this call's own: read the rest
-                    replies.append(error)
+                    replies.append(untraced(error))  # its frames hold the batch
         except BaseException:
             conn.disconnect()
             raise

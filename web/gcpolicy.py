@@ -21,12 +21,14 @@ and one full-heap pass is paid per period instead of one per quarter of growth.
 
 Everything happens in the collector's own callback, at the end of a pass Python started:
 no greenlet, no timer. Only the standalone app (``create_app()`` under gevent) installs
-it: an app that embeds Jobcast keeps its collector as it has it.
+it: an app that embeds Jobcast keeps its collector as it has it. Python 3.14's collector
+is incremental (it has no such full passes): there it is not installed.
 """
 
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -61,7 +63,6 @@ class CollectorPolicy:
             "fullPasses": self.full_passes,
             "freezes": self.freezes,
             "refreshes": self.refreshes,
-            "frozen": gc.get_freeze_count(),
             "longestFullPassMs": round(self.longest_ms, 1),
         }
 
@@ -94,8 +95,12 @@ class CollectorPolicy:
 _installed: CollectorPolicy | None = None
 
 
+WANTED = sys.version_info < (3, 14)  # before Python's incremental collector
+
+
 def install(refresh_seconds: float) -> CollectorPolicy:
-    """The process's policy, installed on first call (one per process: the collector is)."""
+    """The process's policy, installed on first call (one per process, as the collector
+    is: a later call changes its period)."""
     global _installed
     if _installed is None:
         _installed = CollectorPolicy(refresh_seconds)

@@ -68,7 +68,7 @@ def test_streams_open_across_full_passes_and_all_get_the_log(stack: Stack, refre
         else:
             stats = body["collector"]
             assert stats["fullPasses"] >= 1 and stats["freezes"] >= 1, stats
-            assert stats["frozen"] > 0 and stats["refreshes"] == 0, stats
+            assert stats["refreshes"] == 0 and stats["longestFullPassMs"] > 0, stats
         for n in range(3):
             events.publish(job_id, "progress", {"percent": n})
         events.publish(job_id, "done", {"url": "/media/x.png"})

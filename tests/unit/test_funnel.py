@@ -57,6 +57,20 @@ def test_a_funnel_stopped_with_calls_waiting_fails_them_and_starts_again(
     run_scenario("killed", redis_server)
 
 
+def test_a_connection_the_server_closed_is_replaced_before_a_batch(
+    redis_server: RedisServer,
+) -> None:
+    """The funnel's own connection is closed by the server while idle (CLIENT KILL, as its
+    idle timeout would; then a Redis restart): the next calls are answered, none fails."""
+    run_scenario("closed", redis_server)
+
+
+def test_errors_leave_no_reference_cycles(redis_server: RedisServer) -> None:
+    """Error replies and a failed batch reach their callers as exceptions without a
+    reference cycle (web/gcpolicy.py would keep one frozen until its next refresh)."""
+    run_scenario("nocycles", redis_server)
+
+
 @pytest.mark.parametrize("script", [ECHO, PICKY])
 def test_the_scripts_compile(redis_server: RedisServer, script: str) -> None:
     """The scenarios' scripts are valid Lua (else the scenarios could pass on errors)."""
@@ -185,7 +199,78 @@ def _killed(url: str) -> None:
     assert funnel._greenlet is not runner
 
 
+def _closed(url: str) -> None:
+    import gevent
+    import redis
+
+    from web.funnel import Funnel
+
+    own = RedisServer(Path(tempfile.mkdtemp()) / "redis").start()
+    try:
+        client = redis.Redis(port=own.port, protocol=2, socket_timeout=2)
+        client.connection_pool.connection_kwargs["retry"] = None  # no retry to hide a failure
+        funnel = Funnel(client)
+        echo = client.register_script(ECHO)
+        assert funnel(echo, ["a"], ["1"]) == [b"a", b"1"]
+        other = redis.Redis(port=own.port, protocol=2)
+        assert other.client_kill_filter(_type="normal", skipme=True) >= 1
+        other.close()
+        for _ in range(2):
+            greenlets = [gevent.spawn(funnel, echo, [f"k{n}"], [n]) for n in range(20)]
+            gevent.joinall(greenlets, timeout=30)
+            assert [g.value for g in greenlets] == [
+                [f"k{n}".encode(), b"%d" % n] for n in range(20)
+            ], [g.exception for g in greenlets]
+            own.stop()  # then a restart while the funnel is idle
+            own.start()
+        assert funnel.stats()["errors"] == 0, funnel.stats()
+    finally:
+        own.stop()
+
+
+def _nocycles(url: str) -> None:
+    import gc
+
+    import gevent
+    import redis
+
+    from web.funnel import Funnel
+
+    own = RedisServer(Path(tempfile.mkdtemp()) / "redis").start()
+    try:
+        client = redis.Redis(port=own.port, protocol=2, socket_timeout=2)
+        client.connection_pool.connection_kwargs["retry"] = None
+        funnel = Funnel(client)
+        picky = client.register_script(PICKY)
+
+        def call(n: int) -> object:  # as a request does: the error is handled, not fatal
+            try:
+                return funnel(picky, ["k"], [n])
+            except redis.RedisError as error:
+                return type(error)
+
+        assert call(1) == b"1"
+        gc.collect()
+        gc.disable()
+        greenlets = [gevent.spawn(call, n) for n in range(1, 50)]
+        gevent.joinall(greenlets, timeout=30)
+        got = [g.value for g in greenlets]
+        assert got.count(redis.ResponseError) == 7, got
+        own.stop()  # the next batch fails as a whole
+        greenlets = [gevent.spawn(call, n) for n in range(10)]
+        gevent.joinall(greenlets, timeout=30)
+        assert all(issubclass(g.value, redis.ConnectionError) for g in greenlets), greenlets
+        del greenlets
+        found = gc.collect()
+        assert found == 0, f"{found} objects were in reference cycles"
+    finally:
+        gc.enable()
+        own.stop()
+
+
 SCENARIOS = {
+    "closed": _closed,
+    "nocycles": _nocycles,
     "replies": _replies,
     "noscript": _noscript,
     "outage": _outage,

@@ -56,3 +56,12 @@ def test_a_lone_surrogate_fails_as_redis_py_fails() -> None:
         pack_values(("key", "\udc80"), ENCODER.encode)
     with pytest.raises(UnicodeEncodeError):
         ENCODER.encode("\udc80")
+
+
+def test_an_int_past_64_bits_takes_redis_py_s_path() -> None:
+    """hiredis formats ints itself, without Python's limit on digits (and crashed on an
+    int of 4,301 digits); past 64 bits the encoder frames them, or refuses as it would."""
+    big = (2**63, -(2**63) - 1, 10**40)
+    assert pack_values(big, ENCODER.encode) == by_redis_py(big)
+    with pytest.raises(ValueError):
+        pack_values((10**4301,), ENCODER.encode)
