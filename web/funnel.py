@@ -8,8 +8,9 @@ own): a quarter of a ``POST``'s CPU. Here each caller frames its own ``EVALSHA``
 own greenlet (so a value Redis cannot take fails that call alone) and waits; the
 funnel's greenlet takes every call waiting when it is free and writes them as one
 pipeline on one connection (its own, with a single Redis): one ``send()``, one
-``recv()`` for the batch, and each caller is woken with its own reply. A lone call pays one greenlet
-switch more than before; under a burst a call costs a fraction of what it did.
+``recv()`` for the batch, and each caller is woken with its own reply. A lone call
+pays one greenlet switch more than before; under a burst a call costs a fraction of
+what it did.
 
 What a caller sees does not change: the script's reply, or the error its own call got
 (a Lua error) or the batch's connection got (``ConnectionError`` and the like, as a

@@ -13,7 +13,7 @@ Nearly everything such a pass finds alive stays alive, or is freed by its refere
 count (a closed stream leaves no reference cycle: measured, nothing for the collector).
 So after each full pass the survivors are frozen (``gc.freeze()``): later passes walk
 only what has come to live since, a fraction of the heap. An object frozen while alive
-that later becomes part of unreachable cycle is not collected until the next refresh:
+that later becomes part of an unreachable cycle is not collected until the next refresh:
 every ``refresh_seconds`` the frozen objects are put back (``gc.unfreeze()``), the next
 full pass walks them all once and collects what was left, and its survivors are frozen
 again. So the memory such cycles hold is bounded by what they leak in one refresh period,
