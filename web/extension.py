@@ -71,6 +71,7 @@ def init_app(app: Flask, settings: Settings, kinds: Registry | None = None) -> J
     hub_options: dict[str, Any] = {
         "queue_size": settings.watcher_queue_size,
         "heartbeat": settings.heartbeat_seconds,
+        "gather": settings.hub_gather_ms / 1000,
     }
     hub: AnyHub
     if settings.store.cluster:

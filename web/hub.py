@@ -221,6 +221,7 @@ class Hub:
         cache_bytes: int = 0,
         down_grace: float = 5.0,
         sharded: bool = False,
+        gather: float = 0.0,
     ) -> None:
         # Only its connection class and options are used: the hub makes its one connection
         # itself, and a Sentinel pool's connections ask the sentinels for the master.
@@ -246,6 +247,7 @@ class Hub:
         self.cache_limit = cache_bytes or LOG_CACHE_BYTES
         self.cache_bytes = 0  # frames held by every channel's log cache
         self.down_grace = down_grace
+        self.gather = gather
         self.subs: dict[bytes, _Sub] = {}
         self.handlers: dict[bytes, Callable[[bytes], None]] = {}
         self.streams = 0
@@ -263,6 +265,7 @@ class Hub:
         self.delivered = 0  # frames handed to watchers (messages × watchers)
         self.direct_sends = 0  # of those, written to the client's socket by the hub
         self.direct_blocked = 0  # direct sends the kernel did not take whole
+        self.pauses = 0  # the reader's gathering sleeps (see _read_messages)
 
     # -- public API -------------------------------------------------------------------
 
@@ -426,6 +429,7 @@ class Hub:
             "delivered": self.delivered,
             "directSends": self.direct_sends,
             "directBlocked": self.direct_blocked,
+            "pauses": self.pauses,
         }
 
     # -- subscription bookkeeping -------------------------------------------------------
@@ -598,6 +602,15 @@ class Hub:
     def _read_messages(self) -> None:
         conn = self._conn
         assert conn is not None
+        # Reading a reply the moment the last one is handled costs, at a moderate rate
+        # (one message per read), a failed recv and the start and stop of the socket's
+        # watcher for every message: most of what a delivery costs here. So once a read's
+        # bytes are used up the reader sleeps ``gather`` seconds first, and the next read
+        # finds what arrived meanwhile; not after a busy read (the next one will find
+        # data at once), not after a reply that is not a message (a watcher may wait for
+        # its confirmation), never with a parser that cannot say what it holds.
+        buffered = _buffered(conn) if self.gather > 0 else None
+        run = 0  # messages handled since the parser last ran out of bytes
         while True:
             # The socket timeout (3 pings' worth of silence) raises TimeoutError: dead.
             reply = conn.read_response(disconnect_on_error=False)
@@ -606,6 +619,12 @@ class Hub:
             if kind == b"message" or kind == b"smessage":
                 self.messages += 1
                 self._dispatch(reply[1], reply[2])
+                run += 1
+                if buffered is not None and not buffered():
+                    if run < GATHER_BUSY:
+                        self.pauses += 1
+                        gevent.sleep(self.gather)
+                    run = 0
             elif kind == b"subscribe" or kind == b"ssubscribe":
                 self._confirmed(reply[1])
             elif kind == b"unsubscribe" or kind == b"sunsubscribe":
@@ -775,7 +794,17 @@ AnyHub = Hub | ClusterHub
 
 LOG_CACHE_MAX = 1000  # entries per job's cached log
 LOG_CACHE_BYTES = 64 * 1024 * 1024  # frames in all cached logs of a process
+GATHER_BUSY = 64  # messages in one read that make the reader skip its gathering sleep
 
 
 def _now() -> float:
     return gevent.get_hub().loop.now()
+
+
+def _buffered(conn: redis.connection.Connection) -> Callable[[], bool] | None:
+    """Whether the connection's parser holds bytes of a reply not yet taken (hiredis's
+    reader); None when it cannot say (the pure-Python parser): then the reader never
+    pauses, as a pause with a complete reply in hand would only delay it."""
+    reader = getattr(getattr(conn, "_parser", None), "_reader", None)
+    has_data = getattr(reader, "has_data", None)
+    return has_data if callable(has_data) else None
