@@ -783,7 +783,7 @@ class ClusterHub:
         total = {
             name: sum(one[name] for one in every)
             for name in ("streams", "channels", "reconnects", "errors", "restarts", "cacheBytes",
-                         "messages", "delivered", "directSends", "directBlocked")
+                         "messages", "delivered", "directSends", "directBlocked", "pauses")
         }  # fmt: skip
         connected = all(one["connected"] for one in every)
         return {**total, "connected": connected, "healthy": self.healthy(), "links": len(every)}
