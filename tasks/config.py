@@ -69,8 +69,8 @@ class Settings:
     send_timeout_seconds: float = 30.0
     # While messages flow, the hub reads its pub/sub connection at most every this many
     # milliseconds, taking all that arrived meanwhile in one read (a delivery costs about
-    # half the CPU at 2,000 messages/s); the price is at most this much added latency.
-    # 0: read each message as soon as it comes.
+    # half the CPU at 2,000 messages/s); the price is at most this much added latency for
+    # a message that comes while it sleeps. 0: read each message as soon as it comes.
     hub_gather_ms: float = 1.0
     # The hub writes live frames to idle streams' sockets itself (one send() each, no
     # greenlet woken) under gunicorn's gevent workers; false: every frame goes through

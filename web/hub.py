@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import logging
 import random
+import select
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
 import gevent.event
+import gevent.monkey
 import redis
 import redis.connection
 
@@ -604,13 +606,12 @@ class Hub:
         assert conn is not None
         # Reading a reply the moment the last one is handled costs, at a moderate rate
         # (one message per read), a failed recv and the start and stop of the socket's
-        # watcher for every message: most of what a delivery costs here. So once a read's
-        # bytes are used up the reader sleeps ``gather`` seconds first, and the next read
-        # finds what arrived meanwhile; not after a busy read (the next one will find
-        # data at once), not after a reply that is not a message (a watcher may wait for
-        # its confirmation), never with a parser that cannot say what it holds.
-        buffered = _buffered(conn) if self.gather > 0 else None
-        run = 0  # messages handled since the parser last ran out of bytes
+        # watcher for every message: most of what a delivery costs here. So once the
+        # parser, the TLS layer and the kernel hold nothing more the reader sleeps
+        # ``gather`` seconds, and the next read finds what arrived meanwhile. Never after
+        # a reply that is not a message (a watcher may wait for its confirmation), never
+        # with a parser that cannot say what it holds.
+        held = _held(conn) if self.gather > 0 else None
         while True:
             # The socket timeout (3 pings' worth of silence) raises TimeoutError: dead.
             reply = conn.read_response(disconnect_on_error=False)
@@ -619,12 +620,9 @@ class Hub:
             if kind == b"message" or kind == b"smessage":
                 self.messages += 1
                 self._dispatch(reply[1], reply[2])
-                run += 1
-                if buffered is not None and not buffered():
-                    if run < GATHER_BUSY:
-                        self.pauses += 1
-                        gevent.sleep(self.gather)
-                    run = 0
+                if held is not None and not held():
+                    self.pauses += 1
+                    gevent.sleep(self.gather)
             elif kind == b"subscribe" or kind == b"ssubscribe":
                 self._confirmed(reply[1])
             elif kind == b"unsubscribe" or kind == b"sunsubscribe":
@@ -794,17 +792,33 @@ AnyHub = Hub | ClusterHub
 
 LOG_CACHE_MAX = 1000  # entries per job's cached log
 LOG_CACHE_BYTES = 64 * 1024 * 1024  # frames in all cached logs of a process
-GATHER_BUSY = 64  # messages in one read that make the reader skip its gathering sleep
 
 
 def _now() -> float:
     return gevent.get_hub().loop.now()
 
 
-def _buffered(conn: redis.connection.Connection) -> Callable[[], bool] | None:
-    """Whether the connection's parser holds bytes of a reply not yet taken (hiredis's
-    reader); None when it cannot say (the pure-Python parser): then the reader never
-    pauses, as a pause with a complete reply in hand would only delay it."""
+_poll = gevent.monkey.get_original("select", "poll")
+
+
+def _held(conn: redis.connection.Connection) -> Callable[[], bool] | None:
+    """A check of whether a read now would find something: bytes left in the parser
+    (hiredis's reader), decrypted bytes in the TLS layer, or bytes (or the close) in the
+    kernel, asked with the system's poll (gevent's would start and stop a watcher, the
+    cost the pause avoids). Each TLS read returns at most one record, and Redis ends one
+    with every write, so the parser running dry says nothing about the socket there; nor
+    does it over TCP when a full read ends on a message's end. None when the parser
+    cannot say what it holds (redis-py's pure-Python one): then the reader never pauses."""
     reader = getattr(getattr(conn, "_parser", None), "_reader", None)
     has_data = getattr(reader, "has_data", None)
-    return has_data if callable(has_data) else None
+    sock = conn._sock
+    if not callable(has_data) or sock is None:
+        return None
+    pending = getattr(sock, "pending", None)  # an SSL socket's
+    poller = _poll()
+    poller.register(sock.fileno(), select.POLLIN)
+
+    def held() -> bool:
+        return bool(has_data() or (pending is not None and pending()) or poller.poll(0))
+
+    return held
