@@ -206,6 +206,7 @@ def off(url: str) -> None:
 
 def _exact_frame(n: int, wire: int, channel: bytes) -> bytes:
     """A frame whose pub/sub ``message`` reply on ``channel`` is ``wire`` bytes long."""
+
     def reply(payload: bytes) -> int:
         parts = [b"message", channel, payload]
         return len(b"*3\r\n") + sum(len(b"$%d\r\n\r\n" % len(x)) + len(x) for x in parts)
