@@ -9,15 +9,20 @@
 3. Worker cost per published event: ``JobEvents.publish`` wall time and Redis round
    trips per call (progress events on a running job), and Redis CPU per call.
 
-Same setup as ``bench.load``: fresh Redis, gunicorn ``-k gevent -w 1`` on core 1, this
-process on core 0. No Celery worker runs: jobs stay queued, which is what is measured.
+Same setup as ``bench.load``: fresh Redis, gunicorn ``-k gevent -w 1`` on core 1 (``--worker``
+for another class), this process on core 0 with its collector off while it posts. No
+Celery worker runs: jobs stay queued, which is what is measured. The spread line says how
+fair the server was: p99 ÷ p50, the fewest and most POSTs one connection made, and the
+lag-1 correlation of a connection's consecutive latencies.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import http.client
+import itertools
 import json
 import os
 import re
@@ -46,6 +51,7 @@ async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tu
 
 
 async def poster(port: int, until: float, latencies: list[float], codes: dict[int, int]) -> None:
+    """Post until ``until``; ``latencies``: this connection's, in order."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while time.monotonic() < until:
@@ -58,18 +64,40 @@ async def poster(port: int, until: float, latencies: list[float], codes: dict[in
 
 
 async def post_load(port: int, posters: int, seconds: float) -> dict[str, Any]:
-    latencies: list[float] = []
+    per_conn: list[list[float]] = [[] for _ in range(posters)]
     codes: dict[int, int] = {}
     until = time.monotonic() + seconds
-    await asyncio.gather(*(poster(port, until, latencies, codes) for _ in range(posters)))
-    latencies.sort()
+    gc.collect()
+    gc.disable()  # a full pass in this client would stall all its posters at once
+    try:
+        await asyncio.gather(*(poster(port, until, mine, codes) for mine in per_conn))
+    finally:
+        gc.enable()
+    latencies = sorted(x for mine in per_conn for x in mine)
+    counts = sorted(len(mine) for mine in per_conn)
     return {
         "posts": len(latencies),
         "codes": codes,
         "p50_ms": _pct(latencies, 50) * 1e3,
         "p99_ms": _pct(latencies, 99) * 1e3,
         "per_s": len(latencies) / seconds,
+        "per_conn": (counts[0], counts[-1]),
+        "lag1": lag1(per_conn),
     }
+
+
+def lag1(series: list[list[float]]) -> float:
+    """Correlation of each connection's latency with its next one: negative when the
+    order in which the server reaches the requests is shuffled round to round, positive
+    when it is steady."""
+    pairs = [pair for mine in series for pair in itertools.pairwise(mine)]
+    if len(pairs) < 3:
+        return float("nan")
+    xs, ys = [a for a, _ in pairs], [b for _, b in pairs]
+    try:
+        return statistics.correlation(xs, ys)
+    except statistics.StatisticsError:
+        return float("nan")
 
 
 async def enqueue_to_queued(port: int) -> tuple[float, float]:
@@ -155,6 +183,11 @@ def main(argv: list[str] | None = None) -> None:
         "(py-spy's sampling adds to the CPU per post)",
     )
     p.add_argument(
+        "--worker", default="gevent",
+        help="gunicorn -k for the server: gevent (the contract's) or web.gworker.GeventWorker "
+        "(what `jobcast web` runs)",
+    )  # fmt: skip
+    p.add_argument(
         "--env", action="append", default=[], metavar="JOBCAST_X=V",
         help="a setting for the server (repeatable), e.g. JOBCAST_SCRIPT_FUNNEL=false",
     )  # fmt: skip
@@ -168,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         # One client address posts everything here: lift the per-client POST rate limit.
         env = {"JOBCAST_MAX_QUEUE": "10000000", "JOBCAST_POST_RATE_LIMIT": ""}
         env.update(setting.split("=", 1) for setting in args.env)
-        server = procs.Server("web:create_app()", rds.url, "/healthz", env)
+        server = procs.Server("web:create_app()", rds.url, "/healthz", env, args.worker)
         profiler = procs.start_profiler(server.worker, args.profile, "post")
         cpu0 = procs.cpu_ns(server.worker)
         posts = asyncio.run(post_load(server.port, args.posters, args.seconds))
@@ -185,6 +218,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{posts['posts']} posts ({posts['per_s']:.0f}/s, codes {posts['codes']}), "
         f"p50 {posts['p50_ms']:.1f} ms, p99 {posts['p99_ms']:.1f} ms, "
         f"server CPU {cpu_per_post:.0f} µs/post"
+    )
+    print(
+        f"spread: p99 ÷ p50 {posts['p99_ms'] / max(posts['p50_ms'], 1e-9):.2f}, POSTs per "
+        f"connection {posts['per_conn'][0]}–{posts['per_conn'][1]}, lag-1 correlation of a "
+        f"connection's latencies {posts['lag1']:+.2f}"
     )
     if funnel:
         print(
