@@ -300,6 +300,14 @@ def _check_redis_url(settings: Settings) -> None:
             "REDIS_URL must start with redis://, rediss://, unix://, sentinel:// or "
             f"redis+cluster://, got {without_password(url)!r}"
         )
+    protocol = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query).get("protocol")
+    if protocol and protocol != ["2"]:
+        # The URL's options win over the code's: the hub's protocol=2 would be overridden,
+        # and under RESP3 redis-py's hiredis parser takes its pub/sub replies as pushes.
+        raise SettingsError(
+            f"REDIS_URL: protocol={protocol[-1]} is not supported: Jobcast's connections "
+            "(its pub/sub reader among them) speak RESP2; drop the protocol option"
+        )
     if settings.store.cluster:
         try:
             settings.store.nodes()

@@ -37,6 +37,7 @@ def test_kombus_sentinel_form_names_every_sentinel_and_the_database() -> None:
         ({"JOBCAST_BROKER_URL": "redis+cluster://h1:7000"}, "cannot use a Redis Cluster"),
         ({"JOBCAST_BROKER_URL": SENTINELS}, "JOBCAST_SENTINEL_MASTER must name its master"),
         ({"REDIS_URL": "http://x"}, "REDIS_URL must start with redis://"),
+        ({"REDIS_URL": "redis://h1:6379/0?protocol=3"}, "REDIS_URL: protocol=3 is not supported"),
     ],
 )
 def test_a_redis_it_cannot_use_is_refused_by_name(env: dict[str, str], message: str) -> None:
@@ -45,6 +46,10 @@ def test_a_redis_it_cannot_use_is_refused_by_name(env: dict[str, str], message: 
     with pytest.raises(SettingsError) as caught:
         Settings.from_env(env)
     assert message in str(caught.value)
+
+
+def test_resp2_named_in_the_url_is_accepted() -> None:
+    assert Settings.from_env({"REDIS_URL": "redis://h1:6379/0?protocol=2"}).redis_url.endswith("=2")
 
 
 def test_celery_follows_the_same_sentinel_set() -> None:
