@@ -78,10 +78,10 @@ _poll = gevent.monkey.get_original("select", "poll")
 
 
 def readable(conn: Any) -> bool:
-    """Whether a connected connection's socket has something to read (all its replies
-    were read, so: the server closed it). What a pool checks before it hands out a
-    connection, with the system's poll: gevent's own builds a watcher and yields, which
-    was a tenth of a batch's CPU."""
+    """Whether a connected connection's socket has something to read now: bytes, or the
+    server's close (for the funnel, which has read every reply it asked for, only the
+    latter). Asked with the system's poll: gevent's own builds a watcher and yields,
+    which was a tenth of a batch's CPU (and is what the hub's gathering sleep avoids)."""
     sock = conn._sock
     if sock is None:
         return False

@@ -24,19 +24,18 @@ from __future__ import annotations
 
 import logging
 import random
-import select
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
 import gevent.event
-import gevent.monkey
 import redis
 import redis.connection
 
 from tasks.connection import MASTER_CHECK_SECONDS, RedisTarget
 from tasks.events import TERMINAL, EventId
+from web.funnel import readable
 
 log = logging.getLogger(__name__)
 
@@ -798,14 +797,10 @@ def _now() -> float:
     return gevent.get_hub().loop.now()
 
 
-_poll = gevent.monkey.get_original("select", "poll")
-
-
 def _held(conn: redis.connection.Connection) -> Callable[[], bool] | None:
     """A check of whether a read now would find something: bytes left in the parser
     (hiredis's reader), decrypted bytes in the TLS layer, or bytes (or the close) in the
-    kernel, asked with the system's poll (gevent's would start and stop a watcher, the
-    cost the pause avoids). Each TLS read returns at most one record, and Redis ends one
+    kernel (``readable``: the system's poll, not gevent's). Each TLS read returns at most one record, and Redis ends one
     with every write, so the parser running dry says nothing about the socket there; nor
     does it over TCP when a full read ends on a message's end. None when the parser
     cannot say what it holds (redis-py's pure-Python one): then the reader never pauses."""
@@ -815,10 +810,8 @@ def _held(conn: redis.connection.Connection) -> Callable[[], bool] | None:
     if not callable(has_data) or sock is None:
         return None
     pending = getattr(sock, "pending", None)  # an SSL socket's
-    poller = _poll()
-    poller.register(sock.fileno(), select.POLLIN)
 
     def held() -> bool:
-        return bool(has_data() or (pending is not None and pending()) or poller.poll(0))
+        return bool(has_data() or (pending is not None and pending()) or readable(conn))
 
     return held
