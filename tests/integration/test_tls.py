@@ -5,7 +5,6 @@ connection: no direct sends there)."""
 
 from __future__ import annotations
 
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 from httpx_sse import connect_sse
-from support import Proc, Stack, free_port, logged, own_stack, wait_until
+from support import (
+    Proc,
+    Stack,
+    free_port,
+    logged,
+    own_stack,
+    self_signed_certificate,
+    wait_until,
+)
 
 from tasks.events import JobEvents
 from web.cli import web_argv
@@ -29,12 +36,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 def tls_web(stack: Stack) -> str:
     """gunicorn with a self-signed certificate for 127.0.0.1; its https base URL."""
-    cert, key = stack.tmp / "cert.pem", stack.tmp / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    cert, key = self_signed_certificate(stack.tmp)
     port = free_port()
     argv = web_argv(
         "127.0.0.1", port, 1, "--certfile", str(cert), "--keyfile", str(key), "-k", "gevent"

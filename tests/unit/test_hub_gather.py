@@ -12,14 +12,19 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import RedisServer, free_port, gevent_scenario, wait_until
+from support import (
+    RedisServer,
+    free_port,
+    gevent_scenario,
+    self_signed_certificate,
+    wait_until,
+)
 
 
 def run_scenario(name: str, server: RedisServer) -> None:
@@ -75,13 +80,7 @@ def tls_redis(tmp_path: Path) -> _TlsRedis:
     the redis-server binary was built without TLS."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is missing (scripts/install installs it)")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    cert, key = self_signed_certificate(tmp_path)
     port = free_port()
     server = RedisServer(tmp_path / "redis", appendonly=False, options=[
         "--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
