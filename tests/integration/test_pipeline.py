@@ -55,9 +55,13 @@ def test_post_answers_202_with_location_and_position(
 
 def test_image_and_status_after_done(web: str, worker: Proc, rds: redis.Redis) -> None:
     """The PNG has the requested size; the status shows the result; 404 before that."""
+    # A long job ahead holds the (one) worker, so the small one is surely not done yet
+    # when its image is asked for (alone, it could finish before the GET).
+    ahead = post_job(web, prompt="a long one ahead", **LONG)
     job = post_job(web, prompt="snowy mountain forest", **SMALL)
     early = httpx.get(f"{web}/imagine/{job['jobId']}/image")
     assert early.status_code == 404 and early.json()["error"]["code"] == "not_found"
+    collect(web, ahead["jobId"])
     collect(web, job["jobId"])
     png = httpx.get(f"{web}/imagine/{job['jobId']}/image")
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
