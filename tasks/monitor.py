@@ -824,6 +824,9 @@ class Monitor:
                 # again from Redis what runs where.
                 receiver.wakeup_workers()
                 self.seed(dict(self.names))
+                # Only from here is an event published by a worker seen (an end event
+                # sent before it is lost to this monitor): what tests and operators wait on.
+                log.info("monitor %s: following events", self.token)
             receiver.should_stop = stop()
             self.tick()
 

@@ -375,10 +375,18 @@ def platform_worker(env: dict[str, str], log: Path, queue: str, hostname: str) -
 
 
 def jobcast_monitor(env: dict[str, str], log: Path) -> Proc:
-    """``jobcast monitor``, once it leads (publishes snapshots)."""
+    """``jobcast monitor``, once it leads (publishes snapshots) and is subscribed to the
+    workers' events (an event sent before that never reaches it)."""
     proc = Proc([sys.executable, "-m", "web.cli", "monitor"], env, log).start()
-    wait_until(lambda: "leading" in proc.output() or not proc.alive(), 30, "monitor leading")
+    wait_until(lambda: monitor_ready(proc, "leading"), 30, "monitor leading and following")
     return proc
+
+
+def monitor_ready(proc: Proc, *roles: str) -> bool:
+    """True once the monitor has logged one of ``roles`` and that it follows events (or
+    it has exited, for the caller to report)."""
+    out = proc.output()
+    return not proc.alive() or ("following events" in out and any(r in out for r in roles))
 
 
 def gunicorn_web(

@@ -25,6 +25,7 @@ from support import (
     collect,
     gunicorn_web,
     logged,
+    monitor_ready,
     post_job,
     wait_until,
 )
@@ -53,7 +54,7 @@ def _state(rds: redis.Redis, job_id: str) -> str | None:
 def _monitor(env: dict[str, str], log: Path) -> Proc:
     env = {**env, "JOBCAST_SWEEP_SECONDS": "1", "JOBCAST_GHOST_GRACE_SECONDS": "1"}
     proc = Proc([sys.executable, "-m", "web.cli", "monitor"], env, log).start()
-    wait_until(lambda: "leading" in proc.output() or not proc.alive(), 60, "the monitor to lead")
+    wait_until(lambda: monitor_ready(proc, "leading"), 60, "the monitor to lead and follow")
     assert proc.alive(), proc.output()[-3000:]
     return proc
 

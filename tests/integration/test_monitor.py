@@ -25,6 +25,7 @@ from support import (
     celery_worker,
     collect,
     jobcast_monitor,
+    monitor_ready,
     post_job,
     wait_until,
 )
@@ -41,7 +42,7 @@ TIMEOUT = 2.5 * HEARTBEAT  # the monitor's default offline timeout
 
 def start_monitor(env: dict[str, str], log: Path) -> Proc:
     proc = Proc([sys.executable, "-m", "web.cli", "monitor"], env, log).start()
-    wait_until(lambda: "leading" in proc.output() or "standing by" in proc.output() or not proc.alive(), 30, "monitor up")  # fmt: skip
+    wait_until(lambda: monitor_ready(proc, "leading", "standing by"), 30, "monitor up")
     assert proc.alive(), proc.output()[-3000:]
     return proc
 
